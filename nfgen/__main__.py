@@ -1,0 +1,3 @@
+from nfgen.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Dequantization: from integer pixels to ``u = (x + eps) / K`` in ``[0, 1)``, returning the
+correction term ``log q(eps | x)`` that the likelihood bound needs (zero for uniform noise)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfgen.flows.coupling import Coupling
+from nfgen.flows.multiscale import Shape
+from nfgen.flows.nets import glow_net
+from nfgen.priors import standard_normal_log_prob
+
+
+class UniformDequantizer(nn.Module):
+    """``eps ~ U[0, 1)^D`` (Theis et al., 2016); ``log q = 0``."""
+
+    def forward(self, x: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+        eps = torch.rand_like(x)
+        return (x + eps) / levels, x.new_zeros(x.shape[0])
+
+
+class VariationalDequantizer(nn.Module):
+    """Flow++ variational dequantization (Ho et al., 2019, section 3.1).
+
+    ``eps = sigmoid(g(n; x))`` with ``n ~ N(0, I)`` and ``g`` a stack of affine checkerboard
+    couplings whose nets also see features of ``x``; so
+    ``log q(eps | x) = log N(n) - log|det dg/dn| - log|det d sigmoid / dy|``.
+    """
+
+    def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32) -> None:
+        super().__init__()
+        c, h, w = shape
+        self.context = nn.Sequential(
+            nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+        )
+        self.couplings = nn.ModuleList(
+            Coupling(c, glow_net(hidden), mask="checkerboard", parity=k % 2,
+                     context_channels=hidden, size=(h, w))
+            for k in range(steps)
+        )
+
+    def forward(self, x: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+        context = self.context(x / (levels - 1) - 0.5)
+        y = torch.randn_like(x)
+        log_q = standard_normal_log_prob([y])
+        for coupling in self.couplings:
+            y, logdet = coupling(y, context=context)
+            log_q = log_q - logdet
+        # log d sigmoid(y)/dy = log sigmoid(y) + log sigmoid(-y)
+        log_q = log_q + (F.softplus(-y) + F.softplus(y)).flatten(1).sum(1)
+        return (x + torch.sigmoid(y)) / levels, log_q

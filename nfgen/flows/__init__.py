@@ -1,0 +1,1 @@
+"""Bijections: each maps data to latent in ``forward`` and returns ``(z, logdet)``."""

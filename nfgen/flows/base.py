@@ -1,0 +1,56 @@
+"""The flow contract and the one container that composes flows.
+
+Every bijection maps data to latent in ``forward`` and returns ``(z, logdet)`` with
+``logdet = log|det dz/dx|`` per sample (shape ``[B]``); ``inverse`` returns ``(x, logdet)``
+with the opposite sign, so a forward pass followed by an inverse pass has zero total log-det.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Flow(nn.Module):
+    """A bijection with a tractable log-determinant (the nflows / FrEIA contract)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # data -> latent
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:  # latent -> data
+        raise NotImplementedError
+
+
+class Sequential(Flow):
+    """Composition of flows; the one place where log-dets are summed."""
+
+    def __init__(self, *flows: Flow) -> None:
+        super().__init__()
+        self.flows = nn.ModuleList(flows)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for flow in self.flows:
+            x, ld = flow(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        logdet = z.new_zeros(z.shape[0])
+        for flow in reversed(self.flows):
+            z, ld = flow.inverse(z)
+            logdet = logdet + ld
+        return z, logdet
+
+
+class Inverse(Flow):
+    """Swaps the two directions of a flow."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow.inverse(x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow(z)

@@ -1,0 +1,86 @@
+"""The multi-scale body: levels of flows, each but the last factoring half its channels out
+(RealNVP, section 3.6; Glow, figure 2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from nfgen.flows.base import Flow
+
+Shape = tuple[int, int, int]
+
+
+class Level(nn.Module):
+    """One scale: a flow that maps ``in_shape`` to ``out_shape``, then optionally a split that
+    factors the second half of the channels out as a latent."""
+
+    def __init__(self, flow: Flow, in_shape: Shape, out_shape: Shape, split: bool) -> None:
+        super().__init__()
+        if split and out_shape[0] % 2:
+            raise ValueError(f"cannot split {out_shape[0]} channels in half (shape {out_shape})")
+        self.flow, self.in_shape, self.out_shape, self.split = flow, in_shape, out_shape, split
+
+    @property
+    def kept_shape(self) -> Shape:
+        c, h, w = self.out_shape
+        return (c // 2, h, w) if self.split else self.out_shape
+
+
+class MultiScaleFlow(nn.Module):
+    """Maps ``[B, C, H, W]`` to ``(zs, logdet)``: one latent per factored-out half plus the
+    final one, whose sizes add up to ``C * H * W``. Latent shapes are fixed at build time.
+
+    Learned priors are bijections inside the levels (see ``nfgen.priors``), so every latent is
+    standard normal under the model and sampling at temperature T draws ``T * N(0, I)``.
+    """
+
+    def __init__(self, levels: list[Level]) -> None:
+        super().__init__()
+        for prev, nxt in zip(levels, levels[1:]):
+            if prev.kept_shape != nxt.in_shape:
+                raise ValueError(f"level shapes do not chain: {prev.kept_shape} -> {nxt.in_shape}")
+        if levels[-1].split:
+            raise ValueError("the last level must not split")
+        self.levels = nn.ModuleList(levels)
+        self.input_shape: Shape = levels[0].in_shape
+        self.latent_shapes: list[Shape] = [
+            (lv.out_shape[0] - lv.kept_shape[0], *lv.out_shape[1:]) if lv.split else lv.out_shape
+            for lv in levels
+        ]
+        assert sum(math.prod(s) for s in self.latent_shapes) == math.prod(self.input_shape)
+
+    def _check(self, name: str, expected: Shape, actual: tuple[int, ...]) -> None:
+        if tuple(actual[1:]) != tuple(expected):
+            raise ValueError(f"{name}: expected shape [B, {', '.join(map(str, expected))}], "
+                             f"got {list(actual)}")
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        self._check("input", self.input_shape, x.shape)
+        logdet = x.new_zeros(x.shape[0])
+        zs = []
+        for level in self.levels:
+            x, ld = level.flow(x)
+            logdet = logdet + ld
+            if level.split:
+                x, z = x.chunk(2, dim=1)
+                zs.append(z)
+        zs.append(x)
+        return zs, logdet
+
+    def inverse(self, zs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        if len(zs) != len(self.latent_shapes):
+            raise ValueError(f"expected {len(self.latent_shapes)} latents, got {len(zs)}")
+        for i, (z, shape) in enumerate(zip(zs, self.latent_shapes)):
+            self._check(f"latent {i}", shape, z.shape)
+        x = zs[-1]
+        logdet = x.new_zeros(x.shape[0])
+        factored = iter(reversed(zs[:-1]))
+        for level in reversed(self.levels):
+            if level.split:
+                x = torch.cat([x, next(factored)], dim=1)
+            x, ld = level.flow.inverse(x)
+            logdet = logdet + ld
+        return x, logdet
