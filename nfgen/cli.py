@@ -1,0 +1,191 @@
+"""The ``nfgen`` command line: one short function per verb; the work happens in the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from nfgen.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from nfgen.data import DataError, load_split, make_loader
+from nfgen.evaluate import evaluate_bpd
+from nfgen.generate import interpolate as interpolate_images
+from nfgen.generate import save_grid
+from nfgen.model import ImageFlow
+from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
+from nfgen.training.run import run_dir_for, train as train_run
+from nfgen.training.trainer import TrainingInterrupted, resolve_device
+
+app = typer.Typer(
+    help="Train and use normalizing-flow image generators (Glow, RealNVP).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
+Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn every error a user can cause into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except (DataError, CheckpointError, FloatingPointError) as e:
+        _fail(str(e))
+    except TrainingInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(128 + e.signum) from None
+    except OSError as e:
+        _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+
+
+def _output(path: Path, overwrite: bool) -> Path:
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
+    """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
+    model, cfg, _ = model_from_checkpoint(ckpt, ema=ema, device=resolve_device(device))
+    if sets:
+        new = config_from_dict(apply_overrides(cfg.to_dict(), sets))
+        if new.model != cfg.model or new.dequantization != cfg.dequantization:
+            raise ConfigError("--set may change data.* and train.* for a trained checkpoint, not the model")
+        cfg = new
+    return model, cfg
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Option(help="YAML config: a path, or a shipped name such as glow_cifar.yaml.")] = None,
+    set_: Sets = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its checkpoints/last.pt.")] = False,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start over in a run folder that holds a run.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Train a flow; checkpoints, TensorBoard logs and sample grids go to the run folder."""
+    with _user_errors():
+        if config is None:
+            if not (resume and run_dir):
+                raise ConfigError("give --config FILE (or --resume with --run-dir to continue a run)")
+            cfg = load_config(run_dir / "config.yaml", set_)
+        else:
+            cfg = load_config(config, set_)
+        folder = run_dir_for(cfg, run_dir)
+        bpd = train_run(cfg, folder, resume=resume, overwrite=overwrite, progress=progress)
+        typer.echo(f"done: test bits/dim {bpd:.4f}; checkpoints in {folder / 'checkpoints'}")
+
+
+@app.command()
+def sample(
+    ckpt: Ckpt,
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Latent std (Glow shows 0.7).")] = 1.0,
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    nrow: Annotated[int | None, typer.Option(help="Images per grid row (default: square).")] = None,
+    each: Annotated[Path | None, typer.Option(help="Also write every sample as its own PNG here.")] = None,
+    overwrite: Overwrite = False,
+    device: Device = "auto",
+) -> None:
+    """Write a grid of samples drawn at a temperature."""
+    with _user_errors():
+        if n < 1 or temperature <= 0 or (nrow is not None and nrow < 1):
+            raise ConfigError("--n and --nrow must be >= 1 and --temperature > 0")
+        model, _ = _trained(ckpt, None, device)
+        _output(out, overwrite)
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        images = model.sample(n, temperature, generator=generator)
+        save_grid(images, out, nrow)
+        if each is not None:
+            each.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                save_grid(image[None], _output(each / f"{i:05d}.png", overwrite), 1)
+        typer.echo(f"wrote {n} samples at temperature {temperature:g} to {out}")
+
+
+@app.command("eval-bpd")
+def eval_bpd(
+    ckpt: Ckpt,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    samples: Annotated[int, typer.Option(help="Dequantization draws per image; > 1 gives the importance-weighted estimate.")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    device: Device = "auto",
+) -> None:
+    """Exact bits per dimension of a whole data split, with its standard error."""
+    with _user_errors():
+        if samples < 1 or (batch_size is not None and batch_size < 1):
+            raise ConfigError("--samples and --batch-size must be >= 1")
+        if json_out is not None:
+            _output(json_out, overwrite)
+        model, cfg = _trained(ckpt, set_, device)
+        data = load_split(cfg, split)
+        loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
+                             num_workers=cfg.data.num_workers, pin_memory=False)
+        torch.manual_seed(0)
+        r = evaluate_bpd(model, loader, n_samples=samples, progress=sys.stderr.isatty())
+        if r.n_nonfinite:
+            raise FloatingPointError(f"{r.n_nonfinite} of {r.n_images} images gave a non-finite "
+                                     "bits/dim; the model is numerically broken on them")
+        typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, "
+                   f"{samples} dequantization sample(s), {cfg.dequantization.kind}, n_bits={cfg.model.n_bits})")
+        if json_out is not None:
+            record = {"bits_per_dim": r.bpd, "stderr": r.stderr, "nats_per_image": r.nats_per_image,
+                      "n_bits": cfg.model.n_bits, "dequantization": cfg.dequantization.kind,
+                      "importance_samples": samples, "checkpoint": str(ckpt), "split": split,
+                      "n_images": r.n_images}
+            json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+@app.command()
+def interpolate(
+    ckpt: Ckpt,
+    pairs: Annotated[int, typer.Option(help="Rows: pairs of real images.")] = 4,
+    steps: Annotated[int, typer.Option(help="Decoded points between (and including) the pair's latents.")] = 8,
+    split: Annotated[str, typer.Option(help="Split the real images come from.")] = "test",
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("interp.png"),
+    spherical: Annotated[bool, typer.Option(help="Spherical instead of linear interpolation.")] = False,
+    seed: Annotated[int, typer.Option(help="Chooses the image pairs.")] = 0,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    device: Device = "auto",
+) -> None:
+    """Walk the latent space between pairs of real images, at every scale."""
+    with _user_errors():
+        if pairs < 1 or steps < 2:
+            raise ConfigError("--pairs must be >= 1 and --steps >= 2")
+        model, cfg = _trained(ckpt, set_, device)
+        _output(out, overwrite)
+        data = load_split(cfg, split)
+        if len(data) < 2 * pairs:
+            raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
+        x = torch.stack([data[int(i)] for i in idx])
+        rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical)
+        save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
+        typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,46 @@
+"""Bits per dimension over a data split, with its standard error."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from nfgen.model import ImageFlow
+
+
+@dataclass(frozen=True)
+class BpdResult:
+    bpd: float  # mean bits per dimension over the images
+    stderr: float  # standard error of that mean (across images)
+    nats_per_image: float
+    n_images: int
+    n_nonfinite: int  # images whose bound was NaN or infinite; they make bpd non-finite
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_bpd(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
+                 max_batches: int = 0, progress: bool = False) -> BpdResult:
+    """Exact bits/dim (the dequantization bound, or its importance-weighted estimate with
+    ``n_samples`` > 1) over every image of ``batches``; ``max_batches`` > 0 stops early."""
+    model.eval()
+    values = []
+    for i, x in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
+        if max_batches and i >= max_batches:
+            break
+        values.append(model.bits_per_dim(x, n_samples=n_samples).double().cpu())
+    if not values:
+        raise ValueError("no images to evaluate")
+    bpd = torch.cat(values)
+    finite = torch.isfinite(bpd)
+    n = bpd.numel()
+    mean = bpd.mean().item()
+    stderr = bpd.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    nats = mean * model.dims * math.log(2)
+    return BpdResult(mean, stderr, nats, n, int((~finite).sum()))

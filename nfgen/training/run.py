@@ -1,0 +1,61 @@
+"""One call that trains a run: prepare the run directory, resume if asked, fit, close."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from nfgen.config import Config
+from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint
+from nfgen.training.logging import RunLogger
+from nfgen.training.trainer import Trainer
+
+
+def run_dir_for(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    return Path(run_dir or cfg.run_dir or Path("runs") / cfg.name)
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"nothing to resume: {last} does not exist")
+        return
+    if (run_dir / "config.yaml").exists() or last.exists():
+        if not overwrite:
+            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it "
+                                  "or --overwrite to start over")
+        for sub in ("checkpoints", "tb", "samples"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
+    """A resumed run may change training settings (e.g. train.max_steps), not the model."""
+    for section in ("model", "dequantization", "data"):
+        if getattr(cfg, section) != getattr(saved, section):
+            raise CheckpointError(f"{path} was trained with a different '{section}' section; "
+                                  "resume with the run's own config.yaml")
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> float:
+    """Train (or continue) the run in ``run_dir``; returns the final test bits/dim."""
+    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    state = None
+    if resume:
+        last = run_dir / "checkpoints" / "last.pt"
+        state = load_checkpoint(last)
+        check_resumable(cfg, config_of(state, last), last)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logger = RunLogger(run_dir / "tb")
+    try:
+        trainer = Trainer(cfg, run_dir, logger, progress=progress)
+        if state is not None:
+            trainer.load_state(state, run_dir / "checkpoints" / "last.pt")
+        return trainer.run_loop()
+    finally:
+        logger.close()
