@@ -19,7 +19,8 @@ from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import save_grid
 from nfgen.model import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
-from nfgen.training.run import run_dir_for, train as train_run
+from nfgen.training.run import run_dir_for
+from nfgen.training.run import train as train_run
 from nfgen.training.trainer import TrainingInterrupted, resolve_device
 
 app = typer.Typer(

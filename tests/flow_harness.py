@@ -39,7 +39,7 @@ def check_logdet_matches_jacobian(flow, x, tol=1e-8):
     for i in range(x.shape[0]):
         xi = x[i : i + 1]
         jac = torch.autograd.functional.jacobian(
-            lambda v: _flat(flow(v.view_as(xi))[0])[0], xi.flatten()
+            lambda v, xi=xi: _flat(flow(v.view_as(xi))[0])[0], xi.flatten()
         )
         expected = torch.linalg.slogdet(jac)[1]
         assert abs(ld[i].item() - expected.item()) < tol, (ld[i].item(), expected.item())

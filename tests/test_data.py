@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 from pathlib import Path
 from urllib.error import URLError
@@ -178,7 +179,7 @@ def test_folder_resizes_shorter_side_then_center_crops(tmp_path):
     big = np.random.default_rng(2).integers(0, 256, size=(2, 16, 32), dtype=np.uint8)  # H=16, W=32
     write_image_folder(tmp_path / "big", big, split_dirs=True, n_test=1)
     x = items(load_split(cfg(tmp_path / "big", "folder", [1, 8, 8]), "test"))
-    halved = np.asarray(Image.fromarray(big[1]).resize((16, 8), Image.BILINEAR))  # shorter side 16 -> 8
+    halved = np.array(Image.fromarray(big[1]).resize((16, 8), Image.BILINEAR))  # shorter side 16 -> 8
     assert x.shape == (1, 1, 8, 8) and torch.equal(x[0, 0], torch.from_numpy(halved[:, 4:12]))
 
 
@@ -216,7 +217,11 @@ def test_corrupt_image_names_the_file(tmp_path, damage):
         ds[1]
 
 
-def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path):
+def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path, monkeypatch):
+    # A loader whose worker has raised waits out torch's full join timeout (5 s) before it
+    # terminates the worker; shorten that wait, and collect the loader (held by the exception's
+    # traceback cycle) here rather than at exit, to keep this file fast.
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.1)
     paths = write_image_folder(tmp_path, digits()[:4], split_dirs=True, n_test=1)
     paths[0].write_bytes(b"this is not a png")
     loader = make_loader(load_split(cfg(tmp_path, "folder", [1, 8, 8]), "train"), batch_size=3,
@@ -224,6 +229,8 @@ def test_corrupt_image_in_a_loader_worker_is_one_line(tmp_path):
     with pytest.raises(DataError) as e:
         next(iter(loader))
     assert str(e.value).startswith(f"cannot read image {paths[0]}") and "\n" not in str(e.value)
+    del e, loader
+    gc.collect()
 
 
 def test_bad_split_name(tmp_path):
@@ -245,7 +252,7 @@ def test_loader_batches_and_seeded_order(tmp_path):
 
     batches = order(0)
     assert len(batches) == 2 and all(b.shape == (4, 1, 8, 8) and b.dtype == torch.uint8 for b in batches)
-    assert all(torch.equal(a, b) for a, b in zip(batches, order(0)))
-    assert not all(torch.equal(a, b) for a, b in zip(batches, order(1)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, order(0), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, order(1), strict=True))
     with pytest.raises(DataError, match="lower train.batch_size"):
         make_loader(ds, batch_size=64, shuffle=True, num_workers=0, pin_memory=False, drop_last=True)

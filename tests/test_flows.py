@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from flow_harness import check_flow, randomize
+
 from nfgen.flows.actnorm import ActNorm
 from nfgen.flows.base import Inverse, Sequential
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute

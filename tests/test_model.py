@@ -3,9 +3,9 @@ shape, n_bits reduction, and input errors."""
 
 import pytest
 import torch
+from flow_harness import randomize
 
 import nfgen
-from flow_harness import randomize
 
 
 def _model(**model):

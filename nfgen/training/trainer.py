@@ -112,11 +112,15 @@ class Trainer:
         a resumed run left off, so resuming replays exactly the same data."""
         n, bs = len(self.train_set), min(self.t.batch_size, len(self.train_set))
         while True:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.epoch))
+            epoch_rng = torch.Generator().manual_seed(self.t.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=epoch_rng)
             start = self.batch_in_epoch * bs
+            # The loader gets its own generator: otherwise each new loader iterator draws a worker
+            # seed from the global RNG, and the extra loader a resume creates would shift the
+            # dequantization noise of every later step.
             loader = DataLoader(self.train_set, batch_size=bs, sampler=order[start:].tolist(),
                                 drop_last=True, num_workers=self.cfg.data.num_workers,
-                                pin_memory=self.device.type == "cuda")
+                                pin_memory=self.device.type == "cuda", generator=epoch_rng)
             for x in loader:
                 self.batch_in_epoch += 1
                 yield x

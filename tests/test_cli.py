@@ -1,0 +1,194 @@
+"""End to end through the command line, on tiny data sets in the real on-disk formats."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from datasets import digits, skip_cifar10_md5, write_cifar10, write_image_folder, write_mnist
+from PIL import Image
+from typer.testing import CliRunner
+
+from nfgen.cli import app
+
+runner = CliRunner()
+
+
+def nfgen(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def tiny_config(tmp_path: Path, dataset: str, shape, root: Path, **train) -> Path:
+    cfg = {
+        "name": "tiny",
+        "data": {"dataset": dataset, "root": str(root), "download": False, "num_workers": 0},
+        "model": {"arch": "glow", "image_shape": list(shape), "levels": 2, "steps": 1, "hidden": 8},
+        "train": {"device": "cpu", "batch_size": 8, "max_steps": 4, "warmup_steps": 2,
+                  "log_every": 1, "eval_every": 2, "sample_every": 2, "sample_count": 4,
+                  "checkpoint_every": 1, "eval_batches": 1, **train},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def mnist_run(tmp_path):
+    write_mnist(tmp_path / "data", n_train=32, n_test=16, images=digits(28)[:48])
+    config = tiny_config(tmp_path, "mnist", (1, 28, 28), tmp_path / "data")
+    run = tmp_path / "run"
+    result = nfgen("train", "--config", config, "--run-dir", run, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return config, run
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_train_writes_the_run_folder(mnist_run):
+    _, run = mnist_run
+    assert (run / "config.yaml").is_file()
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    grids = sorted((run / "samples").glob("*.png"))
+    assert [g.name for g in grids][:2] == ["step0000002_t0.7.png", "step0000002_t1.png"]
+    assert png_size(grids[0]) == (2 * 30 + 2, 2 * 30 + 2)  # 4 samples of 28 px, 2 px padding
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["progress"]["step"] == 4
+
+
+def test_resume_continues_from_last_checkpoint(mnist_run):
+    config, run = mnist_run
+    result = nfgen("train", "--config", config, "--run-dir", run, "--resume", "--no-progress",
+                   "--set", "train.max_steps=6")
+    assert result.exit_code == 0, result.output
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["progress"]["step"] == 6
+    # Without a config, --resume reads the run's own config.yaml.
+    result = nfgen("train", "--run-dir", run, "--resume", "--no-progress", "--set", "train.max_steps=7")
+    assert result.exit_code == 0, result.output
+
+
+def test_refuses_to_overwrite_a_run(mnist_run):
+    config, run = mnist_run
+    result = nfgen("train", "--config", config, "--run-dir", run, "--no-progress")
+    assert result.exit_code != 0 and "--resume" in result.output and "--overwrite" in result.output
+    result = nfgen("train", "--config", config, "--run-dir", run, "--no-progress", "--overwrite")
+    assert result.exit_code == 0, result.output
+
+
+def test_sample_grid_and_single_images(mnist_run, tmp_path):
+    _, run = mnist_run
+    out = tmp_path / "s.png"
+    result = nfgen("sample", "--ckpt", run / "checkpoints/last.pt", "--n", 6, "--nrow", 3,
+                   "--temperature", 0.7, "--out", out, "--each", tmp_path / "each")
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == (3 * 30 + 2, 2 * 30 + 2)
+    singles = sorted((tmp_path / "each").glob("*.png"))
+    assert len(singles) == 6 and png_size(singles[0]) == (28, 28)
+    again = nfgen("sample", "--ckpt", run / "checkpoints/last.pt", "--out", out)
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_eval_bpd_json_agrees_with_printed_figure(mnist_run, tmp_path):
+    _, run = mnist_run
+    out = tmp_path / "r.json"
+    result = nfgen("eval-bpd", "--ckpt", run / "checkpoints/best.pt", "--split", "test",
+                   "--samples", 3, "--json", out)
+    assert result.exit_code == 0, result.output
+    printed = float(re.search(r"test bits/dim: ([0-9.]+)", result.output).group(1))
+    record = json.loads(out.read_text())
+    assert record["bits_per_dim"] == pytest.approx(printed, abs=5e-5)
+    assert record["n_images"] == 16 and record["importance_samples"] == 3
+    assert record["split"] == "test" and record["n_bits"] == 8 and record["dequantization"] == "uniform"
+    assert record["nats_per_image"] == pytest.approx(printed * 28 * 28 * 0.6931471805599453, rel=1e-3)
+
+
+def test_interpolate_grid_has_real_endpoints(mnist_run, tmp_path):
+    _, run = mnist_run
+    out = tmp_path / "i.png"
+    result = nfgen("interpolate", "--ckpt", run / "checkpoints/last.pt", "--pairs", 2, "--steps", 5,
+                   "--out", out, "--spherical")
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == (7 * 30 + 2, 2 * 30 + 2)
+
+
+def test_cifar10_and_image_folder(tmp_path, monkeypatch):
+    skip_cifar10_md5(monkeypatch)
+    write_cifar10(tmp_path / "cifar", n_per_batch=4, n_test=8)
+    config = tiny_config(tmp_path, "cifar10", (3, 32, 32), tmp_path / "cifar", max_steps=2)
+    result = nfgen("train", "--config", config, "--run-dir", tmp_path / "c", "--no-progress")
+    assert result.exit_code == 0, result.output
+
+    write_image_folder(tmp_path / "folder", list(digits(8)[:40]), split_dirs=True, n_test=8)
+    config = tiny_config(tmp_path, "folder", (1, 8, 8), tmp_path / "folder", max_steps=2,
+                         sample_temperatures=[0.5])
+    result = nfgen("train", "--config", config, "--run-dir", tmp_path / "f", "--no-progress",
+                   "--set", "dequantization.kind=variational")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f" / "samples" / "step0000002_t0.5.png").is_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.stepz=3", "unknown key 'model.stepz' (did you mean 'steps'?)"),
+    ("model.steps=0", "model.steps must be >= 1"),
+    ("model.levels=3", "not divisible by 2**levels = 8"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("model.coupling=affin", "model.coupling: 'affin' is not one of"),
+])
+def test_bad_config_is_one_line_with_exit_code_2(tmp_path, override, message):
+    config = tiny_config(tmp_path, "mnist", (1, 28, 28), tmp_path)
+    result = nfgen("train", "--config", config, "--set", override, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    cases = [
+        (("train", "--config", tmp_path / "nope.yaml"), "not found; give a path or one of"),
+        (("sample", "--ckpt", tmp_path / "nope.pt"), "does not exist"),
+        (("sample", "--ckpt", bad), "not a readable nfgen checkpoint"),
+        (("eval-bpd", "--ckpt", bad), "not a readable nfgen checkpoint"),
+        (("sample", "--ckpt", bad, "--n", 0), "--n and --nrow must be >= 1"),
+    ]
+    for args, message in cases:
+        result = nfgen(*args)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_missing_mnist_says_what_to_do(tmp_path):
+    config = tiny_config(tmp_path, "mnist", (1, 28, 28), tmp_path / "empty")
+    result = nfgen("train", "--config", config, "--run-dir", tmp_path / "r", "--no-progress")
+    assert result.exit_code == 1 and "data.download" in result.output
+
+
+def test_shipped_configs_load_by_bare_name():
+    from nfgen.config import load_config, shipped_configs
+
+    names = shipped_configs()
+    assert {"glow_cifar.yaml", "realnvp_cifar.yaml", "glow_mnist.yaml", "realnvp_mnist.yaml",
+            "quickstart.yaml", "digits_15min.yaml"} <= set(names)
+    for name in names:
+        load_config(name)
+    glow = load_config("glow_cifar")
+    assert (glow.model.levels, glow.model.steps, glow.model.hidden) == (3, 32, 512)
+
+
+def test_python_dash_m_and_help():
+    out = subprocess.run([sys.executable, "-m", "nfgen", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for verb in ("train", "sample", "eval-bpd", "interpolate"):
+        assert verb in out.stdout
