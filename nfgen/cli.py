@@ -21,7 +21,7 @@ from nfgen.model import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
 from nfgen.training.run import run_dir_for
 from nfgen.training.run import train as train_run
-from nfgen.training.trainer import TrainingInterrupted, resolve_device
+from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
 
 app = typer.Typer(
     help="Train and use normalizing-flow image generators (Glow, RealNVP).",
@@ -46,7 +46,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         _fail(str(e), 2)
-    except (DataError, CheckpointError, FloatingPointError) as e:
+    except (DataError, CheckpointError, DivergenceError, FloatingPointError) as e:
         _fail(str(e))
     except TrainingInterrupted as e:
         typer.echo(str(e), err=True)

@@ -73,6 +73,10 @@ class TrainConfig:
     sample_count: int = 64
     sample_temperatures: tuple[float, ...] = (0.7, 1.0)
     checkpoint_every: int = 500
+    max_bad_steps: int = 20  # consecutive non-finite losses/gradients (updates skipped) before acting
+    on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,9 @@ def validate(cfg: Config) -> Config:
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _check(t.warmup_steps >= 0 and t.eval_batches >= 0 and t.grad_clip >= 0,
            "train.warmup_steps, train.eval_batches and train.grad_clip must be >= 0")
+    _check(t.max_bad_steps >= 1 and t.max_rollbacks >= 0,
+           "train.max_bad_steps must be >= 1 and train.max_rollbacks >= 0")
+    _check(0 < t.rollback_lr_factor < 1, f"train.rollback_lr_factor must be in (0, 1), got {t.rollback_lr_factor}")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")

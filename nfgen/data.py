@@ -169,7 +169,19 @@ def _folder_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
         n_test = min(max(round(len(files) * cfg.data.test_fraction), 1), len(files) - 1)
         held_out = set(sorted(files, key=lambda p: _hash_key(p, root))[:n_test])
         files = [p for p in files if (p in held_out) == (split == "test")]
+    _check_headers(files)
     return ImageFiles(files, "L" if c == 1 else "RGB", (h, w))
+
+
+def _check_headers(files: list[Path]) -> None:
+    """Open every file's header before training starts (cheap: no pixels are decoded), so a
+    non-image or a broken file is reported now rather than hours into a run."""
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - parsing the header is the check
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {path} ({e}): fix or delete the file") from None
 
 
 def make_loader(dataset: Dataset[torch.Tensor], batch_size: int, shuffle: bool, num_workers: int,

@@ -19,8 +19,12 @@ from nfgen.data import load_split, make_loader
 from nfgen.evaluate import evaluate_bpd
 from nfgen.generate import grid, save_grid
 from nfgen.model import ImageFlow, build_model
-from nfgen.training.checkpoint import CheckpointError, restore_model, save_checkpoint
+from nfgen.training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from nfgen.training.logging import RunLogger
+
+
+class DivergenceError(Exception):
+    """Training produced only non-finite losses or gradients and could not recover."""
 
 
 class TrainingInterrupted(Exception):
@@ -52,10 +56,12 @@ class Trainer:
         opt_cls = torch.optim.Adam if self.t.optimizer == "adam" else torch.optim.Adamax
         self.optimizer = opt_cls(self.model.parameters(), lr=self.t.lr, weight_decay=self.t.weight_decay)
         warmup = self.t.warmup_steps
+        self.lr_scale = 1.0  # lowered by each rollback after a divergence
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+            self.optimizer, lambda s: self.lr_scale * (min(1.0, (s + 1) / warmup) if warmup else 1.0))
         self.ema: AveragedModel | None = None
         self.step = self.epoch = self.batch_in_epoch = self.bad_steps = 0
+        self.consecutive_bad = self.rollbacks = 0
         self.best_bpd = math.inf
         self.train_set = load_split(cfg, "train")
         self.test_set = load_split(cfg, "test")
@@ -82,7 +88,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_bpd": self.best_bpd, "bad_steps": self.bad_steps},
+                         "best_bpd": self.best_bpd, "bad_steps": self.bad_steps,
+                         "lr_scale": self.lr_scale, "rollbacks": self.rollbacks},
             "rng": rng,
         }
 
@@ -96,6 +103,7 @@ class Trainer:
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = p["step"], p["epoch"], p["batch_in_epoch"]
         self.best_bpd, self.bad_steps = p["best_bpd"], p["bad_steps"]
+        self.lr_scale, self.rollbacks = p["lr_scale"], p["rollbacks"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
@@ -103,6 +111,8 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.run_dir / "checkpoints" / name
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise CheckpointError(f"the model has non-finite parameters; {path} was not overwritten")
         save_checkpoint(path, self.state())
         return path
 
@@ -143,6 +153,7 @@ class Trainer:
         clip = self.t.grad_clip if self.t.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
         if math.isfinite(total) and math.isfinite(grad_norm):
+            self.consecutive_bad = 0
             self.optimizer.step()
             if self.t.ema_decay > 0:
                 if self.ema is None:
@@ -151,6 +162,7 @@ class Trainer:
                     self.ema.update_parameters(self.model)
         else:
             self.bad_steps += 1
+            self.consecutive_bad += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
@@ -180,6 +192,33 @@ class Trainer:
                     continue  # an early, unstable model; the next grid will try again
                 self.logger.image(f"samples/temperature_{temperature:g}", grid(images), self.step)
                 save_grid(images, out / f"step{self.step:07d}_t{temperature:g}.png")
+
+    def _try_save(self, bar: tqdm) -> None:
+        """A periodic save that fails (disk full, permissions) warns and training goes on; the
+        previous checkpoint is intact because saves are atomic."""
+        try:
+            self.save("last.pt")
+        except CheckpointError as e:
+            bar.write(f"warning: {e}")
+
+    def _recover_from_divergence(self) -> None:
+        """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
+        checkpoint untouched, or (``on_divergence: rollback``) reload it with a lower lr."""
+        t, last = self.t, self.run_dir / "checkpoints" / "last.pt"
+        where = f"{self.consecutive_bad} non-finite steps in a row at step {self.step}"
+        if t.on_divergence == "stop" or not last.is_file():
+            raise DivergenceError(f"training diverged ({where}); {last} is the last good checkpoint, "
+                                  "untouched: lower train.lr, or set train.on_divergence: rollback")
+        if self.rollbacks >= t.max_rollbacks:
+            raise DivergenceError(f"training diverged ({where}) after {self.rollbacks} rollbacks; "
+                                  f"{last} is untouched: lower train.lr or raise train.grad_clip")
+        rollbacks, lr_scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
+        self.load_state(load_checkpoint(last), last)
+        self.rollbacks, self.lr_scale, self.consecutive_bad = rollbacks, lr_scale, 0
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.step)
+        self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
+        tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
@@ -219,8 +258,16 @@ class Trainer:
                 bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
             if self.step % t.sample_every == 0 or done:
                 self.write_samples()
-            if self.step % t.checkpoint_every == 0 or done:
-                self.save("last.pt")
+            if self.consecutive_bad >= t.max_bad_steps:
+                self._recover_from_divergence()
+                batches = self._train_batches()  # the data position came back with the checkpoint
+                bar.reset(total=t.max_steps)
+                bar.update(self.step)
+                continue
+            if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
+                self._try_save(bar)
+            if done:
+                self.save("last.pt")  # the final save must succeed: a failure here is an error
             if self._stop_signal is not None:
                 path = self.save("last.pt")
                 bar.close()
