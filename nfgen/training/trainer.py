@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,7 +200,7 @@ class Trainer:
         try:
             self.save("last.pt")
         except CheckpointError as e:
-            bar.write(f"warning: {e}")
+            bar.write(f"warning: {e}", file=sys.stderr)
 
     def _recover_from_divergence(self) -> None:
         """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
@@ -218,7 +219,7 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * self.scheduler.lr_lambdas[0](self.step)
         self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
-        tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}")
+        tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum

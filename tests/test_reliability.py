@@ -1,0 +1,264 @@
+"""Fault injection: kills during saves, signals mid-run, NaNs, failed writes, hostile inputs."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from datasets import digits, write_image_folder
+from nfgen.cli import app
+from nfgen.config import config_from_dict
+from nfgen.model import ImageFlow
+from nfgen.training import checkpoint as ckpt_module
+from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nfgen.training.run import train
+from nfgen.training.trainer import DivergenceError, Trainer
+
+runner = CliRunner()
+
+
+def cfg_dict(root: Path, **train) -> dict:
+    return {
+        "name": "r",
+        "data": {"dataset": "folder", "root": str(root), "num_workers": 0},
+        "model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 1, "hidden": 8, "n_bits": 5},
+        "train": {"device": "cpu", "batch_size": 8, "max_steps": 6, "warmup_steps": 1, "log_every": 1,
+                  "eval_every": 100, "sample_every": 100, "checkpoint_every": 1, "eval_batches": 1,
+                  **train},
+    }
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    write_image_folder(tmp_path / "data", list(digits(8)[:40]), split_dirs=True, n_test=8)
+    return tmp_path / "data"
+
+
+def write_yaml(path: Path, d: dict) -> Path:
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+# ------------------------------------------------------------------ 1. no torn checkpoint
+def test_sigkill_during_saves_leaves_a_complete_checkpoint(tmp_path):
+    script = textwrap.dedent(f"""
+        import torch
+        from nfgen.training.checkpoint import save_checkpoint
+        for i in range(10_000):
+            save_checkpoint({str(tmp_path / 'last.pt')!r},
+                            {{"model": {{"w": torch.full((4_000_000,), float(i))}}, "i": i}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        for delay in (0.13, 0.29, 0.41):  # land at different points of a ~16 MB write
+            time.sleep(delay)
+            state = None
+            if delay == 0.41:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            state = load_checkpoint(tmp_path / "last.pt")
+            w = state["model"]["w"]
+            assert w.numel() == 4_000_000 and bool((w == state["i"]).all())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint.*unchanged"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_periodic_save_failure_warns_and_training_goes_on(data, tmp_path, monkeypatch, capsys):
+    real_save, calls = ckpt_module.torch.save, {"n": 0}
+
+    def flaky(obj, f):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", flaky)
+    cfg = config_from_dict(cfg_dict(data))
+    train(cfg, tmp_path / "run", progress=False)
+    assert "warning: could not write checkpoint" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["progress"]["step"] == 6
+
+
+# ------------------------------------------------------------------ 2. clean stop on signals
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_saves_and_resumes(data, tmp_path, signum, code):
+    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_steps=100_000))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nfgen", "train", "--config", str(config),
+                             "--run-dir", str(run), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "--resume" in err
+    assert "Traceback" not in err
+    step = load_checkpoint(last)["progress"]["step"]
+    assert step >= 1
+    result = runner.invoke(app, ["train", "--run-dir", str(run), "--resume", "--no-progress",
+                                 "--set", f"train.max_steps={step + 2}"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(last)["progress"]["step"] == step + 2
+
+
+# ------------------------------------------------------------------ 4. NaN / Inf guard
+def test_nan_loss_skips_the_update_and_counts_it(data, tmp_path, monkeypatch):
+    real, calls = ImageFlow.bits_per_dim, {"n": 0}
+
+    def poisoned(self, x, n_samples=1):
+        out = real(self, x, n_samples)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (3, 4):
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(ImageFlow, "bits_per_dim", poisoned)
+    run = tmp_path / "run"
+    train(config_from_dict(cfg_dict(data)), run, progress=False)
+    state = load_checkpoint(run / "checkpoints/last.pt")
+    assert state["progress"]["bad_steps"] == 2 and state["progress"]["step"] == 6
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def _inject_nan_parameter_at(monkeypatch, step: int, times: int = 1) -> None:
+    real, done = Trainer.run_step, {"n": 0}
+
+    def run_step(self, micro):
+        if self.step == step and done["n"] < times:
+            done["n"] += 1
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
+        return real(self, micro)
+
+    monkeypatch.setattr(Trainer, "run_step", run_step)
+
+
+def test_nan_parameter_stops_and_leaves_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    _inject_nan_parameter_at(monkeypatch, step=3)
+    run = tmp_path / "run"
+    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2))
+    result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
+    assert result.exit_code == 1
+    assert "training diverged (2 non-finite steps in a row at step 5)" in result.output
+    assert "last good checkpoint, untouched" in result.output
+    state = load_checkpoint(run / "checkpoints/last.pt")
+    assert state["progress"]["step"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def test_rollback_reloads_the_last_good_state_with_a_lower_lr(data, tmp_path, monkeypatch):
+    _inject_nan_parameter_at(monkeypatch, step=3)
+    run = tmp_path / "run"
+    cfg = config_from_dict(cfg_dict(data, max_bad_steps=2, on_divergence="rollback"))
+    train(cfg, run, progress=False)
+    state = load_checkpoint(run / "checkpoints/last.pt")
+    p = state["progress"]
+    assert (p["step"], p["rollbacks"], p["lr_scale"]) == (6, 1, 0.5)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 1e-3)
+
+
+def test_rollbacks_are_bounded(data, tmp_path, monkeypatch):
+    _inject_nan_parameter_at(monkeypatch, step=3, times=10)
+    cfg = config_from_dict(cfg_dict(data, max_bad_steps=1, on_divergence="rollback", max_rollbacks=2))
+    with pytest.raises(DivergenceError, match="after 2 rollbacks"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+def test_sampling_a_broken_model_is_an_error_not_nan_images(data, tmp_path):
+    cfg = config_from_dict(cfg_dict(data))
+    from nfgen.model import build_model
+
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.body.levels[-1].flow.flows[-1].log_std.fill_(float("nan"))
+    save_checkpoint(tmp_path / "bad.pt", {"config": cfg.to_dict(), "model": model.state_dict()})
+    result = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 1 and "decoded images are not finite" in result.output
+    assert not (tmp_path / "s.png").exists()
+
+
+# ------------------------------------------------------------------ 5, 6. hostile inputs
+@pytest.fixture
+def trained(data, tmp_path) -> Path:
+    run = tmp_path / "run"
+    train(config_from_dict(cfg_dict(data, max_steps=2)), run, progress=False)
+    return run / "checkpoints" / "last.pt"
+
+
+def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
+    good = cfg_dict(data)
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("model: {levels: 2\ntrain: [")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[:1000])
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(os.urandom(5000))
+    state = torch.load(trained, weights_only=True)
+    other_arch = tmp_path / "other.pt"
+    torch.save({**state, "config": {**state["config"], "model": {**state["config"]["model"], "steps": 3}}}, other_arch)
+    newer = tmp_path / "newer.pt"
+    torch.save({**state, "format": 99, "nfgen_version": "9.0"}, newer)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    existing = tmp_path / "exists.png"
+    existing.write_bytes(b"keep me")
+    cases = [
+        (["train", "--config", str(malformed)], 2, "not valid YAML at line"),
+        (["train", "--config", str(write_yaml(tmp_path / "t.yaml", {**good, "trian": {}}))], 2,
+         "unknown key 'trian' (did you mean 'train'?)"),
+        (["train", "--config", str(write_yaml(tmp_path / "v.yaml", {**good, "train": {"lr": -1}}))], 2,
+         "train.lr must be > 0"),
+        (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {"dataset": "folder", "root": str(tmp_path / "nope")}})),
+          "--run-dir", str(tmp_path / "r2")], 1, "image folder"),
+        (["sample", "--ckpt", str(truncated)], 1, "not a readable nfgen checkpoint"),
+        (["sample", "--ckpt", str(random_bytes)], 1, "not a readable nfgen checkpoint"),
+        (["sample", "--ckpt", str(other_arch)], 1, "does not match its model architecture"),
+        (["sample", "--ckpt", str(newer)], 1, "written by a newer nfgen (9.0, format 99)"),
+        (["sample", "--ckpt", str(trained), "--out", str(a_file / "s.png")], 1, "file.txt"),
+        (["sample", "--ckpt", str(trained), "--out", str(existing)], 1, "exists; pass --overwrite"),
+        (["interpolate", "--ckpt", str(trained), "--out", str(existing), "--pairs", "1"], 1, "exists; pass --overwrite"),
+        (["eval-bpd", "--ckpt", str(trained), "--json", str(existing)], 1, "exists; pass --overwrite"),
+        (["train", "--config", str(write_yaml(tmp_path / "g.yaml", good)), "--run-dir", str(trained.parent.parent)], 1,
+         "already holds a run; pass --resume"),
+    ]
+    for args, code, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert existing.read_bytes() == b"keep me"
+    assert load_checkpoint(trained)["progress"]["step"] == 2  # the refused run left it alone
