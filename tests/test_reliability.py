@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from datasets import digits, write_image_folder
 from typer.testing import CliRunner
 
-from datasets import digits, write_image_folder
 from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.model import ImageFlow
@@ -242,7 +242,7 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
          "unknown key 'trian' (did you mean 'train'?)"),
         (["train", "--config", str(write_yaml(tmp_path / "v.yaml", {**good, "train": {"lr": -1}}))], 2,
          "train.lr must be > 0"),
-        (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {"dataset": "folder", "root": str(tmp_path / "nope")}})),
+        (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {**good["data"], "root": str(tmp_path / "nope")}})),
           "--run-dir", str(tmp_path / "r2")], 1, "image folder"),
         (["sample", "--ckpt", str(truncated)], 1, "not a readable nfgen checkpoint"),
         (["sample", "--ckpt", str(random_bytes)], 1, "not a readable nfgen checkpoint"),
