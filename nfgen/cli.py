@@ -19,6 +19,7 @@ from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import save_grid
 from nfgen.model import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
+from nfgen.training.distributed import is_main_process
 from nfgen.training.run import run_dir_for
 from nfgen.training.run import train as train_run
 from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
@@ -92,7 +93,8 @@ def train(
             cfg = load_config(config, set_)
         folder = run_dir_for(cfg, run_dir)
         bpd = train_run(cfg, folder, resume=resume, overwrite=overwrite, progress=progress)
-        typer.echo(f"done: test bits/dim {bpd:.4f}; checkpoints in {folder / 'checkpoints'}")
+        if is_main_process():
+            typer.echo(f"done: test bits/dim {bpd:.4f}; checkpoints in {folder / 'checkpoints'}")
 
 
 @app.command()

@@ -14,10 +14,18 @@ from nfgen.priors import standard_normal_log_prob
 
 
 class UniformDequantizer(nn.Module):
-    """``eps ~ U[0, 1)^D`` (Theis et al., 2016); ``log q = 0``."""
+    """``eps ~ U[0, 1)^D`` (Theis et al., 2016); ``log q = 0``.
 
-    def forward(self, x: Tensor, levels: int) -> tuple[Tensor, Tensor]:
-        eps = torch.rand_like(x)
+    Both dequantizers take their base noise as an optional argument, so data-parallel ranks can
+    each use their slice of one global draw and see exactly the noise a single process would.
+    """
+
+    @staticmethod
+    def draw_noise(shape: tuple[int, ...], like: Tensor) -> Tensor:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+
+    def forward(self, x: Tensor, levels: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        eps = self.draw_noise(x.shape, x) if noise is None else noise
         return (x + eps) / levels, x.new_zeros(x.shape[0])
 
 
@@ -42,9 +50,13 @@ class VariationalDequantizer(nn.Module):
             for k in range(steps)
         )
 
-    def forward(self, x: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def draw_noise(shape: tuple[int, ...], like: Tensor) -> Tensor:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+    def forward(self, x: Tensor, levels: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         context = self.context(x / (levels - 1) - 0.5)
-        y = torch.randn_like(x)
+        y = self.draw_noise(x.shape, x) if noise is None else noise
         log_q = standard_normal_log_prob([y])
         for coupling in self.couplings:
             y, logdet = coupling(y, context=context)

@@ -25,22 +25,30 @@ class BpdResult:
 
 
 @torch.no_grad()
-def evaluate_bpd(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
-                 max_batches: int = 0, progress: bool = False) -> BpdResult:
-    """Exact bits/dim (the dequantization bound, or its importance-weighted estimate with
-    ``n_samples`` > 1) over every image of ``batches``; ``max_batches`` > 0 stops early."""
+def bpd_values(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
+               max_batches: int = 0, progress: bool = False) -> torch.Tensor:
+    """Per-image bits/dim (float64, CPU) over ``batches``; ``max_batches`` > 0 stops early."""
     model.eval()
     values = []
     for i, x in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
         if max_batches and i >= max_batches:
             break
         values.append(model.bits_per_dim(x, n_samples=n_samples).double().cpu())
-    if not values:
+    return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+
+def summarize(bpd: torch.Tensor, dims: int) -> BpdResult:
+    """Mean, standard error across images, and the count of non-finite values."""
+    if bpd.numel() == 0:
         raise ValueError("no images to evaluate")
-    bpd = torch.cat(values)
-    finite = torch.isfinite(bpd)
     n = bpd.numel()
     mean = bpd.mean().item()
     stderr = bpd.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    nats = mean * model.dims * math.log(2)
-    return BpdResult(mean, stderr, nats, n, int((~finite).sum()))
+    return BpdResult(mean, stderr, mean * dims * math.log(2), n, int((~torch.isfinite(bpd)).sum()))
+
+
+def evaluate_bpd(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
+                 max_batches: int = 0, progress: bool = False) -> BpdResult:
+    """Exact bits/dim (the dequantization bound, or its importance-weighted estimate with
+    ``n_samples`` > 1) over every image of ``batches``."""
+    return summarize(bpd_values(model, batches, n_samples, max_batches, progress), model.dims)

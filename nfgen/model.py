@@ -64,26 +64,30 @@ class ImageFlow(nn.Module):
         q = torch.floor(u * self.levels).clamp(0, self.levels - 1)
         return (q * 2 ** (8 - self.n_bits)).to(torch.uint8)
 
-    def _bound(self, x: Tensor) -> Tensor:
+    def _bound(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         """One-draw lower bound on log P(x) in nats, per image (x: integer levels)."""
-        u, log_q = self.dequantizer(x, self.levels)
+        u, log_q = self.dequantizer(x, self.levels, noise)
         y, logdet_pre = self.preprocess(u)
         zs, logdet_body = self.body(y)
         log_p_u = standard_normal_log_prob(zs) + logdet_pre + logdet_body
         return log_p_u - log_q - self.dims * math.log(self.levels)
 
-    def log_prob(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096) -> Tensor:
+    def log_prob(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096,
+                 noise: Tensor | None = None) -> Tensor:
         """Per-image log P(x) in nats of the discrete ``n_bits`` image.
 
         ``n_samples=1``: the dequantization lower bound with one noise draw. More: the
         importance-weighted estimate ``log mean_k exp(bound_k)`` over ``n_samples`` draws,
-        evaluated ``max_batch`` rows at a time.
+        evaluated ``max_batch`` rows at a time. ``noise`` fixes the dequantizer's base noise
+        (one draw; see ``draw_noise``).
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         x = self._reduce(x)
         if n_samples == 1:
-            return self._bound(x)
+            return self._bound(x, noise)
+        if noise is not None:
+            raise ValueError("noise can only be given for a single draw (n_samples=1)")
         per_chunk = max(1, max_batch // x.shape[0])
         bounds = []
         for start in range(0, n_samples, per_chunk):
@@ -91,9 +95,17 @@ class ImageFlow(nn.Module):
             bounds.append(self._bound(x.repeat(k, 1, 1, 1)).view(k, x.shape[0]))
         return torch.logsumexp(torch.cat(bounds), dim=0) - math.log(n_samples)
 
-    def bits_per_dim(self, x: Tensor, n_samples: int = 1) -> Tensor:
+    def bits_per_dim(self, x: Tensor, n_samples: int = 1, noise: Tensor | None = None) -> Tensor:
         """Per-image bits per dimension, ``-log P(x) / (D ln 2)``."""
-        return -self.log_prob(x, n_samples) / (self.dims * math.log(2))
+        return -self.log_prob(x, n_samples, noise=noise) / (self.dims * math.log(2))
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Per-image training loss (bits/dim, one draw): what DDP and torch.compile wrap."""
+        return self.bits_per_dim(x, noise=noise)
+
+    def draw_noise(self, n: int) -> Tensor:
+        """Base noise for ``n`` images, drawn as a single call of the model would draw it."""
+        return self.dequantizer.draw_noise((n, *self.shape), self._ref())
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Latents of images, dequantised deterministically at the centre of each bin."""
@@ -134,9 +146,10 @@ def build_model(config) -> ImageFlow:
     shape = tuple(m.image_shape)
     if m.arch == "glow":
         body = build_glow(shape, m.levels, m.steps, m.hidden, m.coupling, m.permutation,
-                          m.split_prior, m.learn_top)
+                          m.split_prior, m.learn_top, config.train.memory_saving)
     else:
-        body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, m.coupling)
+        body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, m.coupling,
+                             config.train.memory_saving)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()

@@ -138,8 +138,8 @@ def test_signal_mid_run_saves_and_resumes(data, tmp_path, signum, code):
 def test_nan_loss_skips_the_update_and_counts_it(data, tmp_path, monkeypatch):
     real, calls = ImageFlow.bits_per_dim, {"n": 0}
 
-    def poisoned(self, x, n_samples=1):
-        out = real(self, x, n_samples)
+    def poisoned(self, x, n_samples=1, noise=None):
+        out = real(self, x, n_samples, noise=noise)
         if self.training:
             calls["n"] += 1
             if calls["n"] in (3, 4):
@@ -242,7 +242,7 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
          "unknown key 'trian' (did you mean 'train'?)"),
         (["train", "--config", str(write_yaml(tmp_path / "v.yaml", {**good, "train": {"lr": -1}}))], 2,
          "train.lr must be > 0"),
-        (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {**good["data"], "root": str(tmp_path / "nope")}})),
+        (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {**good["data"], "root": "/nope"}})),
           "--run-dir", str(tmp_path / "r2")], 1, "image folder"),
         (["sample", "--ckpt", str(truncated)], 1, "not a readable nfgen checkpoint"),
         (["sample", "--ckpt", str(random_bytes)], 1, "not a readable nfgen checkpoint"),

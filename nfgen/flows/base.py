@@ -7,7 +7,9 @@ with the opposite sign, so a forward pass followed by an inverse pass has zero t
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Flow(nn.Module):
@@ -21,16 +23,23 @@ class Flow(nn.Module):
 
 
 class Sequential(Flow):
-    """Composition of flows; the one place where log-dets are summed."""
+    """Composition of flows; the one place where log-dets are summed.
 
-    def __init__(self, *flows: Flow) -> None:
+    ``checkpoint=True`` recomputes each child's activations during backward instead of storing
+    them (gradient checkpointing), so training memory stops growing with the conditioner nets'
+    intermediate activations: only each child's input is kept.
+    """
+
+    def __init__(self, *flows: Flow, checkpoint: bool = False) -> None:
         super().__init__()
         self.flows = nn.ModuleList(flows)
+        self.checkpoint = checkpoint
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
+        recompute = self.checkpoint and torch.is_grad_enabled()
         for flow in self.flows:
-            x, ld = flow(x)
+            x, ld = checkpoint(flow, x, use_reentrant=False) if recompute else flow(x)
             logdet = logdet + ld
         return x, logdet
 

@@ -65,7 +65,7 @@ class Coupling(Flow):
 
     def _params(self, x_cond: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         h = x_cond if context is None else torch.cat([x_cond, context], dim=1)
-        h = self.net(h)
+        h = self.net(h).to(x_cond.dtype)  # nets may run in bf16 (amp); the flow's maths does not
         if not self.affine:
             return h, torch.zeros_like(h)
         shift, raw = h.chunk(2, dim=1)
@@ -93,6 +93,17 @@ class Coupling(Flow):
             y = (x_trans - shift) * torch.exp(-log_s)
         logdet = sign * log_s.flatten(1).sum(1)
         return (self._join(x_cond, y) if self.mask_kind == "channel" else y), logdet
+
+    def log_scale(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The (soft-clamped) log-scale ``s`` that ``forward(x)`` applies, for diagnostics.
+
+        Channel mask: shape of the transformed half. Checkerboard: shape of ``x``, zero on the
+        conditioning pixels (they are not scaled). Additive couplings: all zeros.
+        """
+        if self.mask_kind == "channel":
+            return self._params(self._split(x)[0], context)[1]
+        m = self.mask
+        return self._params(torch.cat([x * m, m.expand(x.shape[0], 1, -1, -1)], dim=1), context)[1] * (1 - m)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._transform(x, context, +1)

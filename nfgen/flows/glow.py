@@ -32,7 +32,7 @@ def glow_step(channels: int, hidden: int, coupling: str, permutation: str) -> Fl
 
 def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str = "affine",
                permutation: str = "conv1x1_lu", split_prior: str = "learned",
-               learn_top: bool = True) -> MultiScaleFlow:
+               learn_top: bool = True, memory_saving: bool = False) -> MultiScaleFlow:
     """``levels`` x [squeeze -> ``steps`` steps of flow -> split], no split after the last."""
     c, h, w = shape
     built = []
@@ -46,7 +46,7 @@ def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str
             flows.append(make_split_prior(c))
         if last and learn_top:
             flows.append(LearnedGaussian((c, h, w)))
-        built.append(Level(Sequential(*flows), in_shape, (c, h, w), split=not last))
+        built.append(Level(Sequential(*flows, checkpoint=memory_saving), in_shape, (c, h, w), split=not last))
         if not last:
             c //= 2
     return MultiScaleFlow(built)

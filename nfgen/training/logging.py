@@ -24,3 +24,19 @@ class RunLogger:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class NullLogger(RunLogger):
+    """For ranks other than 0 in data-parallel training: logs nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def image(self, tag: str, grid: Tensor, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

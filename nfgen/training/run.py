@@ -8,9 +8,11 @@ from pathlib import Path
 import yaml
 
 from nfgen.config import Config
+from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint
-from nfgen.training.logging import RunLogger
-from nfgen.training.trainer import Trainer
+from nfgen.training.distributed import Rank
+from nfgen.training.logging import NullLogger, RunLogger
+from nfgen.training.trainer import Trainer, resolve_device
 
 
 def run_dir_for(cfg: Config, run_dir: str | Path | None = None) -> Path:
@@ -43,17 +45,29 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> float:
-    """Train (or continue) the run in ``run_dir``; returns the final test bits/dim."""
-    prepare_run_dir(cfg, run_dir, resume, overwrite)
+    """Train (or continue) the run in ``run_dir``; returns the final test bits/dim. Under
+    torchrun every process calls this; rank 0 alone writes to ``run_dir``."""
+    rank = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, run_dir, resume, overwrite, progress, rank)
+    finally:
+        distributed.cleanup(rank)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank) -> float:
+    if rank.is_main:
+        prepare_run_dir(cfg, run_dir, resume, overwrite)
+    distributed.barrier(rank)
     state = None
     if resume:
         last = run_dir / "checkpoints" / "last.pt"
         state = load_checkpoint(last)
         check_resumable(cfg, config_of(state, last), last)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    logger = RunLogger(run_dir / "tb")
+    if rank.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logger = RunLogger(run_dir / "tb") if rank.is_main else NullLogger()
     try:
-        trainer = Trainer(cfg, run_dir, logger, progress=progress)
+        trainer = Trainer(cfg, run_dir, logger, progress=progress, rank=rank)
         if state is not None:
             trainer.load_state(state, run_dir / "checkpoints" / "last.pt")
         return trainer.run_loop()

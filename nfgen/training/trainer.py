@@ -11,17 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from nfgen.config import Config
+from nfgen.config import Config, ConfigError
 from nfgen.data import load_split, make_loader
-from nfgen.evaluate import evaluate_bpd
+from nfgen.evaluate import bpd_values, summarize
 from nfgen.generate import grid, save_grid
 from nfgen.model import ImageFlow, build_model
+from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
+from nfgen.training.distributed import Rank
 from nfgen.training.logging import RunLogger
+from nfgen.training.step import initialize, make_forward, train_step
 
 
 class DivergenceError(Exception):
@@ -46,11 +50,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Trains one run in ``run_dir``; the logger is passed in (no process-global state)."""
+    """Trains one run in ``run_dir``; the logger is passed in (no process-global state).
 
-    def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, progress: bool = True) -> None:
-        self.cfg, self.t, self.run_dir, self.logger, self.progress = cfg, cfg.train, run_dir, logger, progress
-        self.device = resolve_device(self.t.device)
+    Data-parallel under torchrun: ``train.batch_size`` is the global batch, each rank takes its
+    slice of every global batch and of one global noise draw, so N processes compute what one
+    process would; rank 0 alone logs, samples and writes checkpoints.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, progress: bool = True,
+                 rank: Rank | None = None) -> None:
+        self.cfg, self.t, self.run_dir, self.logger = cfg, cfg.train, run_dir, logger
+        self.rank = rank or Rank()
+        self.progress = progress and self.rank.is_main
+        self.device = distributed.local_device(resolve_device(self.t.device), self.rank)
+        if self.t.batch_size % self.rank.world_size:
+            raise ConfigError(f"train.batch_size {self.t.batch_size} (the global batch) is not divisible "
+                              f"by the {self.rank.world_size} processes")
+        self.local_batch = self.t.batch_size // self.rank.world_size
         torch.manual_seed(self.t.seed)
         random.seed(self.t.seed)
         self.model: ImageFlow = build_model(cfg).to(self.device)
@@ -66,6 +82,10 @@ class Trainer:
         self.best_bpd = math.inf
         self.train_set = load_split(cfg, "train")
         self.test_set = load_split(cfg, "test")
+        if len(self.train_set) < self.t.batch_size:
+            raise ConfigError(f"train.batch_size {self.t.batch_size} is larger than the "
+                              f"{len(self.train_set)} training images; lower it")
+        self.forward: torch.nn.Module = self.model
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
@@ -111,51 +131,72 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, name: str) -> Path:
+        """Rank 0 writes; the other ranks wait, so a checkpoint is complete when any rank goes on."""
         path = self.run_dir / "checkpoints" / name
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise CheckpointError(f"the model has non-finite parameters; {path} was not overwritten")
-        save_checkpoint(path, self.state())
+        try:
+            if self.rank.is_main:
+                if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                    raise CheckpointError(f"the model has non-finite parameters; {path} was not overwritten")
+                save_checkpoint(path, self.state())
+        finally:
+            distributed.barrier(self.rank)
         return path
 
     # ------------------------------------------------------------------ data
-    def _train_batches(self) -> Iterator[torch.Tensor]:
-        """Endless micro-batches in a per-epoch order fixed by (seed, epoch), starting where
-        a resumed run left off, so resuming replays exactly the same data."""
-        n, bs = len(self.train_set), min(self.t.batch_size, len(self.train_set))
+    def _epoch_order(self) -> torch.Tensor:
+        return torch.randperm(len(self.train_set),
+                              generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.epoch))
+
+    def _train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless ``(images, noise)`` micro-batches in a per-epoch order fixed by (seed, epoch),
+        starting where a resumed run left off, so resuming replays exactly the same data. Each
+        rank takes its slice of every global batch, and of one global noise draw."""
+        big, small, r = self.t.batch_size, self.local_batch, self.rank.rank
         while True:
-            epoch_rng = torch.Generator().manual_seed(self.t.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=epoch_rng)
-            start = self.batch_in_epoch * bs
+            order = self._epoch_order()
+            n_batches = len(order) // big
+            mine = [int(order[g * big + r * small + j])
+                    for g in range(self.batch_in_epoch, n_batches) for j in range(small)]
             # The loader gets its own generator: otherwise each new loader iterator draws a worker
             # seed from the global RNG, and the extra loader a resume creates would shift the
             # dequantization noise of every later step.
-            loader = DataLoader(self.train_set, batch_size=bs, sampler=order[start:].tolist(),
-                                drop_last=True, num_workers=self.cfg.data.num_workers,
-                                pin_memory=self.device.type == "cuda", generator=epoch_rng)
+            loader = DataLoader(self.train_set, batch_size=small, sampler=mine, drop_last=True,
+                                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.epoch))
             for x in loader:
                 self.batch_in_epoch += 1
-                yield x
+                noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
+                yield x, noise
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
+    def _initialize(self) -> None:
+        """Actnorm's data-dependent init on the first global batch, identically on every rank;
+        then wrap for data parallelism and compilation."""
+        if self.step == 0:
+            first = self._epoch_order()[: self.t.batch_size].tolist()
+            x = torch.stack([self.train_set[i] for i in first]).to(self.device)
+            initialize(self.model, x, self.model.draw_noise(len(first)))
+        if self.rank.distributed:
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **distributed.no_buffer_sync())
+        if self.t.compile:
+            self.forward = make_forward(self.forward, self.t)
+
     def _test_loader(self) -> DataLoader:
-        return make_loader(self.test_set, self.t.batch_size, shuffle=False,
+        r = self.rank
+        shard = Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))
+        return make_loader(shard, self.local_batch, shuffle=False,
                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------ loop
-    def run_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+    def run_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """One update over ``grad_accum`` micro-batches; a non-finite loss or gradient skips
         the update (the step still counts). Returns (train bits/dim, gradient norm)."""
-        self.model.train()
-        total = 0.0
-        for x in micro_batches:
-            bpd = self.model.bits_per_dim(x.to(self.device, non_blocking=True)).mean()
-            (bpd / len(micro_batches)).backward()
-            total += bpd.item() / len(micro_batches)
-        clip = self.t.grad_clip if self.t.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
-        if math.isfinite(total) and math.isfinite(grad_norm):
+        no_sync = self.forward.no_sync if isinstance(self.forward, DistributedDataParallel) else None
+        result = train_step(self.forward, self.model, self.optimizer, micro_batches, self.t, self.device, no_sync)
+        if result.applied:
             self.consecutive_bad = 0
-            self.optimizer.step()
             if self.t.ema_decay > 0:
                 if self.ema is None:
                     self._make_ema()
@@ -164,23 +205,25 @@ class Trainer:
         else:
             self.bad_steps += 1
             self.consecutive_bad += 1
-        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return total, grad_norm
+        return distributed.mean_over_ranks(result.bpd, self.rank, self.device), result.grad_norm
 
     def evaluate(self) -> float:
         # A forked, seeded RNG: evaluation never shifts the training noise stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.t.seed + 1)
-            result = evaluate_bpd(self.eval_model, self._test_loader(), max_batches=self.t.eval_batches)
+            torch.manual_seed(self.t.seed + 1 + self.rank.rank)
+            values = bpd_values(self.eval_model, self._test_loader(), max_batches=self.t.eval_batches)
+        result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
         self.logger.scalars({"test/bpd": result.bpd, "test/bpd_stderr": result.stderr}, self.step)
         if math.isfinite(result.bpd) and result.bpd < self.best_bpd:
             self.best_bpd = result.bpd
-            self.save("best.pt")
+            self.save("best.pt")  # every rank calls it (it waits for rank 0's write)
         return result.bpd
 
     def write_samples(self) -> None:
+        if not self.rank.is_main:
+            return
         out = self.run_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         model = self.eval_model.eval()
@@ -219,7 +262,8 @@ class Trainer:
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * self.scheduler.lr_lambdas[0](self.step)
         self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
-        tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
+        if self.rank.is_main:
+            tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
@@ -235,6 +279,7 @@ class Trainer:
 
     def _loop(self) -> float:
         t = self.t
+        self._initialize()
         batches = self._train_batches()
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, desc="train",
                    dynamic_ncols=True)
@@ -243,7 +288,7 @@ class Trainer:
         while self.step < t.max_steps:
             micro = [next(batches) for _ in range(t.grad_accum)]
             bpd, grad_norm = self.run_step(micro)
-            images += sum(x.shape[0] for x in micro)
+            images += self.t.batch_size * t.grad_accum  # global images per step
             rate = images / max(time.perf_counter() - clock, 1e-9)
             bar.update(1)
             bar.set_postfix(bpd=f"{bpd:.3f}", img_s=f"{rate:.0f}")
@@ -256,7 +301,8 @@ class Trainer:
             done = self.step == t.max_steps
             if self.step % t.eval_every == 0 or done:
                 test_bpd = self.evaluate()
-                bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
+                if self.rank.is_main:
+                    bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
             if self.step % t.sample_every == 0 or done:
                 self.write_samples()
             if self.consecutive_bad >= t.max_bad_steps:
@@ -269,9 +315,9 @@ class Trainer:
                 self._try_save(bar)
             if done:
                 self.save("last.pt")  # the final save must succeed: a failure here is an error
-            if self._stop_signal is not None:
+            if distributed.any_rank(self._stop_signal is not None, self.rank, self.device):
                 path = self.save("last.pt")
                 bar.close()
-                raise TrainingInterrupted(self._stop_signal, path)
+                raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
         bar.close()
         return test_bpd

@@ -1,0 +1,95 @@
+"""Data-parallel training through torch.distributed, launched by ``torchrun``.
+
+torchrun tells each process its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK);
+this is the one place nfgen reads it. Without torchrun everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: torch.device) -> Rank:
+    """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Rank()
+    r = Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return r
+
+
+def local_device(device: torch.device, r: Rank) -> torch.device:
+    if device.type == "cuda" and r.distributed:
+        torch.cuda.set_device(r.local_rank)
+        return torch.device("cuda", r.local_rank)
+    return device
+
+
+def mean_over_ranks(value: float, r: Rank, device: torch.device) -> float:
+    if not r.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / r.world_size
+
+
+def any_rank(flag: bool, r: Rank, device: torch.device) -> bool:
+    """True on every rank when it is true on one (so all ranks stop at the same step)."""
+    if not r.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def gather(values: torch.Tensor, r: Rank) -> torch.Tensor:
+    """All ranks' 1-D tensors, concatenated in rank order (on every rank)."""
+    if not r.distributed:
+        return values
+    parts: list = [None] * r.world_size
+    dist.all_gather_object(parts, values.cpu())
+    return torch.cat(parts)
+
+
+def barrier(r: Rank) -> None:
+    if r.distributed:
+        dist.barrier()
+
+
+def cleanup(r: Rank) -> None:
+    if r.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def no_buffer_sync() -> dict[str, bool]:
+    """DDP's option to skip broadcasting buffers every forward (they are fixed after actnorm's
+    init and equal on all ranks); renamed in newer torch, so ask for whichever exists."""
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,0 +1,65 @@
+"""One optimisation step, shared by the trainer and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nfgen.config import TrainConfig
+from nfgen.model import ImageFlow
+
+
+@dataclass(frozen=True)
+class StepResult:
+    bpd: float  # mean train bits/dim over the micro-batches
+    grad_norm: float  # global gradient norm before clipping
+    applied: bool  # False when a non-finite loss or gradient made the step skip its update
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked: the conditioner nets run in bf16, while the flow's own maps,
+    log-dets and the loss stay in float32 (see ``InvConv1x1`` and ``Coupling``)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_forward(model: ImageFlow, t: TrainConfig) -> nn.Module:
+    """The module training calls for per-image bits/dim: the model, or its compiled version."""
+    return torch.compile(model) if t.compile else model
+
+
+def initialize(model: ImageFlow, x: Tensor, noise: Tensor | None = None) -> None:
+    """Actnorm's data-dependent initialisation, run once on the first (global) batch."""
+    model.train()
+    with torch.no_grad():
+        model(x, noise)
+
+
+def train_step(forward: Callable[..., Tensor], model: ImageFlow, optimizer: torch.optim.Optimizer,
+               micro_batches: list[tuple[Tensor, Tensor | None]], t: TrainConfig,
+               device: torch.device, no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+               ) -> StepResult:
+    """Accumulate gradients over ``(images, noise)`` micro-batches, clip, and update unless the
+    loss or the gradient is non-finite. ``no_sync`` (DDP) skips all-reduces but on the last."""
+    model.train()
+    total = 0.0
+    n = len(micro_batches)
+    for i, (x, noise) in enumerate(micro_batches):
+        sync = no_sync is None or i == n - 1
+        with contextlib.nullcontext() if sync else no_sync(), autocast(device, t.amp):
+            bpd = forward(x.to(device, non_blocking=True), noise).float().mean()
+        (bpd / n).backward()
+        total += bpd.item() / n
+    clip = t.grad_clip if t.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    applied = math.isfinite(total) and math.isfinite(grad_norm)
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(total, grad_norm, applied)

@@ -1,0 +1,456 @@
+"""Benchmark nfgen's real training step and sampling, optionally beside normflows' Glow.
+
+    python scripts/bench.py --config quickstart.yaml
+    python scripts/bench.py --config quickstart.yaml --compare-normflows
+    python scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \\
+        --batch 16 --compare-normflows --json-out bench.json
+
+For one config it measures training images/s (nfgen's own ``train_step``: forward, backward,
+gradient clipping and the optimizer update, after actnorm's data-dependent init and
+``--warmup`` untimed steps; median over ``--repeats``), sampling images/s (``model.sample``),
+peak memory, parameter count and forward FLOPs per image (``torch.utils.flop_counter``,
+which counts matrix multiplies and convolutions, not elementwise ops). It prints a table and
+then one JSON line.
+
+Each measured phase (nfgen train, nfgen sample, normflows train, normflows sample) runs in a
+fresh process of this script (the hidden ``--phase`` flag), so every peak is that phase's
+own: peak RSS (``ru_maxrss``) on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. The
+baseline, taken after imports, model, optimizer and input batch are built, is reported too,
+so peak minus baseline shows the activations and optimizer state.
+
+The images are random uint8 (uniform over 0..255) of the config's ``model.image_shape``: the
+speed of a flow does not depend on pixel values, and no data set has to be present.
+
+``--compare-normflows`` (``pip install -e '.[bench]'``) builds normflows' multi-scale Glow
+exactly as its own Glow example does (GlowBlock x K per level, Squeeze, Merge, a GlowBase
+prior per level, unconditional) at the same levels, steps, hidden width, image shape and batch,
+trains it with the same optimizer and learning rate, and reports every figure as the ratio
+nfgen / normflows measured in one run on one machine. ``DIFFERENCES`` below says how the two
+models differ inside that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nfgen import build_model, load_config
+from nfgen.config import Config, validate
+from nfgen.training.step import initialize, make_forward, train_step
+
+DIFFERENCES = """\
+Same shape, different details (why the parameter counts differ):
+  - conditioner: nfgen conv3x3 (no bias) -> actnorm -> ReLU -> conv1x1 (no bias) -> actnorm -> ReLU
+    -> zero-init conv3x3 * exp(3 log_gain); normflows ConvNet2d conv3x3 -> ReLU -> conv1x1 -> ReLU
+    -> zero-init conv3x3, all with bias, no actnorm.
+  - coupling scale: nfgen exp(2 tanh(s / 2)); normflows sigmoid(s + 2) (Glow's).
+  - priors: nfgen a learned conditional prior per split (zero-init conv3x3 of the kept half gives
+    mean and log-std) and a learned per-position top prior; normflows GlowBase per level, a learned
+    per-channel mean and log-scale, unconditional.
+  - step order (data -> latent) is the same: actnorm -> LU 1x1 conv -> affine channel coupling.
+    normflows' sampling direction inverts L and U in float64 on every call.
+  - train step: both from the same uint8 batch, uniform dequantization at n_bits, same optimizer;
+    nfgen also shifts to [-1/2, 1/2), returns bits/dim and clips the gradient norm (train.grad_clip);
+    normflows is its example's step: forward_kld (mean NLL in nats), skip if non-finite, backward, step.
+  - sampling: nfgen returns quantised uint8 images; normflows float images and their log-density."""
+
+MARK = "BENCH_PHASE_RESULT "  # prefixes the one stdout line a phase process reports
+PHASES = ("nfgen-train", "nfgen-sample", "normflows-train", "normflows-sample")
+MiB = 2**20
+
+
+# ------------------------------------------------------------------ shared by the phases
+def load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config, args.set)
+    if args.image_size:  # the benchmark reads no data set, so only the model's shape must be valid
+        c = cfg.model.image_shape[0]
+        cfg = validate(dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, image_shape=(c, args.image_size, args.image_size))))
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_rss_mib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / MiB  # macOS reports bytes
+
+
+def memory_mark(device: torch.device) -> dict[str, float]:
+    """Peak memory so far: RSS always, and CUDA allocations on a GPU."""
+    out = {"rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["cuda_mib"] = torch.cuda.max_memory_allocated(device) / MiB
+    return out
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def measure(step: Callable[[], object], n_images: int, args: argparse.Namespace,
+            device: torch.device) -> dict[str, object]:
+    """``--warmup`` untimed calls, then ``--repeats`` timings of at least one call and at
+    least ``--min-time`` seconds each; images/s is the median over the repeats."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        step()
+    sync()
+    rates, seconds = [], []
+    for _ in range(args.repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            step()
+            sync()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= args.min_time:
+                break
+        rates.append(calls * n_images / elapsed)
+        seconds.append(elapsed / calls)
+    return {"images_per_s": statistics.median(rates), "images_per_s_repeats": rates,
+            "s_per_call": statistics.median(seconds)}
+
+
+def flops_per_image(fn: Callable[[], object], n_images: int) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / n_images
+
+
+def random_images(n: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
+
+
+def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train  # the optimizer nfgen's trainer builds from the same config
+    opt_cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.Adamax
+    return opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ nfgen phases
+def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
+    model = build_model(cfg).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    x = random_images(args.batch, tuple(cfg.model.image_shape))
+    reset_cuda_peak(device)
+    base = memory_mark(device)
+    initialize(model, x.to(device))  # actnorm's data-dependent init, as the trainer does first
+    forward = make_forward(model, cfg.train)
+    last = []
+    timing = measure(lambda: last.append(train_step(forward, model, optimizer, [(x, None)], cfg.train, device)),
+                     args.batch, args, device)
+    peak = memory_mark(device)
+    xd = x.to(device)
+    return {**timing, "base": base, "peak": peak, "params": n_params(model),
+            "forward_flops_per_image": flops_per_image(lambda: model(xd), args.batch),
+            "level_shapes": [list(lv.out_shape) for lv in model.body.levels],
+            "last_loss": last[-1].bpd, "updates_applied": sum(r.applied for r in last)}
+
+
+def nfgen_sample(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
+    model = build_model(cfg).to(device)
+    # Initialise actnorm on a few images only, so this phase's peak is sampling's own.
+    initialize(model, random_images(min(args.batch, 8), tuple(cfg.model.image_shape)).to(device))
+    model.eval()
+    reset_cuda_peak(device)
+    base = memory_mark(device)
+    timing = measure(lambda: model.sample(args.batch, args.temperature), args.batch, args, device)
+    peak = memory_mark(device)
+    return {**timing, "base": base, "peak": peak,
+            "flops_per_image": flops_per_image(lambda: model.sample(args.batch, args.temperature), args.batch)}
+
+
+# ------------------------------------------------------------------ normflows phases
+def build_normflows_glow(shape: tuple[int, int, int], levels: int, steps: int, hidden: int):
+    """normflows' multi-scale Glow as in its Glow example, unconditional. Level ``i`` counts
+    from the coarsest latent (normflows' ``forward`` is latent -> data); returns the model and
+    the shape each level's blocks act on, listed from the data side as nfgen lists them."""
+    import normflows as nf
+
+    # normflows' LU init calls the deprecated torch.lu; the warning says nothing about speed.
+    warnings.filterwarnings("ignore", message="torch.lu is deprecated")
+    c, h, w = shape
+    q0, merges, flows, acted_on = [], [], [], []
+    for i in range(levels):
+        channels = c * 2 ** (levels + 1 - i)
+        flows.append([nf.flows.GlowBlock(channels, hidden, split_mode="channel", scale=True)
+                      for _ in range(steps)] + [nf.flows.Squeeze()])
+        acted_on.append([channels, h // 2 ** (levels - i), w // 2 ** (levels - i)])
+        if i > 0:
+            merges.append(nf.flows.Merge())
+            latent = (c * 2 ** (levels - i), h // 2 ** (levels - i), w // 2 ** (levels - i))
+        else:
+            latent = (c * 2 ** (levels + 1), h // 2**levels, w // 2**levels)
+        q0.append(nf.distributions.GlowBase(latent))
+    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False), acted_on[::-1]
+
+
+def dequantize(x: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Uniform dequantization of the top ``n_bits`` of uint8 pixels to [0, 1), as nfgen's."""
+    q = torch.div(x, 2 ** (8 - n_bits), rounding_mode="floor").float()
+    return (q + torch.rand_like(q)) / 2**n_bits
+
+
+def normflows_model(cfg: Config, device: torch.device):
+    m = cfg.model
+    model, acted_on = build_normflows_glow(tuple(m.image_shape), m.levels, m.steps, m.hidden)
+    return model.to(device), acted_on
+
+
+def normflows_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
+    model, acted_on = normflows_model(cfg, device)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    x = random_images(args.batch, tuple(cfg.model.image_shape))
+    n_bits = cfg.model.n_bits
+    reset_cuda_peak(device)
+    base = memory_mark(device)
+    with torch.no_grad():  # actnorm's data-dependent init on the first batch
+        model.log_prob(dequantize(x.to(device), n_bits), None)
+    model.train()
+    last = []
+
+    def step() -> None:  # the training step of normflows' Glow example
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.forward_kld(dequantize(x.to(device, non_blocking=True), n_bits))
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        last.append(loss.item())
+
+    timing = measure(step, args.batch, args, device)
+    peak = memory_mark(device)
+    u = dequantize(x.to(device), n_bits)
+    return {**timing, "base": base, "peak": peak, "params": n_params(model),
+            "forward_flops_per_image": flops_per_image(lambda: model.forward_kld(u), args.batch),
+            "level_shapes": acted_on, "last_loss": last[-1]}
+
+
+def normflows_sample(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
+    model, _ = normflows_model(cfg, device)
+    x = random_images(min(args.batch, 8), tuple(cfg.model.image_shape))
+    with torch.no_grad():  # initialise actnorm from data, not from the first sampling call
+        model.log_prob(dequantize(x.to(device), cfg.model.n_bits), None)
+    model.eval()
+    temperature = None if args.temperature == 1.0 else args.temperature
+
+    def sample() -> None:
+        with torch.no_grad():
+            model.sample(args.batch, temperature=temperature)
+
+    reset_cuda_peak(device)
+    base = memory_mark(device)
+    timing = measure(sample, args.batch, args, device)
+    peak = memory_mark(device)
+    return {**timing, "base": base, "peak": peak, "flops_per_image": flops_per_image(sample, args.batch)}
+
+
+RUNNERS = {"nfgen-train": nfgen_train, "nfgen-sample": nfgen_sample,
+           "normflows-train": normflows_train, "normflows-sample": normflows_sample}
+
+
+def run_phase(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    cfg = load(args)
+    torch.manual_seed(cfg.train.seed)
+    return RUNNERS[args.phase](args, cfg, pick_device(args.device))
+
+
+# ------------------------------------------------------------------ the parent process
+def spawn(args: argparse.Namespace, phase: str) -> dict:
+    """Run one phase in a fresh interpreter, so its peak memory is its own."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--config", str(args.config),
+            "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+            "--min-time", str(args.min_time), "--device", args.device, "--threads", str(args.threads),
+            "--temperature", str(args.temperature)]
+    argv += [f"--set={s}" for s in args.set]
+    if args.image_size:
+        argv += ["--image-size", str(args.image_size)]
+    print(f"  {phase} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"bench: phase {phase} failed (exit code {proc.returncode}); its error is above")
+    return json.loads(lines[-1][len(MARK):])
+
+
+def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
+    key = "cuda_mib" if mem_kind == "cuda_allocated" else "rss_mib"
+    out = {
+        "params": train["params"],
+        "forward_flops_per_image": train["forward_flops_per_image"],
+        "sample_flops_per_image": sample["flops_per_image"],
+        "train_images_per_s": train["images_per_s"],
+        "train_images_per_s_repeats": train["images_per_s_repeats"],
+        "train_s_per_step": train["s_per_call"],
+        "sample_images_per_s": sample["images_per_s"],
+        "sample_images_per_s_repeats": sample["images_per_s_repeats"],
+        "mem_kind": mem_kind,
+        "train_peak_mem_mib": train["peak"][key],
+        "train_base_mem_mib": train["base"][key],
+        "train_mem_delta_mib": train["peak"][key] - train["base"][key],
+        "sample_peak_mem_mib": sample["peak"][key],
+        "sample_base_mem_mib": sample["base"][key],
+        "sample_mem_delta_mib": sample["peak"][key] - sample["base"][key],
+        "train_peak_rss_mib": train["peak"]["rss_mib"],
+        "sample_peak_rss_mib": sample["peak"]["rss_mib"],
+        "level_shapes": train["level_shapes"],
+        "last_train_loss": train["last_loss"],
+    }
+    return out
+
+
+# (key, label, better, format) for the table and the ratios
+ROWS = [
+    ("train_images_per_s", "train images/s", "higher", "{:,.1f}"),
+    ("sample_images_per_s", "sample images/s", "higher", "{:,.1f}"),
+    ("train_peak_mem_mib", "train peak memory, MiB", "lower", "{:,.1f}"),
+    ("train_base_mem_mib", "  train baseline (model built), MiB", "lower", "{:,.1f}"),
+    ("train_mem_delta_mib", "  train peak - baseline, MiB", "lower", "{:,.1f}"),
+    ("sample_peak_mem_mib", "sample peak memory, MiB", "lower", "{:,.1f}"),
+    ("sample_mem_delta_mib", "  sample peak - baseline, MiB", "lower", "{:,.1f}"),
+    ("params", "parameters", "", "{:,}"),
+    ("forward_flops_per_image", "forward MFLOPs / image", "lower", "{:,.2f}"),
+    ("sample_flops_per_image", "sample MFLOPs / image", "lower", "{:,.2f}"),
+]
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def table(report: dict) -> str:
+    ours, theirs = report["nfgen"], report["normflows"]
+    head = f"{'metric':<38} {'better':>6} {'nfgen':>14}"
+    if theirs:
+        head += f" {'normflows':>14} {'nfgen/normflows':>16}"
+    lines = [head, "-" * len(head)]
+    for key, label, better, fmt in ROWS:
+        scale = 1e-6 if "flops" in key else 1
+        line = f"{label:<38} {better:>6} {fmt.format(ours[key] * scale):>14}"
+        if theirs:
+            r = report["ratios"][key]
+            line += f" {fmt.format(theirs[key] * scale):>14} {'-' if r is None else f'{r:.3f}':>16}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def describe_shape(report: dict) -> str:
+    s = report["shape"]
+    c, h, w = s["image_shape"]
+    lines = [f"shape: {s['arch']} L={s['levels']} levels x K={s['steps']} steps, hidden {s['hidden']}, "
+             f"input {c}x{h}x{w}, batch {s['batch']}, n_bits {s['n_bits']}, coupling {s['coupling']}, "
+             f"permutation {s['permutation']}"]
+    for name in ("nfgen", "normflows"):
+        if report[name]:
+            acted = ", ".join("x".join(map(str, sh)) for sh in report[name]["level_shapes"])
+            lines.append(f"  {name:<9} steps act on (per level, data side first): {acted}; "
+                         f"{report[name]['params']:,} parameters")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML path or the bare name of a shipped config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model.steps=32 (repeatable)")
+    parser.add_argument("--batch", type=int, default=0, help="images per step (default: train.batch_size)")
+    parser.add_argument("--image-size", type=int, default=0, help="square H = W (default: model.image_shape)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds each repeat runs at least")
+    parser.add_argument("--device", default="", help="auto | cpu | cuda | cuda:N (default: train.device)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch.get_num_threads())")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--compare-normflows", action="store_true",
+                        help="also run normflows' Glow at the same shape (pip install -e '.[bench]')")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)  # a child process
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.batch < 0 or args.image_size < 0 or args.warmup < 0 or args.threads < 0:
+        parser.error("--repeats must be >= 1; --batch, --image-size, --warmup and --threads >= 0")
+
+    if args.phase:
+        print(MARK + json.dumps(run_phase(args)), flush=True)
+        return 0
+
+    cfg = load(args)  # fails here, before any process starts, on a bad config
+    args.batch = args.batch or cfg.train.batch_size
+    args.device = args.device or cfg.train.device
+    args.threads = args.threads or torch.get_num_threads()
+    device = pick_device(args.device)
+    if args.compare_normflows and importlib.util.find_spec("normflows") is None:
+        raise SystemExit("bench: --compare-normflows needs normflows: pip install -e '.[bench]'")
+    if args.compare_normflows and (cfg.model.arch != "glow" or cfg.model.coupling != "affine"):
+        raise SystemExit("bench: --compare-normflows compares Glow with affine couplings; "
+                         f"this config has arch={cfg.model.arch}, coupling={cfg.model.coupling}")
+
+    print(f"bench: {args.config}, device {device}, {args.threads} torch threads", file=sys.stderr)
+    results = {p: spawn(args, p) for p in PHASES[: 4 if args.compare_normflows else 2]}
+    mem_kind = "cuda_allocated" if device.type == "cuda" else "rss"
+    m = cfg.model
+    report = {
+        "config": str(args.config),
+        "overrides": args.set,
+        "shape": {"arch": m.arch, "levels": m.levels, "steps": m.steps, "hidden": m.hidden,
+                  "image_shape": list(m.image_shape), "batch": args.batch, "n_bits": m.n_bits,
+                  "coupling": m.coupling, "permutation": m.permutation},
+        "nfgen": summarize(results["nfgen-train"], results["nfgen-sample"], mem_kind),
+        "normflows": (summarize(results["normflows-train"], results["normflows-sample"], mem_kind)
+                      if args.compare_normflows else None),
+        "ratios": None,
+        "device": (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "timing": {"warmup": args.warmup, "repeats": args.repeats, "min_time_s": args.min_time,
+                   "statistic": "median", "images": "random uint8, uniform over 0..255"},
+        "train_flags": {"compile": cfg.train.compile, "amp": cfg.train.amp,
+                        "memory_saving": cfg.train.memory_saving},
+        "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if args.compare_normflows:
+        report["ratios"] = {key: ratio(report["nfgen"][key], report["normflows"][key]) for key, *_ in ROWS}
+
+    print(describe_shape(report))
+    print(f"device {report['device']}, torch {report['torch']}, {args.threads} threads; "
+          f"memory is {'CUDA max_memory_allocated' if mem_kind != 'rss' else 'peak RSS'} per phase process; "
+          f"median of {args.repeats} repeats after {args.warmup} warm-up calls")
+    print(table(report))
+    if args.compare_normflows:
+        print(DIFFERENCES)
+    line = json.dumps(report)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

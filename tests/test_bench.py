@@ -1,0 +1,50 @@
+"""scripts/bench.py end to end on a tiny Glow: each phase in its own process, one JSON line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+TINY = ["--config", "quickstart.yaml", "--set", "model.levels=2", "--set", "model.steps=1",
+        "--set", "model.hidden=8", "--batch", "4", "--repeats", "1", "--warmup", "1",
+        "--min-time", "0", "--device", "cpu", "--threads", "1"]
+
+
+def bench(*extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH), *TINY, *extra], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON report
+    assert "train images/s" in proc.stdout  # and the table came before it
+    return report
+
+
+def check_figures(r: dict) -> None:
+    for key in ("train_images_per_s", "sample_images_per_s", "params", "forward_flops_per_image",
+                "sample_flops_per_image", "train_peak_mem_mib", "sample_peak_mem_mib"):
+        assert r[key] > 0, key
+    assert r["train_peak_mem_mib"] >= r["train_base_mem_mib"]
+    assert r["level_shapes"] == [[4, 4, 4], [8, 2, 2]]  # 1x8x8 squeezed, split, squeezed again
+
+
+def test_bench_reports_nfgen_figures_as_one_json_line(tmp_path):
+    out = tmp_path / "bench.json"
+    r = bench("--json-out", str(out))
+    assert json.loads(out.read_text()) == r
+    assert r["shape"] == {"arch": "glow", "levels": 2, "steps": 1, "hidden": 8, "image_shape": [1, 8, 8],
+                          "batch": 4, "n_bits": 5, "coupling": "affine", "permutation": "conv1x1_lu"}
+    assert r["normflows"] is None and r["ratios"] is None and r["threads"] == 1
+    check_figures(r["nfgen"])
+    assert r["nfgen"]["mem_kind"] == "rss"
+
+
+def test_bench_compares_with_normflows_at_the_same_shape():
+    pytest.importorskip("normflows")
+    r = bench("--compare-normflows")
+    check_figures(r["nfgen"])
+    check_figures(r["normflows"])
+    assert r["ratios"]["train_images_per_s"] == pytest.approx(
+        r["nfgen"]["train_images_per_s"] / r["normflows"]["train_images_per_s"])
