@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -28,23 +28,23 @@ from nfgen.flows.reshape import Squeeze
 from nfgen.model import ImageFlow, build_model
 from nfgen.priors import LearnedGaussian
 
-# Past any of these limits the model is reported as not healthy. Round-trip errors are
-# max|inverse(forward(x)) - x| / max(1, max|x|): absolute for unit-scale activations,
-# relative for large ones, since float rounding is relative.
+# Past any limit the model is not healthy. A round-trip error is max|inverse(forward(x)) - x|
+# / max(1, max|x|): absolute for unit-scale activations, relative for large ones (rounding is).
 RT32_MAX = 1e-3  # float32 keeps ~7 digits; 1e-3 is a quarter of an 8-bit pixel bin (1/256),
 #                  so a few such blocks in a row flip decoded pixels.
-RT64_MAX = 1e-8  # float64 rounds at ~1e-16: losing 8 digits is no rounding but an inverse that
+RT64_MAX = 1e-8  # float64 rounds at ~1e-16: losing 8 digits is not rounding but an inverse that
 #                  does not undo forward (a bug, or a map one step from singular).
-LOGDET_MAX = 1e-6  # nats; both sides are exact up to float64 rounding (~1e-12 at these sizes),
-#                    so a larger gap means a wrong log-det formula, hence a wrong likelihood.
+LOGDET_MAX = 1e-6  # nats; both sides are exact up to float64 rounding (~1e-14 at these sizes),
+#                    so a larger gap is a wrong log-det formula, hence a wrong likelihood.
 COND_MAX = 1e4  # inverting a matrix of condition number k loses log10(k) digits: past 1e4,
-#                 float32 keeps 3 of its ~7. Glow's "not invertible" is W drifting to singular.
-MIN_SCALE = 1e-4  # the inverse divides by the scale, so below 1e-4 float32 rounding (~1e-7)
-#                   grows past RT32_MAX; the default soft clamp (>= e^-2) never gets here.
-MAX_JACOBIAN_DIMS = 1024  # a D x D autograd Jacobian costs D backward passes and D^3 slogdet.
-CROPS = (4, 2)  # spatial crops (largest first) for blocks that work at any size
+#                 float32 keeps 3 of ~7. Glow's "not invertible" is W drifting to singular.
+MIN_SCALE = 1e-4  # the inverse divides by the scale: below 1e-4 float32 rounding (~1e-7) grows
+#                   past RT32_MAX. The default soft clamp (scale >= e^-2) never gets here.
+MAX_JACOBIAN_DIMS = 1024  # the Jacobian is D x D: D backward passes, a D^3 slogdet
+MAX_JACOBIAN_WORK = 5e9  # ~ D x pixels x parameters multiply-adds: a few seconds on a laptop CPU
+CROPS = (4, 2)  # spatial crops, largest first, for blocks that work at any size
 ACTNORM_INIT_BATCH = 32  # random images for a fresh model's data-dependent actnorm init
-_ANY_SIZE = (ActNorm, InvConv1x1, Permute, Squeeze, Sequential)  # no image-sized buffers
+_ANY_SIZE = (ActNorm, InvConv1x1, Permute, Squeeze, Sequential, Coupling)  # channel couplings only
 
 
 @dataclass
@@ -66,7 +66,8 @@ class BlockReport:
 
 @dataclass
 class Report:
-    """The whole diagnosis: a row per block, whole-model round trips and every problem found."""
+    """The diagnosis: a row per block, whole-model round trips, and every problem found
+    (each naming its block or part and the measure)."""
 
     inputs: str
     blocks: list[BlockReport] = field(default_factory=list)
@@ -81,7 +82,7 @@ class Report:
 
 @contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's RNG for a block of code and restore it after (no hidden global state)."""
+    """Seed torch's RNG for a block of code and restore it afterwards (no hidden global state)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
@@ -91,23 +92,25 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def _nonfinite(named: Iterable[tuple[str, Tensor]]) -> list[str]:
+    return [f"non-finite values in parameter {n}" for n, t in named if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def fresh_model(config: Config, seed: int = 0, device: str | torch.device = "cpu") -> ImageFlow:
     """A newly built model whose actnorms got their data-dependent init from random uint8
     images, as training's first step would give them; in eval mode."""
     device = torch.device(device)
-    with _seeded(seed, device):
+    with _seeded(seed, device), torch.no_grad():
         model = build_model(config).to(device).train()
-        x = torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device)
-        with torch.no_grad():
-            model.log_prob(x)
+        model.log_prob(torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device))
     return model.eval()
 
 
 def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
     """The model's own samples in u-space: for a trained model, the inputs its blocks were
-    fitted to (random images would sit off the data manifold and flag fake problems). Clamped
-    into [0, 1) as data would be; non-finite samples are themselves a problem and are replaced
-    by uniform noise so that every block can still be measured."""
+    fitted to (random images sit off the data manifold and would flag problems that real data
+    never meets). Clamped into [0, 1) as data is; non-finite samples are a problem themselves
+    and are replaced by uniform noise, so that every block can still be measured."""
     ref = next(model.parameters())
     with _seeded(seed, ref.device):
         try:
@@ -117,8 +120,7 @@ def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
             u = torch.rand(n, *model.shape, dtype=ref.dtype, device=ref.device)
         bad = ~torch.isfinite(u).flatten(1).all(1)
         if bad.any():
-            problems.append(f"sampling: {int(bad.sum())} of {n} samples not finite "
-                            "(replaced by uniform noise for the checks)")
+            problems.append(f"sampling: {int(bad.sum())} of {n} samples not finite (replaced by uniform noise for the checks)")
             u[bad] = torch.rand_like(u[bad])
     return u.clamp(0.0, 1.0 - 1e-6)  # top of the last bin, still below 1 in float32
 
@@ -137,25 +139,18 @@ def _describe(block: nn.Module) -> tuple[str, str]:
 
 def _any_size(block: nn.Module) -> bool:
     """True if no flow inside holds buffers sized to the image (checkerboard masks, top prior)."""
-    for m in block.modules():
-        if isinstance(m, Coupling) and m.mask_kind != "channel":
-            return False
-        if isinstance(m, Flow) and not isinstance(m, (*_ANY_SIZE, Coupling)):
-            return False
-    return True
+    return all(not isinstance(m, Flow) or (isinstance(m, _ANY_SIZE) and getattr(m, "mask_kind", "channel") == "channel")
+               for m in block.modules())
 
 
 def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport) -> tuple[float, Tensor | None]:
     """Round-trip error of a block, and its forward output (``None`` if forward failed)."""
+    z = None
     try:
         z, ld = block(x)
-    except RuntimeError as e:
-        row.problems.append(f"{label} forward failed: {_first_line(e)}")
-        return math.nan, None
-    try:
         x_back, ld_inv = block.inverse(z)
     except RuntimeError as e:
-        row.problems.append(f"{label} inverse failed: {_first_line(e)}")
+        row.problems.append(f"{label} {'inverse' if z is not None else 'forward'} failed: {_first_line(e)}")
         return math.nan, z
     parts = {"forward output": z, "forward log-det": ld, "inverse output": x_back, "inverse log-det": ld_inv}
     bad = [what for what, t in parts.items() if not torch.isfinite(t).all()]
@@ -165,32 +160,29 @@ def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport) -> tuple[f
 
 
 def _logdet_check(block: Flow, x: Tensor, row: BlockReport) -> None:
-    """Analytic log-det against ``slogdet`` of the float64 autograd Jacobian, on one sample
-    cropped to a few pixels when the block allows it (the formula does not depend on size)."""
-    c, h, w = x.shape[1:]
-    if _any_size(block):
-        fits = [s for s in CROPS if c * min(h, s) * min(w, s) <= MAX_JACOBIAN_DIMS]
-        x = x[:, :, : min(h, fits[0]), : min(w, fits[0])] if fits else x
-    dims = x[0].numel()
-    if dims > MAX_JACOBIAN_DIMS:
-        where = "even at 2x2" if _any_size(block) else f"at its fixed size {h}x{w}"
+    """Analytic log-det against ``slogdet`` of the float64 autograd Jacobian on one sample,
+    cropped to a few pixels where the block allows it (its formula does not depend on size)."""
+    h, w = x.shape[2:]
+    n_params = max(1, sum(p.numel() for p in block.parameters()))
+    for s in CROPS if _any_size(block) else (max(h, w),):
+        xs = x[:, :, :s, :s]
+        dims, work = xs[0].numel(), xs[0].numel() * xs.shape[2] * xs.shape[3] * n_params
+        if dims <= MAX_JACOBIAN_DIMS and work <= MAX_JACOBIAN_WORK:
+            break
+    else:
+        where = f"even at {xs.shape[2]}x{xs.shape[3]}" if _any_size(block) else f"at its fixed size {h}x{w}"
         row.logdet_at = "skip"
-        row.notes.append(f"log-det check skipped: the Jacobian would be {dims}x{dims} {where} "
-                         f"(limit {MAX_JACOBIAN_DIMS} dimensions)")
+        row.notes.append(f"log-det check skipped: a {dims}-dim Jacobian {where} costs ~{work:.0e} multiply-adds "
+                         f"(limits {MAX_JACOBIAN_DIMS} dims, {MAX_JACOBIAN_WORK:.0e})")
         return
-    row.logdet_at = f"{x.shape[2]}x{x.shape[3]}"
+    row.logdet_at = f"{xs.shape[2]}x{xs.shape[3]}"
     try:
         with torch.enable_grad():
-            jac = torch.autograd.functional.jacobian(
-                lambda v: block(v.view_as(x))[0].flatten(), x.flatten(), vectorize=True)
+            jac = torch.autograd.functional.jacobian(lambda v: block(v.view_as(xs))[0].flatten(), xs.flatten(), vectorize=True)
         sign, expected = torch.linalg.slogdet(jac)
-        row.logdet_error = math.inf if sign == 0 else (block(x)[1][0] - expected).abs().item()
+        row.logdet_error = math.inf if sign == 0 else (block(xs)[1][0] - expected).abs().item()
     except RuntimeError as e:
         row.problems.append(f"log-det check failed: {_first_line(e)}")
-
-
-def _cond(w: Tensor) -> float:
-    return torch.linalg.cond(w.detach()).item() if torch.isfinite(w).all() else math.nan
 
 
 def _judge(row: BlockReport) -> None:
@@ -207,13 +199,10 @@ def _judge(row: BlockReport) -> None:
 
 
 def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor) -> Tensor | None:
-    """Measure one block on float64 input ``x``; returns its float64 forward output."""
-    for pname, t in chain(b64.named_parameters(), b64.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            row.problems.append(f"non-finite values in parameter {pname}")
-    seen: list[tuple[Coupling, Tensor, Tensor | None]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: seen.append((mod, args[0], kw.get("context"))),
-                                         with_kwargs=True)
+    """Measure one block on its float64 input ``x``; returns its float64 forward output."""
+    row.problems += _nonfinite(chain(b64.named_parameters(), b64.named_buffers()))
+    seen: list[tuple[Coupling, Tensor, Tensor | None]] = []  # each coupling's input, via a pre-hook
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: seen.append((mod, args[0], kw.get("context"))), with_kwargs=True)
              for m in b64.modules() if isinstance(m, Coupling)]
     try:
         row.roundtrip64, out = _round_trip(b64, x, "float64", row)
@@ -224,43 +213,42 @@ def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor) -> Tensor | 
     if seen:
         row.min_scale = torch.stack([m.log_scale(xi, ctx).min() for m, xi, ctx in seen]).min().exp().item()
     convs = [m.matrix() for m in b64.modules() if isinstance(m, InvConv1x1)]
-    if convs:
-        row.cond = torch.tensor([_cond(w) for w in convs], dtype=torch.float64).max().item()  # NaN if any is NaN
+    if convs:  # NaN if a matrix holds a NaN (reported as a non-finite parameter)
+        conds = [torch.linalg.cond(w) if torch.isfinite(w).all() else w.new_tensor(math.nan) for w in convs]
+        row.cond = torch.stack(conds).max().item()
     _logdet_check(b64, x[:1], row)
     _judge(row)
     return out
 
 
 def _model_round_trip(model: ImageFlow, u: Tensor, label: str, limit: float, problems: list[str]) -> float:
-    """u -> z -> u through preprocessing and the whole body (u in [0, 1): absolute error)."""
+    """u -> z -> u through preprocessing and the whole body (u is in [0, 1): absolute error)."""
     try:
         zs, _ = model.body(model.preprocess(u)[0])
         err = (model.preprocess.inverse(model.body.inverse(zs)[0])[0] - u).abs().max().item()
     except RuntimeError as e:
-        problems.append(f"whole model {label} round trip failed: {_first_line(e)}")
+        problems.append(f"whole model: {label} round trip failed: {_first_line(e)}")
         return math.nan
     if not err <= limit:
-        problems.append(f"whole model {label} round trip {err:.2g} (limit {limit:g})")
+        problems.append(f"whole model: {label} round trip {err:.2g} > {limit:g}")
     return err
 
 
 def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: torch.Generator) -> None:
-    """Follow ``MultiScaleFlow.forward`` block by block, adding a checked row per block."""
+    """Follow ``MultiScaleFlow.forward`` block by block, adding a checked row for each."""
     for i, (l64, l32) in enumerate(zip(m64.body.levels, m32.body.levels)):
         counts: dict[str, int] = {}
         for b64, b32 in zip(l64.flow.flows, l32.flow.flows):
             stem, kind = _describe(b64)
             k = counts[stem] = counts.get(stem, -1) + 1
-            row = BlockReport(f"level{i}.{stem}{k if stem in ('step', 'coupling') else ''}", kind,
-                              tuple(x.shape[1:]))
+            row = BlockReport(f"level{i}.{stem}{k if stem in ('step', 'coupling') else ''}", kind, tuple(x.shape[1:]))
             report.blocks.append(row)
             if not torch.isfinite(x).all():
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = torch.where(torch.isfinite(x), x, noise)
+                x = torch.where(torch.isfinite(x), x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
                 row.notes.append("non-finite input from an earlier block replaced by N(0, 1) noise")
             out = _check_block(row, b64, b32, x)
             if out is None:
-                report.problems.append(f"{row.name}: forward failed, later blocks not checked")
+                row.problems.append("forward failed, so no later block was checked")
                 return
             x = out
         if l64.split:
@@ -269,18 +257,14 @@ def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: 
 
 @torch.no_grad()
 def diagnose(model: ImageFlow, n: int = 8, seed: int = 0) -> Report:
-    """Measure every block of ``model``'s body on ``n`` of its own samples; see ``Report``.
-
-    Runs on float64 and float32 copies; ``model`` itself is left untouched.
-    """
+    """Measure every block of ``model``'s body on ``n`` of its own samples (see ``Report``),
+    on float64 and float32 copies; ``model`` itself is left untouched."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     m64, m32 = copy.deepcopy(model).double().eval(), copy.deepcopy(model).float().eval()
     report = Report(inputs=f"{n} model samples (seed {seed}) clamped into [0, 1)")
-    body_params = {id(p) for p in chain(m64.body.parameters(), m64.body.buffers())}
-    for pname, t in chain(m64.named_parameters(), m64.named_buffers()):
-        if id(t) not in body_params and t.is_floating_point() and not torch.isfinite(t).all():
-            report.problems.append(f"non-finite values in parameter {pname}")
+    in_body = {id(t) for t in chain(m64.body.parameters(), m64.body.buffers())}
+    report.problems += _nonfinite((k, t) for k, t in chain(m64.named_parameters(), m64.named_buffers()) if id(t) not in in_body)
     u = _inputs(m64, n, seed, report.problems)
     report.model_roundtrip64 = _model_round_trip(m64, u, "float64", RT64_MAX, report.problems)
     report.model_roundtrip32 = _model_round_trip(m32, u.float(), "float32", RT32_MAX, report.problems)
@@ -296,14 +280,13 @@ def _num(value: float | None, spec: str = ".1e") -> str:
 def format_report(report: Report) -> str:
     """A table with a row per block, then the whole-model round trips, notes and limits."""
     head = ("block", "input", "rt f32", "rt f64", "log-det err", "at", "cond(1x1)", "min scale", "")
-    rows = [(f"{b.name} ({b.kind})", "x".join(map(str, b.shape)), _num(b.roundtrip32), _num(b.roundtrip64),
-             _num(b.logdet_error), b.logdet_at, _num(b.cond, ".3g"), _num(b.min_scale, ".3g"),
-             "FAIL" if b.problems else "ok") for b in report.blocks]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    rows = [head] + [(f"{b.name} ({b.kind})", "x".join(map(str, b.shape)), _num(b.roundtrip32), _num(b.roundtrip64),
+                      _num(b.logdet_error), b.logdet_at, _num(b.cond, ".3g"), _num(b.min_scale, ".3g"),
+                      "FAIL" if b.problems else "ok") for b in report.blocks]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [f"inputs: {report.inputs}; rt = max|inverse(forward(x)) - x| / max(1, max|x|); "
-             "log-det err against the float64 autograd Jacobian on one sample at the size shown"]
-    for r in [head, *rows]:
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+             "log-det err: against the float64 autograd Jacobian, one sample, at the size shown"]
+    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.append(f"whole model u -> z -> u round trip: float32 {report.model_roundtrip32:.1e}, "
                  f"float64 {report.model_roundtrip64:.1e}")
     lines += [f"note: {b.name}: {note}" for b in report.blocks for note in b.notes]

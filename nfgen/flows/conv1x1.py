@@ -28,21 +28,21 @@ class InvConv1x1(Flow):
     def log_abs_det(self) -> Tensor:
         return torch.linalg.slogdet(self.weight)[1]
 
-    def _mix(self, x: Tensor, w: Tensor) -> Tensor:
-        # Always in the parameters' precision, also under autocast: a bf16 channel mix would make
-        # the flow only approximately invertible.
+    def _apply(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        # Always in the parameters' precision, also under autocast: a bf16 weight or channel mix
+        # would make the flow only approximately invertible.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.conv2d(x.to(w.dtype), w[:, :, None, None])
+            w = self.matrix()  # computed once per pass (the LU product is not free)
+            if inverse:
+                w = torch.linalg.inv(w)
+            logdet = (self.log_abs_det() * x.shape[2] * x.shape[3]).expand(x.shape[0])
+            return F.conv2d(x.to(w.dtype), w[:, :, None, None]), -logdet if inverse else logdet
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        w = self.matrix()  # computed once per pass (the LU product is not free)
-        logdet = (self.log_abs_det() * x.shape[2] * x.shape[3]).expand(x.shape[0])
-        return self._mix(x, w), logdet
+        return self._apply(x, inverse=False)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        w_inv = torch.linalg.inv(self.matrix())
-        logdet = (self.log_abs_det() * z.shape[2] * z.shape[3]).expand(z.shape[0])
-        return self._mix(z, w_inv), -logdet
+        return self._apply(z, inverse=True)
 
 
 class InvConv1x1LU(InvConv1x1):
