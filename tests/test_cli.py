@@ -180,7 +180,7 @@ def test_shipped_configs_load_by_bare_name():
 
     names = shipped_configs()
     assert {"glow_cifar.yaml", "realnvp_cifar.yaml", "glow_mnist.yaml", "realnvp_mnist.yaml",
-            "quickstart.yaml", "digits_15min.yaml"} <= set(names)
+            "quickstart.yaml", "glow_digits.yaml"} <= set(names)
     for name in names:
         load_config(name)
     glow = load_config("glow_cifar")

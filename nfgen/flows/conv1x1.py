@@ -28,7 +28,7 @@ class InvConv1x1(Flow):
     def log_abs_det(self) -> Tensor:
         return torch.linalg.slogdet(self.weight)[1]
 
-    def _apply(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _conv(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         # Always in the parameters' precision, also under autocast: a bf16 weight or channel mix
         # would make the flow only approximately invertible.
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -39,10 +39,10 @@ class InvConv1x1(Flow):
             return F.conv2d(x.to(w.dtype), w[:, :, None, None]), -logdet if inverse else logdet
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._apply(x, inverse=False)
+        return self._conv(x, inverse=False)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._apply(z, inverse=True)
+        return self._conv(z, inverse=True)
 
 
 class InvConv1x1LU(InvConv1x1):
