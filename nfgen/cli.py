@@ -190,5 +190,31 @@ def interpolate(
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 
 
+@app.command()
+def check(
+    ckpt: Annotated[Path | None, typer.Option(help="Checkpoint to examine.")] = None,
+    config: Annotated[str | None, typer.Option(help="Or a YAML config: examine a freshly built model "
+                                               "(actnorm initialised on random images).")] = None,
+    set_: Sets = None,
+    n: Annotated[int, typer.Option(help="Model samples the blocks are measured on.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Device = "auto",
+) -> None:
+    """Numerical health of every flow block: round trips, log-dets, conditioning, scales, NaNs."""
+    from nfgen.doctor import diagnose, format_report, fresh_model, verdict
+
+    with _user_errors():
+        if (ckpt is None) == (config is None) or n < 1:
+            raise ConfigError("give exactly one of --ckpt FILE or --config FILE, and --n >= 1")
+        if ckpt is not None:
+            model, _ = _trained(ckpt, set_, device)
+        else:
+            model = fresh_model(load_config(config, set_), seed, resolve_device(device))
+        report = diagnose(model, n, seed)
+    typer.echo(format_report(report))
+    typer.echo(verdict(report))
+    raise typer.Exit(0 if report.healthy else 1)
+
+
 def main() -> None:
     app()

@@ -43,6 +43,7 @@ MIN_SCALE = 1e-4  # the inverse divides by the scale: below 1e-4 float32 roundin
 MAX_JACOBIAN_DIMS = 1024  # the Jacobian is D x D: D backward passes, a D^3 slogdet
 MAX_JACOBIAN_WORK = 5e9  # ~ D x pixels x parameters multiply-adds: a few seconds on a laptop CPU
 CROPS = (4, 2)  # spatial crops, largest first, for blocks that work at any size
+MAX_LISTED = 8  # problems spelled out in the verdict line; past that the report lists them all
 ACTNORM_INIT_BATCH = 32  # random images for a fresh model's data-dependent actnorm init
 _ANY_SIZE = (ActNorm, InvConv1x1, Permute, Squeeze, Sequential, Coupling)  # channel couplings only
 
@@ -180,7 +181,10 @@ def _logdet_check(block: Flow, x: Tensor, row: BlockReport) -> None:
         with torch.enable_grad():
             jac = torch.autograd.functional.jacobian(lambda v: block(v.view_as(xs))[0].flatten(), xs.flatten(), vectorize=True)
         sign, expected = torch.linalg.slogdet(jac)
-        row.logdet_error = math.inf if sign == 0 else (block(xs)[1][0] - expected).abs().item()
+        if not torch.isfinite(jac).all():
+            row.logdet_error = math.nan
+        else:  # a singular Jacobian (sign 0) can match no finite log-det
+            row.logdet_error = math.inf if sign == 0 else (block(xs)[1][0] - expected).abs().item()
     except RuntimeError as e:
         row.problems.append(f"log-det check failed: {_first_line(e)}")
 
@@ -230,7 +234,7 @@ def _model_round_trip(model: ImageFlow, u: Tensor, label: str, limit: float, pro
         problems.append(f"whole model: {label} round trip failed: {_first_line(e)}")
         return math.nan
     if not err <= limit:
-        problems.append(f"whole model: {label} round trip {err:.2g} > {limit:g}")
+        problems.append(f"whole model: {label} round trip " + ("not finite" if math.isnan(err) else f"{err:.2g} > {limit:g}"))
     return err
 
 
@@ -264,12 +268,12 @@ def diagnose(model: ImageFlow, n: int = 8, seed: int = 0) -> Report:
     m64, m32 = copy.deepcopy(model).double().eval(), copy.deepcopy(model).float().eval()
     report = Report(inputs=f"{n} model samples (seed {seed}) clamped into [0, 1)")
     in_body = {id(t) for t in chain(m64.body.parameters(), m64.body.buffers())}
-    report.problems += _nonfinite((k, t) for k, t in chain(m64.named_parameters(), m64.named_buffers()) if id(t) not in in_body)
-    u = _inputs(m64, n, seed, report.problems)
-    report.model_roundtrip64 = _model_round_trip(m64, u, "float64", RT64_MAX, report.problems)
-    report.model_roundtrip32 = _model_round_trip(m32, u.float(), "float32", RT32_MAX, report.problems)
+    other = _nonfinite((k, t) for k, t in chain(m64.named_parameters(), m64.named_buffers()) if id(t) not in in_body)
+    u = _inputs(m64, n, seed, other)
+    report.model_roundtrip64 = _model_round_trip(m64, u, "float64", RT64_MAX, other)
+    report.model_roundtrip32 = _model_round_trip(m32, u.float(), "float32", RT32_MAX, other)
     _walk(report, m64, m32, m64.preprocess(u)[0], torch.Generator(u.device).manual_seed(seed))
-    report.problems += [f"{row.name}: {p}" for row in report.blocks for p in row.problems]
+    report.problems = [f"{row.name}: {p}" for row in report.blocks for p in row.problems] + other  # causes first
     return report
 
 
@@ -290,6 +294,8 @@ def format_report(report: Report) -> str:
     lines.append(f"whole model u -> z -> u round trip: float32 {report.model_roundtrip32:.1e}, "
                  f"float64 {report.model_roundtrip64:.1e}")
     lines += [f"note: {b.name}: {note}" for b in report.blocks for note in b.notes]
+    if len(report.problems) > MAX_LISTED:  # more than the verdict line spells out
+        lines += [f"problem: {p}" for p in report.problems]
     lines.append(f"limits: rt f32 <= {RT32_MAX:g}, rt f64 <= {RT64_MAX:g}, log-det err <= {LOGDET_MAX:g}, "
                  f"cond <= {COND_MAX:g}, min scale >= {MIN_SCALE:g}, every value finite")
     return "\n".join(lines)
@@ -298,7 +304,9 @@ def format_report(report: Report) -> str:
 def verdict(report: Report) -> str:
     """One line: ``healthy: <summary>`` or ``NOT healthy: <problems>``."""
     if not report.healthy:
-        return "NOT healthy: " + "; ".join(report.problems)
+        more = len(report.problems) - MAX_LISTED
+        tail = f"; and {more} more (listed above)" if more > 0 else ""
+        return "NOT healthy: " + "; ".join(report.problems[:MAX_LISTED]) + tail
     conds = [b.cond for b in report.blocks if b.cond is not None]
     scales = [b.min_scale for b in report.blocks if b.min_scale is not None]
     return (f"healthy: all {len(report.blocks)} blocks within limits (worst float32 round trip "

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from flow_harness import randomize
 
 import nfgen
-from flow_harness import randomize
 from nfgen.config import config_from_dict
 from nfgen.training.step import autocast
 
