@@ -34,12 +34,12 @@ quickstart: data/digits
 
 # Train/sample images/s, peak memory, parameters and FLOPs of nfgen beside normflows' Glow at the
 # same shape (scripts/bench.py --help): the quickstart shape, then a reduced CIFAR-10 Glow
-# (L=3, K=8, hidden 128, 3x32x32, batch 16). A few minutes on 2 CPU cores.
+# (L=3, K=8, hidden 128, 3x32x32, batch 16). About a minute on 2 quiet CPU cores.
 bench: install
 	$(PY) -c "import normflows" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) scripts/bench.py --config quickstart.yaml --compare-normflows
 	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \
-		--batch 16 --repeats 3 --compare-normflows
+		--batch 16 --compare-normflows
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -18,6 +18,10 @@ own: peak RSS (``ru_maxrss``) on CPU, ``torch.cuda.max_memory_allocated`` on CUD
 baseline, taken after imports, model, optimizer and input batch are built, is reported too,
 so peak minus baseline shows the activations and optimizer state.
 
+Timings are only as good as the machine is quiet: each phase also records how many cores other
+processes kept busy while it was timed, and the report warns when that, or disagreement
+between repeats, makes the figures unreliable.
+
 The images are random uint8 (uniform over 0..255) of the config's ``model.image_shape``: the
 speed of a flow does not depend on pixel values, and no data set has to be present.
 
@@ -70,7 +74,6 @@ Same shape, different details (why the parameter counts differ):
   - sampling: nfgen returns quantised uint8 images; normflows float images and their log-density."""
 
 MARK = "BENCH_PHASE_RESULT "  # prefixes the one stdout line a phase process reports
-PHASES = ("nfgen-train", "nfgen-sample", "normflows-train", "normflows-sample")
 MiB = 2**20
 
 
@@ -110,15 +113,32 @@ def reset_cuda_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def busy_cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes have used, this process's), or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+
+
 def measure(step: Callable[[], object], n_images: int, args: argparse.Namespace,
             device: torch.device) -> dict[str, object]:
     """``--warmup`` untimed calls, then ``--repeats`` timings of at least one call and at
-    least ``--min-time`` seconds each; images/s is the median over the repeats."""
+    least ``--min-time`` seconds each; images/s is the median over the repeats.
+
+    Also how many cores other processes kept busy meanwhile: with every core in use, torch's
+    thread pool waits for descheduled threads and small ops slow down many times over.
+    """
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         step()
     sync()
     rates, seconds = [], []
+    before, start_all = busy_cpu_seconds(), time.perf_counter()
     for _ in range(args.repeats):
         calls, start = 0, time.perf_counter()
         while True:
@@ -130,8 +150,11 @@ def measure(step: Callable[[], object], n_images: int, args: argparse.Namespace,
                 break
         rates.append(calls * n_images / elapsed)
         seconds.append(elapsed / calls)
+    after, wall = busy_cpu_seconds(), time.perf_counter() - start_all
+    others = None if before is None or after is None else max(
+        0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
     return {"images_per_s": statistics.median(rates), "images_per_s_repeats": rates,
-            "s_per_call": statistics.median(seconds)}
+            "s_per_call": statistics.median(seconds), "other_processes_cores": others}
 
 
 def flops_per_image(fn: Callable[[], object], n_images: int) -> float:
@@ -219,8 +242,8 @@ def dequantize(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 
 def normflows_model(cfg: Config, device: torch.device):
-    m = cfg.model
-    model, acted_on = build_normflows_glow(tuple(m.image_shape), m.levels, m.steps, m.hidden)
+    model, acted_on = build_normflows_glow(tuple(cfg.model.image_shape), cfg.model.levels, cfg.model.steps,
+                                           cfg.model.hidden)
     return model.to(device), acted_on
 
 
@@ -302,7 +325,7 @@ def spawn(args: argparse.Namespace, phase: str) -> dict:
 
 def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
     key = "cuda_mib" if mem_kind == "cuda_allocated" else "rss_mib"
-    out = {
+    return {
         "params": train["params"],
         "forward_flops_per_image": train["forward_flops_per_image"],
         "sample_flops_per_image": sample["flops_per_image"],
@@ -320,10 +343,11 @@ def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
         "sample_mem_delta_mib": sample["peak"][key] - sample["base"][key],
         "train_peak_rss_mib": train["peak"]["rss_mib"],
         "sample_peak_rss_mib": sample["peak"]["rss_mib"],
+        "train_other_processes_cores": train["other_processes_cores"],
+        "sample_other_processes_cores": sample["other_processes_cores"],
         "level_shapes": train["level_shapes"],
         "last_train_loss": train["last_loss"],
     }
-    return out
 
 
 # (key, label, better, format) for the table and the ratios
@@ -339,10 +363,6 @@ ROWS = [
     ("forward_flops_per_image", "forward MFLOPs / image", "lower", "{:,.2f}"),
     ("sample_flops_per_image", "sample MFLOPs / image", "lower", "{:,.2f}"),
 ]
-
-
-def ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
 
 
 def table(report: dict) -> str:
@@ -375,6 +395,22 @@ def describe_shape(report: dict) -> str:
     return "\n".join(lines)
 
 
+def busy_warning(report: dict, threads: int) -> str:
+    """Name the phases that shared the CPU with other processes, or say the repeats disagree."""
+    notes = []
+    for name, r in ((n, report[n]) for n in ("nfgen", "normflows") if report[n]):
+        for phase in ("train", "sample"):
+            others = r[f"{phase}_other_processes_cores"]
+            reps = r[f"{phase}_images_per_s_repeats"]
+            if others is not None and others > 0.25:
+                notes.append(f"{name} {phase}: other processes kept {others:.2f} cores busy")
+            if min(reps) > 0 and max(reps) / min(reps) > 1.5:
+                notes.append(f"{name} {phase}: repeats differ {max(reps) / min(reps):.1f}x")
+    advice = (f"With {threads} threads on {os.cpu_count()} cores a busy machine slows small ops many times "
+              "over: rerun when it is quiet, or with fewer --threads.")
+    return f"WARNING: timings are unreliable ({'; '.join(notes)}). {advice}" if notes else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML path or the bare name of a shipped config")
@@ -391,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-normflows", action="store_true",
                         help="also run normflows' Glow at the same shape (pip install -e '.[bench]')")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
-    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--phase", choices=list(RUNNERS), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch < 0 or args.image_size < 0 or args.warmup < 0 or args.threads < 0:
         parser.error("--repeats must be >= 1; --batch, --image-size, --warmup and --threads >= 0")
@@ -405,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     args.device = args.device or cfg.train.device
     args.threads = args.threads or torch.get_num_threads()
     device = pick_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"bench: --device {args.device} asked for CUDA, which is not available; use auto or cpu")
     if args.compare_normflows and importlib.util.find_spec("normflows") is None:
         raise SystemExit("bench: --compare-normflows needs normflows: pip install -e '.[bench]'")
     if args.compare_normflows and (cfg.model.arch != "glow" or cfg.model.coupling != "affine"):
@@ -412,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"this config has arch={cfg.model.arch}, coupling={cfg.model.coupling}")
 
     print(f"bench: {args.config}, device {device}, {args.threads} torch threads", file=sys.stderr)
-    results = {p: spawn(args, p) for p in PHASES[: 4 if args.compare_normflows else 2]}
+    results = {p: spawn(args, p) for p in list(RUNNERS)[: 4 if args.compare_normflows else 2]}
     mem_kind = "cuda_allocated" if device.type == "cuda" else "rss"
     m = cfg.model
     report = {
@@ -436,19 +474,22 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if args.compare_normflows:
-        report["ratios"] = {key: ratio(report["nfgen"][key], report["normflows"][key]) for key, *_ in ROWS}
+        ours, theirs = report["nfgen"], report["normflows"]
+        report["ratios"] = {key: ours[key] / theirs[key] if theirs[key] else None for key, *_ in ROWS}
 
     print(describe_shape(report))
     print(f"device {report['device']}, torch {report['torch']}, {args.threads} threads; "
           f"memory is {'CUDA max_memory_allocated' if mem_kind != 'rss' else 'peak RSS'} per phase process; "
           f"median of {args.repeats} repeats after {args.warmup} warm-up calls")
     print(table(report))
+    warn = busy_warning(report, args.threads)
+    if warn:
+        print(warn)
     if args.compare_normflows:
         print(DIFFERENCES)
-    line = json.dumps(report)
     if args.json_out:
-        args.json_out.write_text(line + "\n")
-    print(line)
+        args.json_out.write_text(json.dumps(report) + "\n")
+    print(json.dumps(report))
     return 0
 
 
