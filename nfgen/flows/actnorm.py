@@ -23,6 +23,9 @@ class ActNorm(Flow):
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
         self.eps = eps
+        # Reading the buffer every training forward would sync a GPU (and break torch.compile
+        # graphs); once it has been seen True, this Python flag answers instead.
+        self._seen_initialized = False
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -31,13 +34,20 @@ class ActNorm(Flow):
         self.loc.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
+        self._seen_initialized = True
+
+    def initialize_once(self, x: Tensor) -> None:
+        """Data-dependent init on the first training batch; a loaded model is never re-initialised."""
+        if self.training and not self._seen_initialized:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._seen_initialized = True
 
     def _logdet(self, x: Tensor) -> Tensor:
         return (self.log_scale.sum() * x.shape[2] * x.shape[3]).expand(x.shape[0])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        self.initialize_once(x)
         return (x + self.loc) * torch.exp(self.log_scale), self._logdet(x)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:

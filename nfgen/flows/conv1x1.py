@@ -55,7 +55,7 @@ class InvConv1x1LU(InvConv1x1):
         nn.Module.__init__(self)
         p, lower, upper = torch.linalg.lu(_random_rotation(channels))
         diag = torch.diagonal(upper)
-        self.register_buffer("perm", p)
+        self.register_buffer("perm", torch.argmax(p, dim=1))  # P @ M == M[perm]: a gather, not a matmul
         self.register_buffer("sign_s", torch.sign(diag))
         self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
         self.register_buffer("eye", torch.eye(channels))
@@ -66,7 +66,7 @@ class InvConv1x1LU(InvConv1x1):
     def matrix(self) -> Tensor:
         lower = self.lower * self.lower_mask + self.eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.perm @ lower @ upper
+        return (lower @ upper)[self.perm]
 
     def log_abs_det(self) -> Tensor:
         return self.log_s.sum()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfgen.flows.actnorm import ActNorm
@@ -34,15 +35,27 @@ class ZeroConv2d(nn.Module):
         return self.conv(x) * torch.exp(self.log_gain * self.gain)
 
 
-class Normalize(nn.Module):
-    """Actnorm used as a plain layer inside a conditioner (its log-det is not needed there)."""
+class ConvNorm(nn.Module):
+    """Convolution followed by actnorm (Glow's conditioner layer), folded into one convolution:
+    ``(conv(x, W) + loc) * e^s == conv(x, W * e^s) + loc * e^s``, so the per-channel scale and
+    shift cost a weight multiply instead of two passes over the large activation tensor. The
+    actnorm keeps its data-dependent initialisation from the first batch's conv outputs."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int) -> None:
         super().__init__()
-        self.actnorm = ActNorm(channels)
+        conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
+        self.weight = conv.weight
+        self.padding = kernel // 2
+        self.actnorm = ActNorm(c_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.actnorm(x)[0]
+        norm = self.actnorm
+        if norm.training and not norm._seen_initialized:
+            with torch.no_grad():
+                norm.initialize_once(F.conv2d(x, self.weight, padding=self.padding))
+        scale = torch.exp(norm.log_scale.view(-1))
+        return F.conv2d(x, self.weight * scale[:, None, None, None], norm.loc.view(-1) * scale,
+                        padding=self.padding)
 
 
 def glow_net(hidden: int) -> NetFactory:
@@ -50,11 +63,9 @@ def glow_net(hidden: int) -> NetFactory:
 
     def build(c_in: int, c_out: int) -> nn.Module:
         return nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1, bias=False),
-            Normalize(hidden),
+            ConvNorm(c_in, hidden, 3),
             nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1, bias=False),
-            Normalize(hidden),
+            ConvNorm(hidden, hidden, 1),
             nn.ReLU(),
             ZeroConv2d(hidden, c_out),
         )
@@ -66,16 +77,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            Normalize(channels),
+            ConvNorm(channels, channels, 3),
             nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            Normalize(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            ConvNorm(channels, channels, 3),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+        return torch.relu(x + self.body(x))
 
 
 def resnet(hidden: int, blocks: int) -> NetFactory:
@@ -84,10 +92,9 @@ def resnet(hidden: int, blocks: int) -> NetFactory:
 
     def build(c_in: int, c_out: int) -> nn.Module:
         return nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1),
-            *[ResidualBlock(hidden) for _ in range(blocks)],
-            Normalize(hidden),
+            ConvNorm(c_in, hidden, 3),
             nn.ReLU(),
+            *[ResidualBlock(hidden) for _ in range(blocks)],
             ZeroConv2d(hidden, c_out),
         )
 

@@ -73,11 +73,16 @@ def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
 
 
 def restore_model(model: ImageFlow, weights: dict[str, Any], path: str | Path = "checkpoint") -> None:
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(f"{path} does not match its model architecture ({first})") from None
+    expected, given = model.state_dict(), weights
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(v)} {name} (e.g. {v[0]})" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped)) if v]
+        raise CheckpointError(f"{path} does not match its model architecture: {'; '.join(parts)} "
+                              "weights; was it written by another nfgen version?")
+    model.load_state_dict(weights)
 
 
 def model_from_checkpoint(path: str | Path, ema: bool = True,
