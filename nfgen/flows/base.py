@@ -27,7 +27,10 @@ class Sequential(Flow):
 
     ``checkpoint=True`` recomputes each child's activations during backward instead of storing
     them (gradient checkpointing), so training memory stops growing with the conditioner nets'
-    intermediate activations: only each child's input is kept.
+    intermediate activations: only each child's input is kept. Reentrant checkpointing is used
+    because it costs far less per call (Glow L=3 K=8 on CPU, warm process: +11% per step against
+    +60% for the non-reentrant kind); it would drop the parameter gradients of a child whose
+    input needs no gradient, so such a child (the first, on data) runs without checkpointing.
     """
 
     def __init__(self, *flows: Flow, checkpoint: bool = False) -> None:
@@ -39,7 +42,7 @@ class Sequential(Flow):
         logdet = x.new_zeros(x.shape[0])
         recompute = self.checkpoint and torch.is_grad_enabled()
         for flow in self.flows:
-            x, ld = checkpoint(flow, x, use_reentrant=False) if recompute else flow(x)
+            x, ld = checkpoint(flow, x, use_reentrant=True) if recompute and x.requires_grad else flow(x)
             logdet = logdet + ld
         return x, logdet
 
