@@ -26,7 +26,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -
         if not last.is_file():
             raise CheckpointError(f"nothing to resume: {last} does not exist")
         return
-    if (run_dir / "config.yaml").exists() or last.exists():
+    if last.exists():  # a folder whose start failed before any checkpoint holds no run yet
         if not overwrite:
             raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it "
                                   "or --overwrite to start over")
