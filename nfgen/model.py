@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nfgen.config import Config, config_from_dict
 from nfgen.dequantize import UniformDequantizer, VariationalDequantizer
 from nfgen.flows.base import Flow
 from nfgen.flows.glow import build_glow
@@ -136,10 +139,8 @@ class ImageFlow(nn.Module):
         return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
 
 
-def build_model(config) -> ImageFlow:
+def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
     """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys."""
-    from nfgen.config import Config, config_from_dict
-
     if not isinstance(config, Config):
         config = config_from_dict(dict(config))
     m, dq = config.model, config.dequantization
