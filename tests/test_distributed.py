@@ -40,5 +40,5 @@ def test_two_process_run_matches_single_process(tmp_path):
     for k in a["model"]:
         if not a["model"][k].is_floating_point():
             assert torch.equal(a["model"][k], b["model"][k])
-    # The evaluation is global: both report bits/dim over all 8 test images.
+    # Evaluation is sharded and gathered: close to the single-process figure (noise draws differ).
     assert abs(a["progress"]["best_bpd"] - b["progress"]["best_bpd"]) < 0.05
