@@ -27,6 +27,7 @@ from nfgen.flows.nets import ZeroConv2d
 from nfgen.flows.reshape import Squeeze
 from nfgen.model import ImageFlow, build_model
 from nfgen.priors import LearnedGaussian
+from nfgen.training.step import initialize
 
 # Past any limit the model is not healthy. A round-trip error is max|inverse(forward(x)) - x|
 # / max(1, max|x|): absolute for unit-scale activations, relative for large ones (rounding is).
@@ -101,9 +102,9 @@ def fresh_model(config: Config, seed: int = 0, device: str | torch.device = "cpu
     """A newly built model whose actnorms got their data-dependent init from random uint8
     images, as training's first step would give them; in eval mode."""
     device = torch.device(device)
-    with _seeded(seed, device), torch.no_grad():
-        model = build_model(config).to(device).train()
-        model.log_prob(torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device))
+    with _seeded(seed, device):
+        model = build_model(config).to(device)
+        initialize(model, torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device))
     return model.eval()
 
 

@@ -115,28 +115,30 @@ class ImageFlow(nn.Module):
         y, _ = self.preprocess((self._reduce(x) + 0.5) / self.levels)
         return self.body(y)[0]
 
+    def _to_unit(self, zs: list[Tensor]) -> Tensor:
+        """Latents -> ``u``-space (before quantisation)."""
+        return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
+
     def decode(self, zs: list[Tensor]) -> Tensor:
         """uint8 images from latents; ``decode(encode(x)) == x`` for n_bits images."""
-        y, _ = self.body.inverse(zs)
-        return self._to_images(self.preprocess.inverse(y)[0])
+        return self._to_images(self._to_unit(zs))
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> Tensor:
         """``n`` uint8 images, latents drawn from ``N(0, temperature^2 I)``."""
+        return self._to_images(self.sample_continuous(n, temperature, generator))
+
+    @torch.no_grad()
+    def sample_continuous(self, n: int, temperature: float = 1.0,
+                          generator: torch.Generator | None = None) -> Tensor:
+        """Samples in ``u``-space (before quantisation), for checking probability mass."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         ref = self._ref()
         zs = sample_standard_normal(self.body.latent_shapes, n, temperature, ref.device,
                                     ref.dtype, generator)
-        return self.decode(zs)
-
-    @torch.no_grad()
-    def sample_continuous(self, n: int, temperature: float = 1.0) -> Tensor:
-        """Samples in ``u``-space (before quantisation), for checking probability mass."""
-        ref = self._ref()
-        zs = sample_standard_normal(self.body.latent_shapes, n, temperature, ref.device, ref.dtype)
-        return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
+        return self._to_unit(zs)
 
 
 def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:

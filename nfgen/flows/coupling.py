@@ -78,15 +78,19 @@ class Coupling(Flow):
     def _join(self, cond: Tensor, trans: Tensor) -> Tensor:
         return torch.cat([cond, trans] if self.parity == 0 else [trans, cond], dim=1)
 
-    def _transform(self, x: Tensor, context: Tensor | None, sign: int) -> tuple[Tensor, Tensor]:
+    def _conditioned(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x_cond, x_trans, shift, log_s)``: the part that stays, the part that is transformed,
+        and its shift and log-scale (zero on a checkerboard's conditioning pixels)."""
         if self.mask_kind == "channel":
             x_cond, x_trans = self._split(x)
-            shift, log_s = self._params(x_cond, context)
-        else:
-            m = self.mask
-            x_cond = torch.cat([x * m, m.expand(x.shape[0], 1, -1, -1)], dim=1)
-            shift, log_s = self._params(x_cond, context)
-            shift, log_s, x_trans = shift * (1 - m), log_s * (1 - m), x
+            return (x_cond, x_trans, *self._params(x_cond, context))
+        m = self.mask
+        x_cond = torch.cat([x * m, m.expand(x.shape[0], 1, -1, -1)], dim=1)
+        shift, log_s = self._params(x_cond, context)
+        return x_cond, x, shift * (1 - m), log_s * (1 - m)
+
+    def _transform(self, x: Tensor, context: Tensor | None, sign: int) -> tuple[Tensor, Tensor]:
+        x_cond, x_trans, shift, log_s = self._conditioned(x, context)
         if sign > 0:
             y = x_trans * torch.exp(log_s) + shift
         else:
@@ -100,10 +104,7 @@ class Coupling(Flow):
         Channel mask: shape of the transformed half. Checkerboard: shape of ``x``, zero on the
         conditioning pixels (they are not scaled). Additive couplings: all zeros.
         """
-        if self.mask_kind == "channel":
-            return self._params(self._split(x)[0], context)[1]
-        m = self.mask
-        return self._params(torch.cat([x * m, m.expand(x.shape[0], 1, -1, -1)], dim=1), context)[1] * (1 - m)
+        return self._conditioned(x, context)[3]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._transform(x, context, +1)

@@ -29,7 +29,7 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def make_forward(model: ImageFlow, t: TrainConfig) -> nn.Module:
+def make_forward(model: nn.Module, t: TrainConfig) -> nn.Module:
     """The module training calls for per-image bits/dim: the model, or its compiled version."""
     return torch.compile(model) if t.compile else model
 

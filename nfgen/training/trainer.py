@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -180,8 +181,7 @@ class Trainer:
             self.forward = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **distributed.no_buffer_sync())
-        if self.t.compile:
-            self.forward = make_forward(self.forward, self.t)
+        self.forward = make_forward(self.forward, self.t)
 
     def _test_loader(self) -> DataLoader:
         r = self.rank
@@ -209,9 +209,12 @@ class Trainer:
         self.step += 1
         return distributed.mean_over_ranks(result.bpd, self.rank, self.device), result.grad_norm
 
+    def _forked_rng(self) -> contextlib.AbstractContextManager:
+        """Evaluation and sample grids run on a forked RNG: they never shift the training noise."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def evaluate(self) -> float:
-        # A forked, seeded RNG: evaluation never shifts the training noise stream.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._forked_rng():
             torch.manual_seed(self.t.seed + 1 + self.rank.rank)
             values = bpd_values(self.eval_model, self._test_loader(), max_batches=self.t.eval_batches)
         result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
@@ -227,7 +230,7 @@ class Trainer:
         out = self.run_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         model = self.eval_model.eval()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._forked_rng():
             for temperature in self.t.sample_temperatures:
                 torch.manual_seed(self.t.seed + 2)  # same noise each time: watch one set evolve
                 try:
@@ -313,10 +316,10 @@ class Trainer:
                 continue
             if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
                 self._try_save(bar)
-            if done:
-                self.save("last.pt")  # the final save must succeed: a failure here is an error
-            if distributed.any_rank(self._stop_signal is not None, self.rank, self.device):
-                path = self.save("last.pt")
+            stop = distributed.any_rank(self._stop_signal is not None, self.rank, self.device)
+            if done or stop:
+                path = self.save("last.pt")  # must succeed here: a failure is an error
+            if stop:
                 bar.close()
                 raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
         bar.close()
