@@ -74,8 +74,9 @@ class TrainConfig:
     sample_temperatures: tuple[float, ...] = (0.7, 1.0)
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the flow body (first steps are slow while it compiles)
-    amp: bool = False  # CUDA only: bf16 autocast for the conditioner nets; log-dets and loss stay float32
-    memory_saving: bool = False  # recompute each flow step's activations in backward (gradient checkpointing)
+    amp: bool = False  # bf16 autocast for the conditioner nets (CUDA; CPUs with native bf16); log-dets and loss stay float32
+    channels_last: bool = True  # channels-last memory order for the body's convolutions (same numbers, faster)
+    memory_saving: bool = False  # backward reconstructs activations with the inverse instead of storing them
     max_bad_steps: int = 20  # consecutive non-finite losses/gradients (updates skipped) before acting
     on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
     rollback_lr_factor: float = 0.5

@@ -16,6 +16,7 @@ from nfgen.flows.glow import build_glow
 from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.realnvp import build_realnvp
+from nfgen.flows.reshape import to_layout
 from nfgen.priors import sample_standard_normal, standard_normal_log_prob
 
 
@@ -25,14 +26,19 @@ class ImageFlow(nn.Module):
     The model keeps the top ``n_bits`` bits of each pixel (Glow trains on 5-bit images), so the
     data has ``K = 2**n_bits`` levels per dimension and all likelihoods are those of the
     ``n_bits`` image.
+
+    ``channels_last=True`` hands the body its input and latents in channels-last memory order
+    (the body's squeezes must keep it; ``build_model`` builds them so), which oneDNN and cuDNN
+    convolutions run faster on; the numbers are the same.
     """
 
     def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module,
-                 n_bits: int = 8) -> None:
+                 n_bits: int = 8, channels_last: bool = False) -> None:
         super().__init__()
         if not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
         self.body, self.preprocess, self.dequantizer, self.n_bits = body, preprocess, dequantizer, n_bits
+        self.channels_last = channels_last
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -71,7 +77,7 @@ class ImageFlow(nn.Module):
         """One-draw lower bound on log P(x) in nats, per image (x: integer levels)."""
         u, log_q = self.dequantizer(x, self.levels, noise)
         y, logdet_pre = self.preprocess(u)
-        zs, logdet_body = self.body(y)
+        zs, logdet_body = self.body(to_layout(y, self.channels_last))
         log_p_u = standard_normal_log_prob(zs) + logdet_pre + logdet_body
         return log_p_u - log_q - self.dims * math.log(self.levels)
 
@@ -113,10 +119,11 @@ class ImageFlow(nn.Module):
     def encode(self, x: Tensor) -> list[Tensor]:
         """Latents of images, dequantised deterministically at the centre of each bin."""
         y, _ = self.preprocess((self._reduce(x) + 0.5) / self.levels)
-        return self.body(y)[0]
+        return self.body(to_layout(y, self.channels_last))[0]
 
     def _to_unit(self, zs: list[Tensor]) -> Tensor:
         """Latents -> ``u``-space (before quantisation)."""
+        zs = [to_layout(z, self.channels_last) for z in zs]
         return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
 
     def decode(self, zs: list[Tensor]) -> Tensor:
@@ -145,17 +152,17 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
     """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys."""
     if not isinstance(config, Config):
         config = config_from_dict(dict(config))
-    m, dq = config.model, config.dequantization
+    m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
     if m.arch == "glow":
         body = build_glow(shape, m.levels, m.steps, m.hidden, m.coupling, m.permutation,
-                          m.split_prior, m.learn_top, config.train.memory_saving)
+                          m.split_prior, m.learn_top, t.memory_saving, t.channels_last)
     else:
         body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, m.coupling,
-                             config.train.memory_saving)
+                             t.memory_saving, t.channels_last)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()
     else:
         dequantizer = VariationalDequantizer(shape, dq.steps, dq.hidden)
-    return ImageFlow(body, preprocess, dequantizer, m.n_bits)
+    return ImageFlow(body, preprocess, dequantizer, m.n_bits, t.channels_last)

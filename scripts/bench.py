@@ -55,7 +55,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nfgen import build_model, load_config
 from nfgen.config import Config, validate
-from nfgen.training.step import initialize, make_forward, train_step
+from nfgen.training.memory import saved_activation_bytes
+from nfgen.training.step import autocast, initialize, make_forward, make_optimizer, train_step
 
 DIFFERENCES = """\
 Same shape, different details (why the parameter counts differ):
@@ -167,10 +168,19 @@ def random_images(n: int, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
 
 
-def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
-    t = cfg.train  # the optimizer nfgen's trainer builds from the same config
+def first_lr(cfg: Config) -> float:
+    """The learning rate of the trainer's first step (the start of its linear warm-up). Timing
+    at the full rate from a fresh init would make deep models diverge within a step or two, and
+    a diverged step skips its update, so it would time less work."""
+    t = cfg.train
+    return t.lr / t.warmup_steps if t.warmup_steps else t.lr
+
+
+def plain_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    """normflows' example step uses torch's default (per-parameter) optimizer implementation."""
+    t = cfg.train
     opt_cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.Adamax
-    return opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return opt_cls(params, lr=first_lr(cfg), weight_decay=t.weight_decay)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -180,7 +190,7 @@ def n_params(model: torch.nn.Module) -> int:
 # ------------------------------------------------------------------ nfgen phases
 def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
     model = build_model(cfg).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(model.parameters(), dataclasses.replace(cfg.train, lr=first_lr(cfg)))  # the trainer's own
     x = random_images(args.batch, tuple(cfg.model.image_shape))
     reset_cuda_peak(device)
     base = memory_mark(device)
@@ -191,10 +201,12 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
                      args.batch, args, device)
     peak = memory_mark(device)
     xd = x.to(device)
-    return {**timing, "base": base, "peak": peak, "params": n_params(model),
+    with autocast(device, cfg.train.amp):
+        saved = saved_activation_bytes(lambda: model(xd).float().mean(), model)
+    return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
             "forward_flops_per_image": flops_per_image(lambda: model(xd), args.batch),
             "level_shapes": [list(lv.out_shape) for lv in model.body.levels],
-            "last_loss": last[-1].bpd, "updates_applied": sum(r.applied for r in last)}
+            "last_loss": last[-1].bpd, "updates_skipped": sum(not r.applied for r in last)}
 
 
 def nfgen_sample(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
@@ -249,7 +261,7 @@ def normflows_model(cfg: Config, device: torch.device):
 
 def normflows_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
     model, acted_on = normflows_model(cfg, device)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = plain_optimizer(model.parameters(), cfg)
     x = random_images(args.batch, tuple(cfg.model.image_shape))
     n_bits = cfg.model.n_bits
     reset_cuda_peak(device)
@@ -262,17 +274,19 @@ def normflows_train(args: argparse.Namespace, cfg: Config, device: torch.device)
     def step() -> None:  # the training step of normflows' Glow example
         optimizer.zero_grad(set_to_none=True)
         loss = model.forward_kld(dequantize(x.to(device, non_blocking=True), n_bits))
-        if torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if finite:
             loss.backward()
             optimizer.step()
-        last.append(loss.item())
+        last.append((loss.item(), finite))
 
     timing = measure(step, args.batch, args, device)
     peak = memory_mark(device)
     u = dequantize(x.to(device), n_bits)
-    return {**timing, "base": base, "peak": peak, "params": n_params(model),
+    saved = saved_activation_bytes(lambda: model.forward_kld(u), model)
+    return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
             "forward_flops_per_image": flops_per_image(lambda: model.forward_kld(u), args.batch),
-            "level_shapes": acted_on, "last_loss": last[-1]}
+            "level_shapes": acted_on, "last_loss": last[-1][0], "updates_skipped": sum(not f for _, f in last)}
 
 
 def normflows_sample(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
@@ -338,6 +352,7 @@ def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
         "train_peak_mem_mib": train["peak"][key],
         "train_base_mem_mib": train["base"][key],
         "train_mem_delta_mib": train["peak"][key] - train["base"][key],
+        "train_saved_activations_mib": train["saved_mib"],
         "sample_peak_mem_mib": sample["peak"][key],
         "sample_base_mem_mib": sample["base"][key],
         "sample_mem_delta_mib": sample["peak"][key] - sample["base"][key],
@@ -347,6 +362,7 @@ def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
         "sample_other_processes_cores": sample["other_processes_cores"],
         "level_shapes": train["level_shapes"],
         "last_train_loss": train["last_loss"],
+        "train_updates_skipped": train["updates_skipped"],
     }
 
 
@@ -357,6 +373,7 @@ ROWS = [
     ("train_peak_mem_mib", "train peak memory, MiB", "lower", "{:,.1f}"),
     ("train_base_mem_mib", "  train baseline (model built), MiB", "lower", "{:,.1f}"),
     ("train_mem_delta_mib", "  train peak - baseline, MiB", "lower", "{:,.1f}"),
+    ("train_saved_activations_mib", "activations kept for backward, MiB", "lower", "{:,.1f}"),
     ("sample_peak_mem_mib", "sample peak memory, MiB", "lower", "{:,.1f}"),
     ("sample_mem_delta_mib", "  sample peak - baseline, MiB", "lower", "{:,.1f}"),
     ("params", "parameters", "", "{:,}"),
@@ -406,6 +423,9 @@ def busy_warning(report: dict, threads: int) -> str:
                 notes.append(f"{name} {phase}: other processes kept {others:.2f} cores busy")
             if min(reps) > 0 and max(reps) / min(reps) > 1.5:
                 notes.append(f"{name} {phase}: repeats differ {max(reps) / min(reps):.1f}x")
+        if r["train_updates_skipped"]:
+            notes.append(f"{name} train: {r['train_updates_skipped']} steps had a non-finite loss and "
+                         "skipped their update")
     advice = (f"With {threads} threads on {os.cpu_count()} cores a busy machine slows small ops many times "
               "over: rerun when it is quiet, or with fewer --threads.")
     return f"WARNING: timings are unreliable ({'; '.join(notes)}). {advice}" if notes else ""
@@ -470,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing": {"warmup": args.warmup, "repeats": args.repeats, "min_time_s": args.min_time,
                    "statistic": "median", "images": "random uint8, uniform over 0..255"},
         "train_flags": {"compile": cfg.train.compile, "amp": cfg.train.amp,
-                        "memory_saving": cfg.train.memory_saving},
+                        "memory_saving": cfg.train.memory_saving, "channels_last": cfg.train.channels_last},
         "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if args.compare_normflows:

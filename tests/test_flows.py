@@ -5,7 +5,7 @@ import torch
 from flow_harness import check_flow, randomize
 
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.base import Inverse, Sequential
+from nfgen.flows.base import Flow, Inverse, Sequential
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import Coupling
 from nfgen.flows.glow import build_glow, glow_step
@@ -18,7 +18,7 @@ from nfgen.priors import LearnedGaussian, split_prior
 C, H, W = 4, 4, 4
 
 
-class WithContext(torch.nn.Module):
+class WithContext(Flow):
     """A conditional coupling with its context fixed, so the harness sees a plain flow."""
 
     def __init__(self, coupling, context):
@@ -39,6 +39,7 @@ LAYERS = {
     "reverse": lambda: Permute(C, "reverse"),
     "shuffle": lambda: Permute(C, "shuffle"),
     "squeeze": lambda: Squeeze(),
+    "squeeze_channels_last": lambda: Squeeze(channels_last=True),
     "shift": lambda: Shift(),
     "learned_top": lambda: LearnedGaussian((C, H, W)),
     "split_prior": lambda: split_prior(C),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nfgen.flows.base import Flow
+from nfgen.flows.base import Flow, Rebuilt
 from nfgen.flows.nets import NetFactory
 
 MASKS = ("channel", "checkerboard")
@@ -105,6 +105,29 @@ class Coupling(Flow):
         conditioning pixels (they are not scaled). Additive couplings: all zeros.
         """
         return self._conditioned(x, context)[3]
+
+    def rebuild(self, z: Tensor) -> Rebuilt:
+        """The conditioning part passes through unchanged, so the net runs once, on a leaf holding
+        it, and serves both the reconstruction of the transformed part and its recomputation."""
+        if self.mask_kind == "channel":
+            z_cond, z_trans = self._split(z)
+            cond = z_cond.detach().requires_grad_()
+            shift, log_s = self._params(cond, None)
+        else:
+            m = self.mask
+            cond = (z * m).detach().requires_grad_()
+            shift, log_s = self._params(torch.cat([cond, m.expand(z.shape[0], 1, -1, -1)], dim=1), None)
+            z_trans, shift, log_s = z, shift * (1 - m), log_s * (1 - m)
+        with torch.no_grad():
+            x_trans = (z_trans - shift) * torch.exp(-log_s)
+        trans = x_trans.detach().requires_grad_()
+        y = trans * torch.exp(log_s) + shift
+        logdet = log_s.flatten(1).sum(1)
+        if self.mask_kind == "channel":
+            return Rebuilt(self._join(z_cond, x_trans), [cond, trans], self._join(cond, y), logdet,
+                           lambda g: self._join(*g))
+        # checkerboard: the net saw x * m, so the input's gradient is the direct one plus m * that
+        return Rebuilt(x_trans, [cond, trans], y, logdet, lambda g: g[1] + g[0] * m)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._transform(x, context, +1)

@@ -32,21 +32,22 @@ def glow_step(channels: int, hidden: int, coupling: str, permutation: str) -> Fl
 
 def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str = "affine",
                permutation: str = "conv1x1_lu", split_prior: str = "learned",
-               learn_top: bool = True, memory_saving: bool = False) -> MultiScaleFlow:
+               learn_top: bool = True, memory_saving: bool = False,
+               channels_last: bool = False) -> MultiScaleFlow:
     """``levels`` x [squeeze -> ``steps`` steps of flow -> split], no split after the last."""
     c, h, w = shape
     built = []
     for i in range(levels):
         in_shape = (c, h, w)
         c, h, w = 4 * c, h // 2, w // 2
-        flows: list[Flow] = [Squeeze()]
+        flows: list[Flow] = [Squeeze(channels_last)]
         flows += [glow_step(c, hidden, coupling, permutation) for _ in range(steps)]
         last = i == levels - 1
         if not last and split_prior == "learned":
             flows.append(make_split_prior(c))
         if last and learn_top:
             flows.append(LearnedGaussian((c, h, w)))
-        built.append(Level(Sequential(*flows, checkpoint=memory_saving), in_shape, (c, h, w), split=not last))
+        built.append(Level(Sequential(*flows, memory_saving=memory_saving), in_shape, (c, h, w), split=not last))
         if not last:
             c //= 2
     return MultiScaleFlow(built)

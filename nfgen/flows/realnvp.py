@@ -10,7 +10,8 @@ from nfgen.flows.reshape import Squeeze
 
 
 def build_realnvp(shape: Shape, levels: int, steps: int = 3, hidden: int = 64, blocks: int = 8,
-                  coupling: str = "affine", memory_saving: bool = False) -> MultiScaleFlow:
+                  coupling: str = "affine", memory_saving: bool = False,
+                  channels_last: bool = False) -> MultiScaleFlow:
     """Each scale but the last: ``steps`` checkerboard couplings, squeeze, ``steps`` channel
     couplings, split. The last scale: ``steps + 1`` checkerboard couplings (the paper: 3, 3, 4).
     Parities alternate so every dimension is transformed."""
@@ -27,10 +28,10 @@ def build_realnvp(shape: Shape, levels: int, steps: int = 3, hidden: int = 64, b
         ]
         if not last:
             c, h, w = 4 * c, h // 2, w // 2
-            flows.append(Squeeze())
+            flows.append(Squeeze(channels_last))
             flows += [Coupling(c, net, mask="channel", parity=k % 2, transform=coupling)
                       for k in range(steps)]
-        built.append(Level(Sequential(*flows, checkpoint=memory_saving), in_shape, (c, h, w), split=not last))
+        built.append(Level(Sequential(*flows, memory_saving=memory_saving), in_shape, (c, h, w), split=not last))
         if not last:
             c //= 2
     return MultiScaleFlow(built)

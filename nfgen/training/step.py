@@ -29,6 +29,14 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
+    """Adam runs as one fused kernel over all parameters (CPU and CUDA, torch >= 2.4): a
+    per-parameter loop costs ~5% of a small Glow's CPU step. Adamax has no fused kernel."""
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+
+
 def make_forward(model: nn.Module, t: TrainConfig) -> nn.Module:
     """The module training calls for per-image bits/dim: the model, or its compiled version."""
     return torch.compile(model) if t.compile else model

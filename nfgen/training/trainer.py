@@ -26,7 +26,7 @@ from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import initialize, make_forward, train_step
+from nfgen.training.step import initialize, make_forward, make_optimizer, train_step
 
 
 class DivergenceError(Exception):
@@ -71,8 +71,7 @@ class Trainer:
         torch.manual_seed(self.t.seed)
         random.seed(self.t.seed)
         self.model: ImageFlow = build_model(cfg).to(self.device)
-        opt_cls = torch.optim.Adam if self.t.optimizer == "adam" else torch.optim.Adamax
-        self.optimizer = opt_cls(self.model.parameters(), lr=self.t.lr, weight_decay=self.t.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), self.t)
         warmup = self.t.warmup_steps
         self.lr_scale = 1.0  # lowered by each rollback after a divergence
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
