@@ -271,9 +271,11 @@ def normflows_train(args: argparse.Namespace, cfg: Config, device: torch.device)
     model.train()
     last = []
 
+    kld = torch.compile(model.forward_kld) if args.compile_normflows else model.forward_kld
+
     def step() -> None:  # the training step of normflows' Glow example
         optimizer.zero_grad(set_to_none=True)
-        loss = model.forward_kld(dequantize(x.to(device, non_blocking=True), n_bits))
+        loss = kld(dequantize(x.to(device, non_blocking=True), n_bits))
         finite = bool(torch.isfinite(loss))
         if finite:
             loss.backward()
@@ -327,6 +329,8 @@ def spawn(args: argparse.Namespace, phase: str) -> dict:
             "--min-time", str(args.min_time), "--device", args.device, "--threads", str(args.threads),
             "--temperature", str(args.temperature)]
     argv += [f"--set={s}" for s in args.set]
+    if args.compile_normflows:
+        argv.append("--compile-normflows")
     if args.image_size:
         argv += ["--image-size", str(args.image_size)]
     print(f"  {phase} ...", file=sys.stderr, flush=True)
@@ -446,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--compare-normflows", action="store_true",
                         help="also run normflows' Glow at the same shape (pip install -e '.[bench]')")
+    parser.add_argument("--compile-normflows", action="store_true",
+                        help="torch.compile normflows' training forward too: a control for train.compile")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--phase", choices=list(RUNNERS), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
@@ -491,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                    "statistic": "median", "images": "random uint8, uniform over 0..255"},
         "train_flags": {"compile": cfg.train.compile, "amp": cfg.train.amp,
                         "memory_saving": cfg.train.memory_saving, "channels_last": cfg.train.channels_last},
+        "normflows_compiled": args.compile_normflows,
         "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if args.compare_normflows:

@@ -29,6 +29,14 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 convolutions are emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True  # cannot tell; do not warn
+
+
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
     """Adam runs as one fused kernel over all parameters (CPU and CUDA, torch >= 2.4): a
     per-parameter loop costs ~5% of a small Glow's CPU step. Adamax has no fused kernel."""

@@ -26,7 +26,7 @@ from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import initialize, make_forward, make_optimizer, train_step
+from nfgen.training.step import cpu_has_native_bf16, initialize, make_forward, make_optimizer, train_step
 
 
 class DivergenceError(Exception):
@@ -68,6 +68,9 @@ class Trainer:
             raise ConfigError(f"train.batch_size {self.t.batch_size} (the global batch) is not divisible "
                               f"by the {self.rank.world_size} processes")
         self.local_batch = self.t.batch_size // self.rank.world_size
+        if self.t.amp and self.device.type == "cpu" and not cpu_has_native_bf16() and self.rank.is_main:
+            print("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so train.amp makes "
+                  "training slower; set train.amp: false", file=sys.stderr)
         torch.manual_seed(self.t.seed)
         random.seed(self.t.seed)
         self.model: ImageFlow = build_model(cfg).to(self.device)
