@@ -3,7 +3,7 @@
     python scripts/bench.py --config quickstart.yaml
     python scripts/bench.py --config quickstart.yaml --compare-normflows
     python scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \\
-        --batch 16 --compare-normflows --json-out bench.json
+        --batch 16 --compare-normflows --rounds 3 --json-out bench.json
 
 For one config it measures training images/s (nfgen's own ``train_step``: forward, backward,
 gradient clipping and the optimizer update, after actnorm's data-dependent init and
@@ -341,6 +341,26 @@ def spawn(args: argparse.Namespace, phase: str) -> dict:
     return json.loads(lines[-1][len(MARK):])
 
 
+def run_rounds(args: argparse.Namespace, phases: list[str]) -> dict[str, dict]:
+    """Every phase ``--rounds`` times, the libraries alternating, so a machine whose speed drifts
+    during the run (frequency, neighbours) biases neither side; repeats are pooled."""
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for phase in phases:
+            new = spawn(args, phase)
+            old = results.get(phase)
+            if old is not None:
+                rates = old["images_per_s_repeats"] + new["images_per_s_repeats"]
+                images = new["s_per_call"] * new["images_per_s"]
+                others = [o for o in (old["other_processes_cores"], new["other_processes_cores"]) if o is not None]
+                new = {**new, "images_per_s_repeats": rates, "images_per_s": statistics.median(rates),
+                       "s_per_call": images / statistics.median(rates),
+                       "other_processes_cores": max(others) if others else None,
+                       "peak": {k: max(old["peak"][k], v) for k, v in new["peak"].items()}}
+            results[phase] = new
+    return results
+
+
 def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
     key = "cuda_mib" if mem_kind == "cuda_allocated" else "rss_mib"
     return {
@@ -450,13 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     parser.add_argument("--compare-normflows", action="store_true",
                         help="also run normflows' Glow at the same shape (pip install -e '.[bench]')")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every phase this many times, alternating libraries, and pool the repeats")
     parser.add_argument("--compile-normflows", action="store_true",
                         help="torch.compile normflows' training forward too: a control for train.compile")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--phase", choices=list(RUNNERS), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.batch < 0 or args.image_size < 0 or args.warmup < 0 or args.threads < 0:
-        parser.error("--repeats must be >= 1; --batch, --image-size, --warmup and --threads >= 0")
+    if args.repeats < 1 or args.rounds < 1 or min(args.batch, args.image_size, args.warmup, args.threads) < 0:
+        parser.error("--repeats and --rounds must be >= 1; --batch, --image-size, --warmup and --threads >= 0")
 
     if args.phase:
         print(MARK + json.dumps(run_phase(args)), flush=True)
@@ -476,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"this config has arch={cfg.model.arch}, coupling={cfg.model.coupling}")
 
     print(f"bench: {args.config}, device {device}, {args.threads} torch threads", file=sys.stderr)
-    results = {p: spawn(args, p) for p in list(RUNNERS)[: 4 if args.compare_normflows else 2]}
+    phases = ["nfgen-train", "normflows-train", "nfgen-sample", "normflows-sample"]
+    results = run_rounds(args, phases if args.compare_normflows else phases[::2])
     mem_kind = "cuda_allocated" if device.type == "cuda" else "rss"
     m = cfg.model
     report = {
@@ -493,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                    else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"),
         "torch": torch.__version__,
         "threads": args.threads,
-        "timing": {"warmup": args.warmup, "repeats": args.repeats, "min_time_s": args.min_time,
+        "timing": {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "min_time_s": args.min_time,
                    "statistic": "median", "images": "random uint8, uniform over 0..255"},
         "train_flags": {"compile": cfg.train.compile, "amp": cfg.train.amp,
                         "memory_saving": cfg.train.memory_saving, "channels_last": cfg.train.channels_last},
@@ -507,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_shape(report))
     print(f"device {report['device']}, torch {report['torch']}, {args.threads} threads; "
           f"memory is {'CUDA max_memory_allocated' if mem_kind != 'rss' else 'peak RSS'} per phase process; "
-          f"median of {args.repeats} repeats after {args.warmup} warm-up calls")
+          f"median of {args.rounds} x {args.repeats} repeats, each round after {args.warmup} warm-up calls")
     print(table(report))
     warn = busy_warning(report, args.threads)
     if warn:

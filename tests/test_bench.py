@@ -32,13 +32,15 @@ def check_figures(r: dict) -> None:
 
 def test_bench_reports_nfgen_figures_as_one_json_line(tmp_path):
     out = tmp_path / "bench.json"
-    r = bench("--json-out", str(out))
+    r = bench("--json-out", str(out), "--rounds", "2")
     assert json.loads(out.read_text()) == r
+    assert len(r["nfgen"]["train_images_per_s_repeats"]) == 2  # one repeat per round, pooled
     assert r["shape"] == {"arch": "glow", "levels": 2, "steps": 1, "hidden": 8, "image_shape": [1, 8, 8],
                           "batch": 4, "n_bits": 5, "coupling": "affine", "permutation": "conv1x1_lu"}
     assert r["normflows"] is None and r["ratios"] is None and r["threads"] == 1
     check_figures(r["nfgen"])
     assert r["nfgen"]["mem_kind"] == "rss"
+    assert r["nfgen"]["train_saved_activations_mib"] > 0 and r["nfgen"]["train_updates_skipped"] == 0
 
 
 def test_bench_compares_with_normflows_at_the_same_shape():
