@@ -158,6 +158,21 @@ def measure(step: Callable[[], object], n_images: int, args: argparse.Namespace,
             "s_per_call": statistics.median(seconds), "other_processes_cores": others}
 
 
+def print_profile(step: Callable[[], object], device: torch.device, calls: int = 5) -> None:
+    """torch.profiler's table of the ops that take the most time in ``calls`` steps (stderr)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(calls):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile of {calls} nfgen training steps:\n"
+          + prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
+
+
 def flops_per_image(fn: Callable[[], object], n_images: int) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()
@@ -200,6 +215,8 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
     timing = measure(lambda: last.append(train_step(forward, model, optimizer, [(x, None)], cfg.train, device)),
                      args.batch, args, device)
     peak = memory_mark(device)
+    if args.profile:
+        print_profile(lambda: train_step(forward, model, optimizer, [(x, None)], cfg.train, device), device)
     xd = x.to(device)
     with autocast(device, cfg.train.amp):
         saved = saved_activation_bytes(lambda: model(xd).float().mean(), model)
@@ -331,6 +348,8 @@ def spawn(args: argparse.Namespace, phase: str) -> dict:
     argv += [f"--set={s}" for s in args.set]
     if args.compile_normflows:
         argv.append("--compile-normflows")
+    if args.profile:
+        argv.append("--profile")
     if args.image_size:
         argv += ["--image-size", str(args.image_size)]
     print(f"  {phase} ...", file=sys.stderr, flush=True)
@@ -472,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run normflows' Glow at the same shape (pip install -e '.[bench]')")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every phase this many times, alternating libraries, and pool the repeats")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's top ops of nfgen's training step (stderr)")
     parser.add_argument("--compile-normflows", action="store_true",
                         help="torch.compile normflows' training forward too: a control for train.compile")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")

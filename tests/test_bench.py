@@ -50,3 +50,10 @@ def test_bench_compares_with_normflows_at_the_same_shape():
     check_figures(r["normflows"])
     assert r["ratios"]["train_images_per_s"] == pytest.approx(
         r["nfgen"]["train_images_per_s"] / r["normflows"]["train_images_per_s"])
+
+
+def test_bench_profiles_the_training_step_on_request():
+    proc = subprocess.run([sys.executable, str(BENCH), *TINY, "--profile"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "profile of 5 nfgen training steps" in proc.stderr and "aten::" in proc.stderr
