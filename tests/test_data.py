@@ -66,8 +66,9 @@ def test_mnist_failed_download_is_a_data_error(tmp_path, monkeypatch):
         raise URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
-    with pytest.raises(DataError, match="could not download MNIST.*Name or service not known"):
+    with pytest.raises(DataError, match="could not download MNIST into .*check the internet connection") as e:
         load_split(cfg(tmp_path, "mnist", [1, 28, 28], download=True), "train")
+    assert "\n" not in str(e.value)  # the cause's wording depends on the torchvision version
 
 
 def test_mnist_corrupt_files_are_a_data_error(tmp_path):

@@ -97,7 +97,9 @@ def test_channels_last_changes_layout_not_numbers():
 
 def test_memory_saving_recomputes_under_the_forward_autocast():
     # Backward rebuilds the nets in bf16 as the forward ran them; rebuilt in float32 instead,
-    # the gradients would differ from the stored-activation ones by ~5e-3 (relative).
+    # the gradients would differ from the stored-activation ones by ~5e-3 (relative). Backward
+    # runs inside the autocast region here, where torch 2.4 would hand the rebuild the forward's
+    # cached, graph-less bf16 weights (and drop their gradients) if the cache were used.
     torch.set_default_dtype(torch.float32)
     x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     grads = []

@@ -54,6 +54,13 @@ def _leaf_flows(flows: nn.ModuleList) -> list[Flow]:
     return out
 
 
+def _autocast(enabled: bool, dtype: torch.dtype, device: str) -> torch.autocast:
+    # Autocast caches the low-precision copies of parameters for the rest of the region. A copy
+    # made by the no-grad forward has no graph, and a backward run inside the same region would
+    # rebuild from it and lose those parameters' gradients, so neither pass uses the cache.
+    return torch.autocast(device, dtype=dtype, enabled=enabled, cache_enabled=False)
+
+
 class _RecomputeFromOutput(torch.autograd.Function):
     """Runs a chain of flows without keeping any activation but its output; backward walks the
     chain in reverse, reconstructing each flow's input from its output (RevNet's trick, Gomez
@@ -65,7 +72,7 @@ class _RecomputeFromOutput(torch.autograd.Function):
         device = x.device.type
         ctx.flows, ctx.params = flows, params
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), device)
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(*ctx.autocast):
             logdet = x.new_zeros(x.shape[0])
             for flow in flows:
                 x, ld = flow(x)
@@ -76,11 +83,10 @@ class _RecomputeFromOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
         (z,) = ctx.saved_tensors
-        enabled, dtype, device = ctx.autocast
         grads: dict[int, Tensor] = {}
         for flow in reversed(ctx.flows):
             params = [p for p in flow.parameters() if p.requires_grad]
-            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            with torch.enable_grad(), _autocast(*ctx.autocast):
                 r = flow.rebuild(z)
             pairs = [(t, g) for t, g in ((r.out, grad_z), (r.logdet, grad_logdet)) if t.requires_grad]
             found = torch.autograd.grad([t for t, _ in pairs], [*r.leaves, *params],
