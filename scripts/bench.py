@@ -212,11 +212,14 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
     initialize(model, x.to(device))  # actnorm's data-dependent init, as the trainer does first
     forward = make_forward(model, cfg.train)
     last = []
-    timing = measure(lambda: last.append(train_step(forward, model, optimizer, [(x, None)], cfg.train, device)),
-                     args.batch, args, device)
+
+    def step() -> None:
+        last.append(train_step(forward, model, optimizer, [(x, None)], cfg.train, device))
+
+    timing = measure(step, args.batch, args, device)
     peak = memory_mark(device)
     if args.profile:
-        print_profile(lambda: train_step(forward, model, optimizer, [(x, None)], cfg.train, device), device)
+        print_profile(step, device)
     xd = x.to(device)
     with autocast(device, cfg.train.amp):
         saved = saved_activation_bytes(lambda: model(xd).float().mean(), model)

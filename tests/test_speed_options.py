@@ -10,13 +10,19 @@ from nfgen.training.memory import saved_activation_bytes
 from nfgen.training.step import autocast
 
 
-def _pair(arch: str, dequantization: str = "variational", **model):
-    cfgs = [config_from_dict({"model": {"arch": arch, "image_shape": [3, 8, 8], "levels": 2, "steps": 2,
-                                        "hidden": 8, "blocks": 1, **model},
-                              "dequantization": {"kind": dequantization, "steps": 2, "hidden": 4},
-                              "train": {"memory_saving": saving}}) for saving in (False, True)]
-    plain = randomize(nfgen.build_model(cfgs[0]), 0.05)
-    saving = nfgen.build_model(cfgs[1])
+def _model(arch: str = "glow", size: int = 8, steps: int = 2, hidden: int = 8,
+           dequantization: str = "uniform", **train) -> nfgen.ImageFlow:
+    """A small two-level model; ``train`` holds the speed and memory options under test."""
+    return nfgen.build_model(config_from_dict({
+        "model": {"arch": arch, "image_shape": [3, size, size], "levels": 2, "steps": steps,
+                  "hidden": hidden, "blocks": 1},
+        "dequantization": {"kind": dequantization, "steps": 2, "hidden": 4},
+        "train": train}))
+
+
+def _pair(arch: str, dequantization: str):
+    plain = randomize(_model(arch, dequantization=dequantization, memory_saving=False), 0.05)
+    saving = _model(arch, dequantization=dequantization, memory_saving=True)
     saving.load_state_dict(plain.state_dict())
     return plain, saving
 
@@ -58,20 +64,12 @@ def test_bf16_autocast_keeps_bits_per_dim_within_noise():
     assert all(z.dtype == torch.float32 for z in zs)  # the flow's own maps ran in float32
 
 
-def _glow(steps: int, **train):
-    return nfgen.build_model(config_from_dict({
-        "model": {"image_shape": [3, 8, 8], "levels": 2, "steps": steps, "hidden": 8},
-        "train": train}))
-
-
 @pytest.mark.parametrize("arch", ["glow", "realnvp"])
 def test_memory_saving_keeps_activation_memory_flat_in_depth(arch):
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
 
     def saved(steps: int, saving: bool) -> int:
-        model = nfgen.build_model(config_from_dict({
-            "model": {"arch": arch, "image_shape": [3, 8, 8], "levels": 2, "steps": steps, "hidden": 8,
-                      "blocks": 1}, "train": {"memory_saving": saving}}))
+        model = _model(arch, steps=steps, memory_saving=saving)
         model.train()
         return saved_activation_bytes(lambda: model(x).mean(), model)
 
@@ -81,8 +79,8 @@ def test_memory_saving_keeps_activation_memory_flat_in_depth(arch):
 
 
 def test_channels_last_changes_layout_not_numbers():
-    plain = randomize(_glow(2, channels_last=False), 0.05)
-    fast = _glow(2, channels_last=True)
+    plain = randomize(_model(channels_last=False), 0.05)
+    fast = _model(channels_last=True)
     fast.load_state_dict(plain.state_dict())
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     noise = plain.draw_noise(4)
@@ -105,9 +103,7 @@ def test_memory_saving_recomputes_under_the_forward_autocast():
     grads = []
     for saving in (False, True):
         torch.manual_seed(0)
-        model = nfgen.build_model(config_from_dict({
-            "model": {"image_shape": [3, 16, 16], "levels": 2, "steps": 4, "hidden": 32},
-            "train": {"memory_saving": saving}}))
+        model = _model(size=16, steps=4, hidden=32, memory_saving=saving)
         model.train()
         with autocast(torch.device("cpu"), amp=True):
             model(x, torch.zeros(8, 3, 16, 16)).float().mean().backward()

@@ -72,7 +72,7 @@ class _RecomputeFromOutput(torch.autograd.Function):
         device = x.device.type
         ctx.flows, ctx.params = flows, params
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), device)
-        with torch.no_grad(), _autocast(*ctx.autocast):
+        with _autocast(*ctx.autocast):  # autograd runs a Function's forward without grad
             logdet = x.new_zeros(x.shape[0])
             for flow in flows:
                 x, ld = flow(x)
@@ -114,12 +114,13 @@ class Sequential(Flow):
         super().__init__()
         self.flows = nn.ModuleList(flows)
         self.memory_saving = memory_saving
+        self._chain = _leaf_flows(self.flows) if memory_saving else []  # nested steps, flattened once
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.memory_saving and torch.is_grad_enabled():
             params = [p for p in self.parameters() if p.requires_grad]
             if params or x.requires_grad:
-                return _RecomputeFromOutput.apply(x, _leaf_flows(self.flows), *params)
+                return _RecomputeFromOutput.apply(x, self._chain, *params)
         logdet = x.new_zeros(x.shape[0])
         for flow in self.flows:
             x, ld = flow(x)

@@ -78,16 +78,22 @@ class Coupling(Flow):
     def _join(self, cond: Tensor, trans: Tensor) -> Tensor:
         return torch.cat([cond, trans] if self.parity == 0 else [trans, cond], dim=1)
 
+    def _checker_params(self, x_masked: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checkerboard: the net sees the conditioning pixels ``x * m`` and the mask; the shift
+        and log-scale are zero on those pixels, which stay as they are."""
+        m = self.mask
+        shift, log_s = self._params(torch.cat([x_masked, m.expand(x_masked.shape[0], 1, -1, -1)], dim=1),
+                                    context)
+        return shift * (1 - m), log_s * (1 - m)
+
     def _conditioned(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(x_cond, x_trans, shift, log_s)``: the part that stays, the part that is transformed,
         and its shift and log-scale (zero on a checkerboard's conditioning pixels)."""
         if self.mask_kind == "channel":
             x_cond, x_trans = self._split(x)
             return (x_cond, x_trans, *self._params(x_cond, context))
-        m = self.mask
-        x_cond = torch.cat([x * m, m.expand(x.shape[0], 1, -1, -1)], dim=1)
-        shift, log_s = self._params(x_cond, context)
-        return x_cond, x, shift * (1 - m), log_s * (1 - m)
+        x_cond = x * self.mask
+        return (x_cond, x, *self._checker_params(x_cond, context))
 
     def _transform(self, x: Tensor, context: Tensor | None, sign: int) -> tuple[Tensor, Tensor]:
         x_cond, x_trans, shift, log_s = self._conditioned(x, context)
@@ -114,10 +120,9 @@ class Coupling(Flow):
             cond = z_cond.detach().requires_grad_()
             shift, log_s = self._params(cond, None)
         else:
-            m = self.mask
-            cond = (z * m).detach().requires_grad_()
-            shift, log_s = self._params(torch.cat([cond, m.expand(z.shape[0], 1, -1, -1)], dim=1), None)
-            z_trans, shift, log_s = z, shift * (1 - m), log_s * (1 - m)
+            cond = (z * self.mask).detach().requires_grad_()
+            shift, log_s = self._checker_params(cond, None)
+            z_trans = z
         with torch.no_grad():
             x_trans = (z_trans - shift) * torch.exp(-log_s)
         trans = x_trans.detach().requires_grad_()
@@ -127,7 +132,7 @@ class Coupling(Flow):
             return Rebuilt(self._join(z_cond, x_trans), [cond, trans], self._join(cond, y), logdet,
                            lambda g: self._join(*g))
         # checkerboard: the net saw x * m, so the input's gradient is the direct one plus m * that
-        return Rebuilt(x_trans, [cond, trans], y, logdet, lambda g: g[1] + g[0] * m)
+        return Rebuilt(x_trans, [cond, trans], y, logdet, lambda g: g[1] + g[0] * self.mask)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._transform(x, context, +1)
