@@ -12,8 +12,8 @@ from typing import Annotated
 import torch
 import typer
 
-from nfgen.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from nfgen.data import DataError, load_split, make_loader
+from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
+from nfgen.data import SPLITS, DataError, load_split, make_loader
 from nfgen.evaluate import evaluate_bpd
 from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import save_grid
@@ -24,9 +24,34 @@ from nfgen.training.run import run_dir_for
 from nfgen.training.run import train as train_run
 from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
 
+# typer raises click's exceptions (its own vendored copy in typer >= 0.20): find the base class
+# through a name typer exports, so this works with either.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """A mistyped option (``--n abc``) is one line on stderr and exit code 2, like every other
+    usage error, instead of the usage text and a framed box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code or 0)
+
+
 app = typer.Typer(
     help="Train and use normalizing-flow image generators (Glow, RealNVP).",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
@@ -56,6 +81,31 @@ def _user_errors() -> Iterator[None]:
         _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
 
 
+def _in_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
+
+
+def _image_path(path: Path) -> Path:
+    """An output image path whose extension an image writer knows (checked before any work)."""
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"{path}: no image writer knows the extension {path.suffix or '(none)'!r}; "
+                          "use .png (or .jpg, .webp, ...)")
+    return path
+
+
+def _device(name: str) -> torch.device:
+    return resolve_device(check_device_name(name))
+
+
+def _split(name: str) -> str:
+    if name not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
+    return name
+
+
 def _output(path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
@@ -65,7 +115,7 @@ def _output(path: Path, overwrite: bool) -> Path:
 
 def _trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
     """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
-    model, cfg, _ = model_from_checkpoint(ckpt, ema=ema, device=resolve_device(device))
+    model, cfg, _ = model_from_checkpoint(ckpt, ema=ema, device=_device(device))
     if sets:
         new = config_from_dict(apply_overrides(cfg.to_dict(), sets))
         if new.model != cfg.model or new.dequantization != cfg.dequantization:
@@ -111,8 +161,13 @@ def sample(
 ) -> None:
     """Write a grid of samples drawn at a temperature."""
     with _user_errors():
-        if n < 1 or temperature <= 0 or (nrow is not None and nrow < 1):
-            raise ConfigError("--n and --nrow must be >= 1 and --temperature > 0")
+        _in_range("--n", n, 1, 65536)
+        _in_range("--nrow", n if nrow is None else nrow, 1, n)
+        _in_range("--seed", seed, 0, MAX_SEED)
+        if not 0 < temperature <= 100:  # also false for nan
+            raise ConfigError(f"--temperature must be a number in (0, 100], got {temperature}")
+        _image_path(out)
+        check_device_name(device)
         model, _ = _trained(ckpt, None, device)
         _output(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -138,8 +193,10 @@ def eval_bpd(
 ) -> None:
     """Exact bits per dimension of a whole data split, with its standard error."""
     with _user_errors():
-        if samples < 1 or (batch_size is not None and batch_size < 1):
-            raise ConfigError("--samples and --batch-size must be >= 1")
+        _in_range("--samples", samples, 1, 65536)
+        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        _split(split)
+        check_device_name(device)
         if json_out is not None:
             _output(json_out, overwrite)
         model, cfg = _trained(ckpt, set_, device)
@@ -176,8 +233,12 @@ def interpolate(
 ) -> None:
     """Walk the latent space between pairs of real images, at every scale."""
     with _user_errors():
-        if pairs < 1 or steps < 2:
-            raise ConfigError("--pairs must be >= 1 and --steps >= 2")
+        _in_range("--pairs", pairs, 1, 1024)
+        _in_range("--steps", steps, 2, 1024)
+        _in_range("--seed", seed, 0, MAX_SEED)
+        _split(split)
+        _image_path(out)
+        check_device_name(device)
         model, cfg = _trained(ckpt, set_, device)
         _output(out, overwrite)
         data = load_split(cfg, split)
@@ -204,12 +265,15 @@ def check(
     from nfgen.doctor import diagnose, format_report, fresh_model, verdict
 
     with _user_errors():
-        if (ckpt is None) == (config is None) or n < 1:
-            raise ConfigError("give exactly one of --ckpt FILE or --config FILE, and --n >= 1")
+        if (ckpt is None) == (config is None):
+            raise ConfigError("give exactly one of --ckpt FILE or --config FILE")
+        _in_range("--n", n, 1, 4096)
+        _in_range("--seed", seed, 0, MAX_SEED)
+        check_device_name(device)
         if ckpt is not None:
             model, _ = _trained(ckpt, set_, device)
         else:
-            model = fresh_model(load_config(config, set_), seed, resolve_device(device))
+            model = fresh_model(load_config(config, set_), seed, _device(device))
         report = diagnose(model, n, seed)
     typer.echo(format_report(report))
     typer.echo(verdict(report))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +30,62 @@ class DataConfig:
     num_workers: int = 2
 
 
+# The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
+# the options it uses, so a key meant for another architecture is an error. A new architecture
+# is a section class here, a field in ``ModelConfig`` and a builder in ``nfgen.model.ARCHITECTURES``.
+@dataclass(frozen=True)
+class GlowConfig:
+    """Glow (Kingma & Dhariwal, 2018): levels x [squeeze -> steps x (actnorm, 1x1 conv, coupling) -> split]."""
+
+    levels: int = 3  # scales L; H and W must be divisible by 2**L
+    steps: int = 32  # K steps of flow per level
+    hidden: int = 512  # conditioner width
+    conditioner: str = "glow"  # a registered conditioner (nfgen.flows.nets.CONDITIONERS)
+    coupling: str = "affine"  # a registered elementwise transform (nfgen.flows.transforms.TRANSFORMS)
+    coupling_options: dict[str, Any] = field(default_factory=dict)  # e.g. {bins: 8} for spline
+    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
+    split_prior: Literal["learned", "standard"] = "learned"  # openai/glow's learned conditional prior per split
+    learn_top: bool = True  # learned mean and log-std of the top latent
+
+
+@dataclass(frozen=True)
+class RealNVPConfig:
+    """RealNVP (Dinh et al., 2017): per scale, checkerboard couplings, squeeze, channel couplings, split."""
+
+    levels: int = 2  # scales; H and W must be divisible by 2**levels
+    steps: int = 3  # couplings per mask kind per scale (the paper: 3, and 4 checkerboard at the last)
+    hidden: int = 64  # conditioner width
+    blocks: int = 8  # residual blocks per conditioner
+    conditioner: str = "resnet"
+    coupling: str = "affine"
+    coupling_options: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["glow", "realnvp"] = "glow"
     image_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W; MNIST at 32 is zero-padded
     n_bits: int = 8  # Glow's CelebA-HQ results use 5-bit images: fewer levels, easier detail
-    levels: int = 3  # scales L; H and W must be divisible by 2**L
-    steps: int = 32  # Glow: steps per level; RealNVP: couplings per mask kind per scale
-    hidden: int = 512  # conditioner width
-    blocks: int = 8  # RealNVP: residual blocks per conditioner
-    coupling: Literal["affine", "additive"] = "affine"
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
-    split_prior: Literal["learned", "standard"] = "learned"  # Glow only
-    learn_top: bool = True  # Glow only
     preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP: logit
     logit_alpha: float = 0.05  # RealNVP's alpha for CIFAR-10
+    # The active architecture's section; the others stay unset (None).
+    glow: GlowConfig | None = None
+    realnvp: RealNVPConfig | None = None
+
+    @property
+    def options(self) -> Any:
+        """The section of ``arch`` (``model.glow`` for ``arch: glow``, ...)."""
+        return getattr(self, self.arch)
+
+
+ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig}
+# Options that lived directly under ``model`` before the per-architecture sections; an old file
+# or checkpoint still loads: each is moved into the section of its ``arch``.
+LEGACY_MODEL_KEYS = ("levels", "steps", "hidden", "blocks", "coupling", "permutation", "split_prior", "learn_top")
+# The values the single old model section had: an old checkpoint stores them all, also those its
+# architecture ignored, and those are dropped when they hold their old default.
+_LEGACY_DEFAULTS = {"levels": 3, "steps": 32, "hidden": 512, "blocks": 8, "coupling": "affine",
+                    "permutation": "conv1x1_lu", "split_prior": "learned", "learn_top": True}
 
 
 @dataclass(frozen=True)
@@ -93,9 +135,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for YAML and checkpoints; unset sections (other architectures) left out."""
+
         def plain(v: Any) -> Any:
             if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
+                return {k: plain(x) for k, x in v.items() if x is not None}
             if isinstance(v, (list, tuple)):
                 return [plain(x) for x in v]
             return v
@@ -103,68 +147,163 @@ class Config:
         return plain(dataclasses.asdict(self))
 
 
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+# Limits that keep every value inside what the program can represent: seeds feed torch's 64-bit
+# generators after small arithmetic (seed * 100_003 + epoch), and integers beyond int64 overflow
+# in torch; a config file is a few hundred bytes, nested a few levels.
+MAX_SEED = 2**32 - 1
+MAX_INT = 2**62
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 8
+
+
+def _suggest(key: str, valid: list[str], nested: dict[str, str] | None = None) -> str:
+    """A hint naming the closest valid key, or the closest key of a subsection (``nested`` maps
+    such a key to its dotted place, e.g. ``steps -> glow.steps``)."""
+    nested = nested or {}
+    close = difflib.get_close_matches(key, valid + list(nested), n=1)
+    hint = f" (did you mean '{nested.get(close[0], close[0])}'?)" if close else ""
     return f"{hint}; valid keys: {', '.join(valid)}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _coerce(path: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        if not isinstance(value, (str, int, bool)) or value not in choices:
+            raise ConfigError(f"{path}: {_short(value)} is not one of {', '.join(map(repr, choices))}")
         return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {_short(value)}")
         if args[-1] is Ellipsis:
             return tuple(_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}: {value!r}")
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}: {_short(value)}")
         return tuple(_coerce(f"{path}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {_short(value)}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or isinstance(v, (dict, list, tuple)) or v is None:
+                raise ConfigError(f"{path}: options are name: value pairs of plain values, got {k!r}: {_short(v)}")
+            out[k] = _coerce(f"{path}.{k}", v, type(v)) if isinstance(v, float) else v
+        return out
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {_short(value)}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{path}: {value} is too large (limit {MAX_INT:.1e})")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {_short(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {_short(value)}")
+        if "\x00" in value:
+            raise ConfigError(f"{path}: a string with a NUL byte is not allowed")
         return value
     raise TypeError(f"unsupported config type {tp}")  # a bug in this module, not user input
 
 
+def _section_type(tp: Any) -> type | None:
+    """The dataclass of a section field (``X`` or ``X | None``), or None for a plain value."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
+def _nested_keys(cls: type, data: dict[str, Any]) -> dict[str, str]:
+    """Keys of ``cls``'s subsections, the active architecture's first (for ``_suggest``)."""
+    hints = typing.get_type_hints(cls)
+    sections = sorted((f.name for f in dataclasses.fields(cls) if _section_type(hints[f.name])),
+                      key=lambda name: name != data.get("arch"))
+    nested: dict[str, str] = {}
+    for name in sections:
+        for f in dataclasses.fields(_section_type(hints[name])):
+            nested.setdefault(f.name, f"{name}.{f.name}")
+    return nested
+
+
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in names:
-            raise ConfigError(f"unknown key '{where}'{_suggest(str(key), names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, where)
+            nested = {k: f"{path}.{v}" if path else v for k, v in _nested_keys(cls, data).items()}
+            raise ConfigError(f"unknown key '{where}'{_suggest(str(key), names, nested)}")
+        section = _section_type(hints[key])
+        if section is not None:
+            kwargs[key] = _build(section, value if value is not None else {}, where)
         else:
-            kwargs[key] = _coerce(where, value, tp)
+            kwargs[key] = _coerce(where, value, hints[key])
     return cls(**kwargs)
+
+
+def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored: bool = False) -> dict[str, Any]:
+    """Move the old flat model options (``model.steps``) into the section of ``model.arch``
+    (``model.glow.steps``). An option the architecture never used is an error, unless it holds
+    its old default (old nfgen wrote every option into config.yaml and checkpoints) or
+    ``drop_ignored`` (an old checkpoint: the model it holds was built without it).
+    ``overriding``: flat keys come from ``--set`` and replace the section's value."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(k in model for k in LEGACY_MODEL_KEYS):
+        return data
+    model = dict(model)
+    arch = model.get("arch", "glow")
+    if arch not in ARCH_SECTIONS:
+        return data  # reported as an invalid model.arch
+    section_cls = ARCH_SECTIONS[arch]
+    section = dict(model.get(arch) or {})
+    valid = [f.name for f in dataclasses.fields(section_cls)]
+    for key in [k for k in LEGACY_MODEL_KEYS if k in model]:
+        value = model.pop(key)
+        if key not in valid:
+            if drop_ignored or value == _LEGACY_DEFAULTS[key]:
+                continue
+            raise ConfigError(f"model.{key} does not apply to arch {arch} (it would be ignored); "
+                              f"remove it; model.{arch} options: {', '.join(valid)}")
+        if key in section and not overriding:
+            raise ConfigError(f"model.{key} and model.{arch}.{key} are both set: keep model.{arch}.{key}")
+        section[key] = value
+    model[arch] = section
+    return {**data, "model": model}
+
+
+def _arch_sections(cfg: Config) -> Config:
+    """Fill in the active architecture's section; refuse sections of other architectures."""
+    m = cfg.model
+    for name in ARCH_SECTIONS:
+        if name != m.arch and getattr(m, name) is not None:
+            raise ConfigError(f"model.{name} is the section of arch {name}, but model.arch is {m.arch}: "
+                              f"remove it, or set model.arch: {name}")
+    if m.options is None:
+        m = dataclasses.replace(m, **{m.arch: ARCH_SECTIONS[m.arch]()})
+    return dataclasses.replace(cfg, model=m)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -172,39 +311,78 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: Config) -> Config:
-    """Value ranges and combinations that cannot work."""
-    m, t, d, dq = cfg.model, cfg.train, cfg.data, cfg.dequantization
+def _check_choice(path: str, name: str, options: dict[str, Any], registry: str) -> None:
+    """A registered transform or conditioner name and its options (checked by building one)."""
+    from nfgen.flows import transforms  # the registry; imported late: it imports torch
+
+    try:
+        transforms.make_transform(name, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def _validate_arch(m: ModelConfig) -> None:
+    a, where = m.options, f"model.{m.arch}"
+    for name in ("levels", "steps", "hidden"):
+        _check(getattr(a, name) >= 1, f"{where}.{name} must be >= 1, got {getattr(a, name)}")
+    _check(getattr(a, "blocks", 0) >= 0, f"{where}.blocks must be >= 0, got {getattr(a, 'blocks', 0)}")
+    _check(a.hidden <= 65536, f"{where}.hidden must be <= 65536, got {a.hidden}")
+    _check(a.steps <= 4096, f"{where}.steps must be <= 4096, got {a.steps}")
     c, h, w = m.image_shape
-    _check(c >= 1 and h >= 1 and w >= 1, f"model.image_shape: all sizes must be >= 1, got {list(m.image_shape)}")
-    _check(m.levels >= 1, f"model.levels must be >= 1, got {m.levels}")
-    _check(m.steps >= 1, f"model.steps must be >= 1, got {m.steps}")
-    _check(m.hidden >= 1, f"model.hidden must be >= 1, got {m.hidden}")
-    _check(m.blocks >= 0, f"model.blocks must be >= 0, got {m.blocks}")
-    _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
-    _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
-    k = 2**m.levels
+    _check(a.levels <= 16, f"{where}.levels must be <= 16, got {a.levels}")
+    k = 2**a.levels
     _check(h % k == 0 and w % k == 0,
            f"model.image_shape {h}x{w} is not divisible by 2**levels = {k}; "
-           f"change the image size or model.levels")
-    _check(dq.steps >= 1 and dq.hidden >= 1, "dequantization.steps and .hidden must be >= 1")
+           f"change the image size or {where}.levels")
+    _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
+
+
+def validate(cfg: Config) -> Config:
+    """Value ranges and combinations that cannot work."""
+    cfg = _arch_sections(cfg)
+    m, t, d, dq = cfg.model, cfg.train, cfg.data, cfg.dequantization
+    c, h, w = m.image_shape
+    _check(1 <= c <= 64 and 1 <= h <= 4096 and 1 <= w <= 4096,
+           f"model.image_shape: channels must be in 1..64 and sizes in 1..4096, got {list(m.image_shape)}")
+    _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
+    _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
+    _validate_arch(m)
+    _check(1 <= dq.steps <= 256 and 1 <= dq.hidden <= 65536,
+           "dequantization.steps must be in 1..256 and .hidden in 1..65536")
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
-    _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _check(0 <= d.num_workers <= 256, f"data.num_workers must be in 0..256, got {d.num_workers}")
+    _check(bool(d.root), "data.root must not be empty")
     for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every",
                  "sample_every", "sample_count", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
-    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _check(t.sample_count <= 4096, f"train.sample_count must be <= 4096, got {t.sample_count}")
+    _check(0 <= t.seed <= MAX_SEED, f"train.seed must be in 0..{MAX_SEED}, got {t.seed}")
+    _check(0 < t.lr <= 10, f"train.lr must be in (0, 10], got {t.lr}")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
     _check(t.warmup_steps >= 0 and t.eval_batches >= 0 and t.grad_clip >= 0,
            "train.warmup_steps, train.eval_batches and train.grad_clip must be >= 0")
     _check(t.max_bad_steps >= 1 and t.max_rollbacks >= 0,
            "train.max_bad_steps must be >= 1 and train.max_rollbacks >= 0")
     _check(0 < t.rollback_lr_factor < 1, f"train.rollback_lr_factor must be in (0, 1), got {t.rollback_lr_factor}")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-           f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
-    _check(all(x > 0 for x in t.sample_temperatures), "train.sample_temperatures must be > 0")
-    _check(bool(cfg.name) and "/" not in cfg.name, f"name must be a non-empty folder name, got {cfg.name!r}")
+    check_device_name(t.device, "train.device")
+    _check(len(t.sample_temperatures) >= 1 and all(0 < x <= 100 for x in t.sample_temperatures),
+           "train.sample_temperatures must be a non-empty list of numbers in (0, 100]")
+    _check(bool(cfg.name) and "/" not in cfg.name and "\\" not in cfg.name and cfg.name not in (".", ".."),
+           f"name must be a non-empty folder name, got {cfg.name!r}")
     return cfg
+
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_name(name: str, what: str = "--device") -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, by its form (whether CUDA is present is
+    checked when the device is used)."""
+    head, _, index = name.partition(":")
+    ok = name in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit() and len(index) <= 3)
+    _check(ok, f"{what} must be {DEVICE_HELP}, got {name!r}")
+    return name
 
 
 def check_data_matches_model(cfg: Config) -> Config:
@@ -223,8 +401,24 @@ def check_data_matches_model(cfg: Config) -> Config:
     return cfg
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    return validate(_build(Config, data, ""))
+def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    if limit < 0:
+        return 0
+    if isinstance(value, dict):
+        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
+    return 0
+
+
+def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config:
+    """A validated Config from plain data (old flat model options are migrated, see
+    ``_migrate_model``; ``drop_ignored`` for the configs stored in old checkpoints)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    _check(_depth(data) <= MAX_DEPTH, f"the config is nested more than {MAX_DEPTH} levels deep; "
+                                      "a config has sections of plain keys")
+    return validate(_build(Config, _migrate_model(data, drop_ignored=drop_ignored), ""))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -232,11 +426,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r}: the key must look like section.key (e.g. train.lr)")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    except RecursionError:
+        raise ConfigError(f"override {key}: the value is nested too deeply") from None
+    return keys, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -245,9 +444,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
+            child = node.get(k)
+            node[k] = child = dict(child) if isinstance(child, dict) else ({} if child is None else child)
+            if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: '{k}' is not a section")
+            node = child
         node[keys[-1]] = value
     return data
 
@@ -256,16 +457,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (a path, or the bare name of a shipped one) and apply overrides."""
     path = resolve_config_path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {path.stat().st_size} bytes, not a config (a YAML file of a few "
+                              "hundred bytes); give the config file")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8); give a YAML config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
-    return check_data_matches_model(config_from_dict(apply_overrides(data, overrides or [])))
+    # Old flat model options are moved into the arch's section before --set applies, so a flat
+    # override (--set model.steps=8) replaces the file's value instead of clashing with it.
+    data = apply_overrides(_migrate_model(data), overrides or [])
+    return check_data_matches_model(config_from_dict(_migrate_model(data, overriding=True)))
 
 
 # The shipped configs live in the repository's top-level configs/ (an editable install).

@@ -154,11 +154,12 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
         config = config_from_dict(dict(config))
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
+    a = m.options
     if m.arch == "glow":
-        body = build_glow(shape, m.levels, m.steps, m.hidden, m.coupling, m.permutation,
-                          m.split_prior, m.learn_top, t.memory_saving, t.channels_last)
+        body = build_glow(shape, a.levels, a.steps, a.hidden, a.coupling, a.permutation,
+                          a.split_prior, a.learn_top, t.memory_saving, t.channels_last)
     else:
-        body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, m.coupling,
+        body = build_realnvp(shape, a.levels, a.steps, a.hidden, a.blocks, a.coupling,
                              t.memory_saving, t.channels_last)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":

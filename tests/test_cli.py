@@ -138,11 +138,14 @@ def test_cifar10_and_image_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.stepz=3", "unknown key 'model.stepz' (did you mean 'steps'?)"),
-    ("model.steps=0", "model.steps must be >= 1"),
-    ("model.levels=3", "not divisible by 2**levels = 8"),
+    ("model.stepz=3", "unknown key 'model.stepz' (did you mean 'model.glow.steps'?)"),
+    ("model.glow.stepz=3", "unknown key 'model.glow.stepz' (did you mean 'steps'?)"),
+    ("model.steps=0", "model.glow.steps must be >= 1"),
+    ("model.glow.levels=3", "not divisible by 2**levels = 8"),
     ("train.lr=fast", "train.lr: expected a number"),
-    ("model.coupling=affin", "model.coupling: 'affin' is not one of"),
+    ("model.coupling=affin", "model.glow.coupling: unknown coupling transform 'affin'"),
+    ("model.blocks=4", "model.blocks does not apply to arch glow"),
+    ("model.realnvp.blocks=4", "model.realnvp is the section of arch realnvp, but model.arch is glow"),
 ])
 def test_bad_config_is_one_line_with_exit_code_2(tmp_path, override, message):
     config = tiny_config(tmp_path, "mnist", (1, 28, 28), tmp_path)
@@ -160,7 +163,7 @@ def test_user_errors_are_one_clear_line(tmp_path):
         (("sample", "--ckpt", tmp_path / "nope.pt"), "does not exist"),
         (("sample", "--ckpt", bad), "not a readable nfgen checkpoint"),
         (("eval-bpd", "--ckpt", bad), "not a readable nfgen checkpoint"),
-        (("sample", "--ckpt", bad, "--n", 0), "--n and --nrow must be >= 1"),
+        (("sample", "--ckpt", bad, "--n", 0), "--n must be in 1..65536, got 0"),
     ]
     for args, message in cases:
         result = nfgen(*args)
@@ -185,7 +188,7 @@ def test_shipped_configs_load_by_bare_name():
     for name in names:
         load_config(name)
     glow = load_config("glow_cifar")
-    assert (glow.model.levels, glow.model.steps, glow.model.hidden) == (3, 32, 512)
+    assert (glow.model.glow.levels, glow.model.glow.steps, glow.model.glow.hidden) == (3, 32, 512)
 
 
 def test_python_dash_m_and_help():

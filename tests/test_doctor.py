@@ -20,7 +20,7 @@ from nfgen.training.checkpoint import save_checkpoint
 
 runner = CliRunner()
 DATA = {"dataset": "folder", "root": "x"}  # check builds the model only; no data is read
-MODEL = {"image_shape": [1, 8, 8], "levels": 2, "steps": 2, "hidden": 8, "blocks": 1}
+MODEL = {"image_shape": [1, 8, 8], "levels": 2, "steps": 2, "hidden": 8}
 BLOCKS = {
     "glow": ["level0.squeeze", "level0.step0", "level0.step1", "level0.split_prior",
              "level1.squeeze", "level1.step0", "level1.step1", "level1.top_prior"],
@@ -40,7 +40,7 @@ def _one_thread():
 
 
 def config(arch: str = "glow"):
-    extra = {"preprocess": "logit"} if arch == "realnvp" else {}
+    extra = {"preprocess": "logit", "blocks": 1} if arch == "realnvp" else {}
     return config_from_dict({"data": DATA, "model": {**MODEL, "arch": arch, **extra}})
 
 
@@ -171,4 +171,4 @@ def test_check_a_checkpoint_with_a_nan_weight_fails(tmp_path):
 def test_check_needs_exactly_one_model_source(tmp_path):
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: give exactly one of --ckpt FILE or --config FILE, and --n >= 1"
+    assert result.output.strip() == "error: give exactly one of --ckpt FILE or --config FILE"

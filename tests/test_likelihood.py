@@ -18,7 +18,7 @@ def _trained_model(arch, preprocess, dequantization):
     estimate converges; a random model would need far more draws."""
     model = nfgen.build_model({
         "model": {"arch": arch, "image_shape": [1, 2, 2], "levels": 1, "steps": 2, "hidden": 16,
-                  "blocks": 1, "n_bits": 1, "preprocess": preprocess},
+                  **({"blocks": 1} if arch == "realnvp" else {}), "n_bits": 1, "preprocess": preprocess},
         "dequantization": {"kind": dequantization, "steps": 2, "hidden": 8},
     })
     probs = torch.softmax(torch.randn(16), 0)

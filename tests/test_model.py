@@ -9,7 +9,8 @@ import nfgen
 
 
 def _model(**model):
-    cfg = {"image_shape": [3, 8, 8], "levels": 2, "steps": 2, "hidden": 8, "blocks": 1} | model
+    blocks = {"blocks": 1} if model.get("arch") == "realnvp" else {}
+    cfg = {"image_shape": [3, 8, 8], "levels": 2, "steps": 2, "hidden": 8, **blocks} | model
     return randomize(nfgen.build_model({"model": cfg}), 0.05)
 
 

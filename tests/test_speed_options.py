@@ -15,7 +15,7 @@ def _model(arch: str = "glow", size: int = 8, steps: int = 2, hidden: int = 8,
     """A small two-level model; ``train`` holds the speed and memory options under test."""
     return nfgen.build_model(config_from_dict({
         "model": {"arch": arch, "image_shape": [3, size, size], "levels": 2, "steps": steps,
-                  "hidden": hidden, "blocks": 1},
+                  "hidden": hidden, **({"blocks": 1} if arch == "realnvp" else {})},
         "dequantization": {"kind": dequantization, "steps": 2, "hidden": 4},
         "train": train}))
 

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from nfgen.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -30,12 +32,39 @@ class Rank:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> Rank:
-    """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def rank_from_env() -> Rank:
+    """This process's place from torchrun's variables, checked: a stray ``WORLD_SIZE`` (set
+    without torchrun) would otherwise hang or fail deep inside ``init_process_group``."""
+    env = os.environ
+
+    def number(name: str, default: str) -> int:
+        text = env.get(name, default).strip()
+        if not text.isdigit():
+            raise ConfigError(f"environment variable {name}={env.get(name)!r} is not a non-negative integer; "
+                              "unset it, or launch with torchrun")
+        return int(text)
+
+    world = number("WORLD_SIZE", "1")
     if world <= 1:
         return Rank()
-    r = Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} is set but {', '.join(missing)} not: launch data-parallel "
+                          "training with torchrun (see the README), or unset WORLD_SIZE")
+    r = Rank(number("RANK", "0"), world, number("LOCAL_RANK", "0"))
+    if r.rank >= world:
+        raise ConfigError(f"RANK={r.rank} is not below WORLD_SIZE={world}; launch with torchrun")
+    return r
+
+
+def setup(device: torch.device) -> Rank:
+    """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU)."""
+    r = rank_from_env()
+    if not r.distributed:
+        return r
+    if device.type == "cuda" and r.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={r.local_rank} but this machine has {torch.cuda.device_count()} GPUs; "
+                          "lower torchrun's --nproc-per-node")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return r
@@ -92,4 +121,4 @@ def no_buffer_sync() -> dict[str, bool]:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank_from_env().is_main
