@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -55,7 +55,8 @@ class ImagesOnly(Dataset[torch.Tensor]):
 
 
 class ImageFiles(Dataset[torch.Tensor]):
-    """Image files read with PIL, converted to ``mode`` ("L" or "RGB") by ``to_mode``'s rules, scaled so the shorter side
+    """Image files read with PIL, turned upright by their EXIF orientation, converted to ``mode``
+    ("L" or "RGB") by ``to_mode``'s rules, scaled so the shorter side
     covers ``size`` (H, W), center-cropped to it (``transforms.Resize`` + ``CenterCrop``)."""
 
     def __init__(self, files: list[Path], mode: str, size: tuple[int, int]) -> None:
@@ -74,7 +75,10 @@ class ImageFiles(Dataset[torch.Tensor]):
         try:
             with Image.open(path) as img:
                 source = img.mode
-                img = to_mode(img, self.mode)  # decodes the whole file: corrupt data fails here
+                # A camera stores a photo as its sensor read it, with an EXIF tag saying how to
+                # turn it upright; viewers obey the tag, so the upright image is the one the user
+                # sees and chose. to_mode decodes the whole file: corrupt data fails here.
+                img = to_mode(ImageOps.exif_transpose(img), self.mode)
         except ModeError as e:
             raise DataError(f"image {path} (mode {source}): {e}") from None
         # PIL reports bad files as OSError (UnidentifiedImageError, truncated), SyntaxError
@@ -183,8 +187,8 @@ def _check_mnist(raw: Path) -> None:
             f"{test.name} 60,000 (the train split has 60,000): swap the train-* and t10k-* files in {raw}"
         )
     if counts["train"] == counts["test"] and filecmp.cmp(train, test, shallow=False):
-        raise DataError(f"{train} and {test} are the same images, so the test split would measure "
-                        f"nothing: put the test images in {test}")
+        raise DataError(f"{test} is a copy of {train}, so test bits/dim would not measure "
+                        f"generalisation: put MNIST's test images (t10k-*) in {raw}")
 
 
 def _idx_count(path: Path, magic: int) -> int:
@@ -208,8 +212,8 @@ def _idx_count(path: Path, magic: int) -> int:
                         f"delete it and download again (data.download: true)")
     shape = list(struct.unpack(f">{ndim}I", head[4:]))
     if kind == "images" and shape[1:] != [28, 28]:
-        raise DataError(f"{path} holds {shape[1]}x{shape[2]} images; MNIST's are 28x28: use "
-                        f"data.dataset: folder for other images")
+        raise DataError(f"{path} holds {shape[1]}x{shape[2]} images, but MNIST's are 28x28: delete "
+                        f"it and download again (data.download: true)")
     expected = header + math.prod(shape)
     if size != expected:
         what = "truncated" if size < expected else f"corrupt ({size - expected:,} bytes too long)"

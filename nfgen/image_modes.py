@@ -36,8 +36,8 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
     I (32-bit integer)                      as 16-bit if every value is in 0..65535, else refused
     F (32-bit float)                        round(v * 255) if every value is in [0, 1], else
                                             refused (NaN and infinities too)
-    LA, RGBA, PA; P, L, RGB, 16-bit with    composited over black: round(c * alpha / 255);
-    a transparent colour (PNG tRNS)         a transparent colour is alpha 0, others alpha 255
+    LA, RGBA, PA; 1, L, P, RGB, I, 16-bit   composited over black: round(c * alpha / 255);
+    with a transparent colour (PNG tRNS)    a transparent colour is alpha 0, others alpha 255
     La, RGBa (alpha premultiplied)          alpha dropped (they already are over black)
     LAB and anything else                   refused
     ======================================  ==================================================
@@ -66,8 +66,8 @@ def _colour_and_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         values = np.asarray(img).astype(np.int64)
         if m == "I" and values.size and (values.min() < 0 or values.max() > 65535):
             raise ModeError(
-                f"32-bit integer pixels span {values.min()}..{values.max()}, beyond 16 bits "
-                f"(0..65535), so their scale is unknown: save the image as 8- or 16-bit"
+                f"32-bit integer pixels span {values.min()}..{values.max()}, outside 16 bits' "
+                f"0..65535, so their scale is unknown: save the image as 8- or 16-bit"
             )
         # (v + 128) // 257 is round(v * 255 / 65535) = round(v / 257), never a tie (257 is odd).
         grey = ((values + 128) // 257).astype(np.uint8)
@@ -83,7 +83,8 @@ def _colour_and_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if m in ("La", "RGBa"):
         return np.asarray(img)[..., :-1].squeeze(-1) if m == "La" else np.asarray(img)[..., :3], None
     if m == "1":
-        return np.asarray(img.convert("L")), None
+        grey = np.asarray(img.convert("L"))
+        return grey, _transparent_colour(img, grey)  # Pillow gives its tRNS as 0 or 255
     if m in ("P", "PA"):
         # A palette may give colours or greys; its transparency (tRNS, or PA's band) becomes alpha.
         return _colour_and_alpha(img.convert("RGBA" if m == "PA" or "transparency" in img.info else "RGB"))

@@ -149,7 +149,8 @@ def test_mnist_test_split_equal_to_train_is_refused(tmp_path, digits28):
     write_mnist(tmp_path, n_train=10, n_test=10, images=digits28)
     for name in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         (raw / f"t10k-{name}").write_bytes((raw / f"train-{name}").read_bytes())
-    assert "are the same images" in one_line_error(cfg(tmp_path, "mnist", [1, 28, 28]))
+    msg = one_line_error(cfg(tmp_path, "mnist", [1, 28, 28]))
+    assert msg.startswith(f"{raw / 't10k-images-idx3-ubyte'} is a copy of {raw / 'train-images-idx3-ubyte'}")
 
 
 def test_mnist_gzip_file_under_the_raw_name_says_to_decompress(tmp_path):
@@ -434,7 +435,7 @@ def test_16bit_big_endian_and_32bit_integer_images(tmp_path):
             ds[0]
         msg = str(e.value)
         assert msg.startswith(f"image {folder / 'train' / 'image.tif'} (mode I): 32-bit integer pixels")
-        assert "beyond 16 bits" in msg and "\n" not in msg
+        assert "outside 16 bits' 0..65535" in msg and "\n" not in msg
 
 
 def test_float_images_in_0_1_are_scaled_others_refused(tmp_path):
@@ -496,6 +497,10 @@ def test_bilevel_cmyk_and_other_colour_spaces(tmp_path):
     bits = np.random.default_rng(8).random((8, 8)) < 0.5
     x = read_back(tmp_path / "one", Image.fromarray(bits), 3)
     assert np.array_equal(x, np.broadcast_to(np.where(bits, 255, 0), (3, 8, 8)))
+    x = read_back(tmp_path / "one_t", Image.fromarray(bits), 1, transparency=1)  # white transparent
+    assert (x == 0).all()
+    x = read_back(tmp_path / "one_t0", Image.fromarray(bits), 1, transparency=0)  # black transparent
+    assert np.array_equal(x[0], np.where(bits, 255, 0))
 
     # (255 - C)(255 - K) / 255 per channel: white, red, black, and a half cyan.
     cmyk = {(0, 0, 0, 0): (255, 255, 255), (0, 255, 255, 0): (255, 0, 0), (0, 0, 0, 255): (0, 0, 0),
@@ -513,6 +518,16 @@ def test_bilevel_cmyk_and_other_colour_spaces(tmp_path):
     save_in_both_splits(lab, Image.new("LAB", (8, 8)), ".tif")
     msg = one_line_error(cfg(lab, "folder", [3, 8, 8]))
     assert msg.startswith(f"image {lab / 'train' / 'image.tif'} has mode LAB") and "save it as" in msg
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    wide = np.random.default_rng(10).integers(0, 256, size=(8, 16), dtype=np.uint8)  # H=8, W=16
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image must turn 90 degrees clockwise to be upright
+    save_in_both_splits(tmp_path, Image.fromarray(wide), exif=exif.tobytes())
+    x = load_split(cfg(tmp_path, "folder", [1, 8, 8]), "train")[0].numpy()
+    upright = np.rot90(wide, k=-1)  # H=16, W=8: the shorter side is already 8, so only cropped
+    assert np.array_equal(x[0], upright[4:12])
 
 
 # Symbolic links in image folders
