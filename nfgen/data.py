@@ -4,6 +4,11 @@ Wraps ``torchvision.datasets.MNIST`` and ``CIFAR10`` (their own on-disk formats 
 and a folder of the user's images (any of ``torchvision.datasets.folder.IMG_EXTENSIONS``),
 with torchvision transforms doing the pixel work. Every user-facing problem is a
 ``DataError`` with a one-line message that says what to do.
+
+Data that would load but be wrong is refused, not trained on: MNIST files whose headers do not
+match their sizes, or whose splits are swapped or copies; CIFAR-10 files failing their md5;
+images whose mode has no stated conversion (``image_modes.to_mode``). Folders are followed
+through symbolic links, each real file once.
 """
 
 from __future__ import annotations
