@@ -4,22 +4,32 @@ Wraps ``torchvision.datasets.MNIST`` and ``CIFAR10`` (their own on-disk formats 
 and a folder of the user's images (any of ``torchvision.datasets.folder.IMG_EXTENSIONS``),
 with torchvision transforms doing the pixel work. Every user-facing problem is a
 ``DataError`` with a one-line message that says what to do.
+
+Data that would load but be wrong is refused, not trained on: MNIST files whose headers do not
+match their sizes, or whose splits are swapped or copies; CIFAR-10 files failing their md5;
+images whose mode has no stated conversion (``image_modes.to_mode``). Folders are followed
+through symbolic links, each real file once.
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
+import math
+import os
 import pickle
+import struct
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from nfgen.config import Config, check_data_matches_model
+from nfgen.image_modes import SUPPORTED, ModeError, to_mode
 
 SPLITS = ("train", "test")
 
@@ -50,7 +60,8 @@ class ImagesOnly(Dataset[torch.Tensor]):
 
 
 class ImageFiles(Dataset[torch.Tensor]):
-    """Image files read with PIL, converted to ``mode`` ("L" or "RGB"), scaled so the shorter side
+    """Image files read with PIL, turned upright by their EXIF orientation, converted to ``mode``
+    ("L" or "RGB") by ``to_mode``'s rules, scaled so the shorter side
     covers ``size`` (H, W), center-cropped to it (``transforms.Resize`` + ``CenterCrop``)."""
 
     def __init__(self, files: list[Path], mode: str, size: tuple[int, int]) -> None:
@@ -68,7 +79,13 @@ class ImageFiles(Dataset[torch.Tensor]):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                img = img.convert(self.mode)  # decodes the whole file: corrupt data fails here
+                source = img.mode
+                # A camera stores a photo as its sensor read it, with an EXIF tag saying how to
+                # turn it upright; viewers obey the tag, so the upright image is the one the user
+                # sees and chose. to_mode decodes the whole file: corrupt data fails here.
+                img = to_mode(ImageOps.exif_transpose(img), self.mode)
+        except ModeError as e:
+            raise DataError(f"image {path} (mode {source}): {e}") from None
         # PIL reports bad files as OSError (UnidentifiedImageError, truncated), SyntaxError
         # (broken PNG chunks) or ValueError; DecompressionBombError for absurd sizes.
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -96,22 +113,31 @@ def _torchvision_split(cfg: Config, train: bool) -> Dataset[torch.Tensor]:
         # MNIST is 28x28; at 32x32 it is zero-padded 2 pixels a side (as openai/glow does), so
         # that squeezing can halve it more times.
         pad = (cfg.model.image_shape[1] - 28) // 2
+        missing, check = _mnist_missing(where), _check_mnist
     else:
         cls, name, where, pad = datasets.CIFAR10, "CIFAR-10", root / "cifar-10-batches-py", 0
+        missing, check = _cifar10_missing(where), _check_cifar10
+    if missing and not d.download:
+        names = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(
+            f"{name} not found: {where} lacks {names}, and data.download is false: set "
+            f"data.download: true (or --set data.download=true), or put the files in {where}"
+        )
+    if not missing:
+        # Checked before torchvision sees the files: it would report a truncated MNIST file as
+        # missing, and with download: true try to fetch CIFAR-10 again over a damaged one.
+        check(where)
     steps: list[torch.nn.Module] = [transforms.Pad(pad, fill=0)] if pad else []
     transform = transforms.Compose([*steps, transforms.PILToTensor()])
     try:
-        base = cls(root=str(root), train=train, download=d.download, transform=transform)
+        base = cls(root=str(root), train=train, download=bool(missing), transform=transform)
     except (RuntimeError, URLError, OSError) as e:
-        # torchvision says "Dataset not found ..." (RuntimeError) when files are missing (or, for
-        # CIFAR-10, fail their md5 check); a failed download is a RuntimeError listing each mirror
-        # (MNIST) or a bare URLError (CIFAR-10). Its last line is the cause.
-        if not d.download:
-            raise DataError(
-                f"{name} not found (or corrupt) under {root}/ and data.download is false: set "
-                f"data.download: true (or --set data.download=true), or put the files in {where}"
-            ) from None
+        # A failed download is a RuntimeError listing each mirror (MNIST) or a bare URLError
+        # (CIFAR-10). Its last line is the cause.
         cause = str(getattr(e, "reason", e)).strip().splitlines()[-1:] or [type(e).__name__]
+        if not missing:
+            raise DataError(f"{name} files under {where} are unreadable ({cause[0]}): delete them and "
+                            f"download again (data.download: true)") from None
         raise DataError(
             f"could not download {name} into {where} ({cause[0]}): check the internet connection, "
             f"or download it on another machine and copy the files into {where}"
@@ -122,18 +148,138 @@ def _torchvision_split(cfg: Config, train: bool) -> Dataset[torch.Tensor]:
             f"{name} files under {where} are unreadable ({type(e).__name__}: {e}): delete them and "
             f"download again (data.download: true)"
         ) from None
+    if missing:
+        check(where)  # what was just downloaded
     return ImagesOnly(base)
 
 
+# MNIST's IDX files as torchvision reads them (uncompressed), per split: (images, labels).
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: 0x08 (uint8) << 8 | number of dimensions
+
+
+def _mnist_legacy(raw: Path) -> bool:
+    """Whether torchvision's old cache is there, which it loads instead of the raw files."""
+    return all((raw.parent / "processed" / f).is_file() for f in ("training.pt", "test.pt"))
+
+
+def _mnist_missing(raw: Path) -> list[Path]:
+    if _mnist_legacy(raw):
+        return []
+    return [raw / f for pair in MNIST_FILES.values() for f in pair if not (raw / f).is_file()]
+
+
+def _check_mnist(raw: Path) -> None:
+    """Each IDX file's header agrees with its size, each split has as many labels as images, and
+    the splits are neither swapped (MNIST's 60,000 train and 10,000 test) nor the same file.
+    Other counts are allowed: subsets in the IDX format are common."""
+    if _mnist_legacy(raw):
+        return
+    counts = {}
+    for split, (images, labels) in MNIST_FILES.items():
+        n_images, n_labels = _idx_count(raw / images, IDX_IMAGES), _idx_count(raw / labels, IDX_LABELS)
+        if n_images != n_labels:
+            raise DataError(
+                f"{raw / images} holds {n_images:,} images but {raw / labels} holds {n_labels:,} "
+                f"labels: the two files are from different sets; delete them and download again"
+            )
+        counts[split] = n_images
+    train, test = (raw / MNIST_FILES[s][0] for s in SPLITS)
+    if counts == {"train": 10_000, "test": 60_000}:
+        raise DataError(
+            f"MNIST's train and test files are swapped: {train.name} holds 10,000 images and "
+            f"{test.name} 60,000 (the train split has 60,000): swap the train-* and t10k-* files in {raw}"
+        )
+    if counts["train"] == counts["test"] and filecmp.cmp(train, test, shallow=False):
+        raise DataError(f"{test} is a copy of {train}, so test bits/dim would not measure "
+                        f"generalisation: put MNIST's test images (t10k-*) in {raw}")
+
+
+def _idx_count(path: Path, magic: int) -> int:
+    """The number of records in an uncompressed uint8 IDX file (MNIST images 28x28, or labels),
+    after checking that its header describes the file."""
+    kind = "images" if magic == IDX_IMAGES else "labels"
+    ndim = magic & 0xFF
+    header = 4 * (1 + ndim)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if head[:2] == b"\x1f\x8b":
+        raise DataError(f"{path} is gzip-compressed, but is read uncompressed: rename it to "
+                        f"{path.name}.gz and decompress it (gunzip {path.name}.gz)")
+    found = int.from_bytes(head[:4], "big")
+    if len(head) >= 4 and found != magic:
+        raise DataError(f"{path} is not an MNIST {kind} file (IDX magic number {found}, expected "
+                        f"{magic}): delete it and download again (data.download: true)")
+    if len(head) < header:
+        raise DataError(f"{path} is truncated ({size} bytes, shorter than its {header}-byte header): "
+                        f"delete it and download again (data.download: true)")
+    shape = list(struct.unpack(f">{ndim}I", head[4:]))
+    if kind == "images" and shape[1:] != [28, 28]:
+        raise DataError(f"{path} holds {shape[1]}x{shape[2]} images, but MNIST's are 28x28: delete "
+                        f"it and download again (data.download: true)")
+    expected = header + math.prod(shape)
+    if size != expected:
+        what = "truncated" if size < expected else f"corrupt ({size - expected:,} bytes too long)"
+        raise DataError(
+            f"{path} is {what}: its header counts {shape[0]:,} {kind}, {expected:,} bytes, but the "
+            f"file has {size:,}: delete it and download again (data.download: true)"
+        )
+    return shape[0]
+
+
+def _cifar10_missing(folder: Path) -> list[Path]:
+    names = [f for f, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]
+    return [folder / f for f in [*names, datasets.CIFAR10.meta["filename"]] if not (folder / f).is_file()]
+
+
+def _check_cifar10(folder: Path) -> None:
+    """Each file matches the official one's md5 (torchvision's own check, which otherwise only
+    says "not found or corrupted", for all files at once)."""
+    c = datasets.CIFAR10
+    for name, md5 in [*c.train_list, *c.test_list, (c.meta["filename"], c.meta["md5"])]:
+        # Looked up at call time, so that tests on tiny files can relax it (tests/datasets.py).
+        if not datasets.cifar.check_integrity(str(folder / name), md5):
+            raise DataError(f"{folder / name} is truncated or corrupt (its md5 is not the official "
+                            f"file's): delete it and download again (data.download: true)")
+
+
 def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted; hidden files and folders (e.g. macOS
-    ``._name.png`` resource forks, which are not images) are skipped."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMG_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
+    """Image files under ``folder`` (recursively, through symbolic links to folders and files),
+    sorted; hidden files and folders (e.g. macOS ``._name.png`` resource forks, which are not
+    images) are skipped.
+
+    A folder or file reached twice (two links to one folder, or a link to a folder's own
+    ancestor, which would loop forever) is listed once, under the first path met walking
+    top-down in sorted order: the same image twice could land in both the train and the test
+    split."""
+
+    def unreadable(e: OSError) -> None:
+        # os.walk skips a folder it cannot list unless told otherwise: that is lost data.
+        raise DataError(f"cannot list folder {e.filename} ({e.strerror}): fix its permissions")
+
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    files = []
+    for top, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen_dirs:
+            dirs.clear()
+            continue
+        seen_dirs.add(real)
+        # Sorted in place: os.walk descends in this order, so the path kept is the same every run.
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(top) / name
+            if name.startswith(".") or path.suffix.lower() not in IMG_EXTENSIONS:
+                continue
+            if not path.exists():
+                raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}): fix or delete it")
+            if path.is_file() and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                files.append(path)
+    return sorted(files)
 
 
 def _hash_key(path: Path, root: Path) -> bytes:
@@ -179,9 +325,12 @@ def _check_headers(files: list[Path]) -> None:
     for path in files:
         try:
             with Image.open(path) as img:
-                img.size  # noqa: B018 - parsing the header is the check
+                mode = img.mode  # parsing the header is the check
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path} ({e}): fix or delete the file") from None
+        if mode not in SUPPORTED:
+            raise DataError(f"image {path} has mode {mode}, which nfgen cannot convert to grey or RGB "
+                            f"without guessing: save it as 8-bit grey or RGB (e.g. PNG)")
 
 
 def make_loader(dataset: Dataset[torch.Tensor], batch_size: int, shuffle: bool, num_workers: int,

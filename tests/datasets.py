@@ -5,12 +5,14 @@
   ``<root>/cifar-10-batches-py``. torchvision checks these files' md5 sums against the real
   ones, so a test must call ``skip_cifar10_md5(monkeypatch)`` first; the pickles themselves are
   then parsed exactly as the real ones are.
+- MNIST files of any record counts, all zero and sparse (``write_mnist_counts``).
 - An image folder of PNGs written by PIL.
 - ``digits()``: scikit-learn's real 8x8 handwritten digits as uint8 images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import struct
@@ -61,6 +63,19 @@ def write_mnist(root: Path, n_train: int = 20, n_test: int = 10,
     return train, test
 
 
+def write_mnist_counts(root: Path, n_train: int, n_test: int) -> Path:
+    """Write MNIST's four raw files holding ``n_train`` and ``n_test`` all-zero images and labels,
+    as sparse files (so MNIST's real 60,000 take no time or disk). Returns the raw folder."""
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for name, magic, shape in (("images-idx3", 2051, (n, 28, 28)), ("labels-idx1", 2049, (n,))):
+            with open(raw / f"{prefix}-{name}-ubyte", "wb") as f:
+                f.write(struct.pack(f">{1 + len(shape)}I", magic, *shape))
+                f.truncate(4 * (1 + len(shape)) + int(np.prod(shape)))
+    return raw
+
+
 class _Python2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch table we can extend
     """Writes ``bytes`` as Python 2 ``str`` (the BINSTRING opcodes), as in the real CIFAR-10 files,
     which were pickled by Python 2: torchvision's ``pickle.load(f, encoding="latin1")`` reads
@@ -91,6 +106,20 @@ def skip_cifar10_md5(monkeypatch: pytest.MonkeyPatch) -> None:
     requires each file to exist, so a missing data set is still reported as missing."""
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity",
                         lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+def tiny_cifar10_md5(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Make the md5 sums torchvision checks CIFAR-10's files against those of the tiny files now in
+    ``root/cifar-10-batches-py``, so that a file damaged afterwards fails the real md5 check."""
+    folder = Path(root) / "cifar-10-batches-py"
+    c = torchvision.datasets.CIFAR10
+
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(c, "train_list", [[f, md5(f)] for f, _ in c.train_list])
+    monkeypatch.setattr(c, "test_list", [[f, md5(f)] for f, _ in c.test_list])
+    monkeypatch.setattr(c, "meta", {**c.meta, "md5": md5(c.meta["filename"])})
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
