@@ -274,8 +274,8 @@ def dequantize(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 
 
 def normflows_model(cfg: Config, device: torch.device):
-    model, acted_on = build_normflows_glow(tuple(cfg.model.image_shape), cfg.model.levels, cfg.model.steps,
-                                           cfg.model.hidden)
+    glow = cfg.model.glow
+    model, acted_on = build_normflows_glow(tuple(cfg.model.image_shape), glow.levels, glow.steps, glow.hidden)
     return model.to(device), acted_on
 
 
@@ -517,9 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench: --device {args.device} asked for CUDA, which is not available; use auto or cpu")
     if args.compare_normflows and importlib.util.find_spec("normflows") is None:
         raise SystemExit("bench: --compare-normflows needs normflows: pip install -e '.[bench]'")
-    if args.compare_normflows and (cfg.model.arch != "glow" or cfg.model.coupling != "affine"):
+    if args.compare_normflows and (cfg.model.arch != "glow" or cfg.model.glow.coupling != "affine"):
         raise SystemExit("bench: --compare-normflows compares Glow with affine couplings; "
-                         f"this config has arch={cfg.model.arch}, coupling={cfg.model.coupling}")
+                         f"this config has arch={cfg.model.arch}, coupling={cfg.model.options.coupling}")
 
     print(f"bench: {args.config}, device {device}, {args.threads} torch threads", file=sys.stderr)
     phases = ["nfgen-train", "normflows-train", "nfgen-sample", "normflows-sample"]
@@ -529,9 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "config": str(args.config),
         "overrides": args.set,
-        "shape": {"arch": m.arch, "levels": m.levels, "steps": m.steps, "hidden": m.hidden,
-                  "image_shape": list(m.image_shape), "batch": args.batch, "n_bits": m.n_bits,
-                  "coupling": m.coupling, "permutation": m.permutation},
+        "shape": {"arch": m.arch, **cfg.to_dict()["model"][m.arch],
+                  "image_shape": list(m.image_shape), "batch": args.batch, "n_bits": m.n_bits},
         "nfgen": summarize(results["nfgen-train"], results["nfgen-sample"], mem_kind),
         "normflows": (summarize(results["normflows-train"], results["normflows-sample"], mem_kind)
                       if args.compare_normflows else None),
