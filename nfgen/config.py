@@ -335,6 +335,7 @@ def _validate_arch(m: ModelConfig) -> None:
            f"model.image_shape {h}x{w} is not divisible by 2**levels = {k}; "
            f"change the image size or {where}.levels")
     _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
+    _check(a.conditioner in ("glow", "resnet"), f"{where}.conditioner must be glow or resnet, got {a.conditioner!r}")
 
 
 def validate(cfg: Config) -> Config:
@@ -358,7 +359,7 @@ def validate(cfg: Config) -> Config:
     _check(t.sample_count <= 4096, f"train.sample_count must be <= 4096, got {t.sample_count}")
     _check(0 <= t.seed <= MAX_SEED, f"train.seed must be in 0..{MAX_SEED}, got {t.seed}")
     _check(0 < t.lr <= 10, f"train.lr must be in (0, 10], got {t.lr}")
-    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.weight_decay <= 1, f"train.weight_decay must be in [0, 1], got {t.weight_decay}")
     _check(t.warmup_steps >= 0 and t.eval_batches >= 0 and t.grad_clip >= 0,
            "train.warmup_steps, train.eval_batches and train.grad_clip must be >= 0")
     _check(t.max_bad_steps >= 1 and t.max_rollbacks >= 0,
