@@ -145,7 +145,7 @@ def test_spline_knot_derivatives_respect_the_minimum():
     t = RationalQuadraticSpline(bins=4, bound=1.0, min_derivative=1e-2)
     p = torch.full((1, t.params_per_dim), -50.0)
     _, _, _, _, d = t._spline(p)
-    assert d[0, 1:-1].min() >= 1e-2 and d[0, 1:-1].min() < 1.1e-2
+    assert d[1:-1].min() >= 1e-2 and d[1:-1].min() < 1.1e-2  # bins on the first axis
 
 
 @MIXTURES
@@ -153,10 +153,10 @@ def test_mixture_bracket_contains_the_root(name):
     """The inverse's bracket [min_k(mu_k + s_k t), max_k(mu_k + s_k t)] holds the true x."""
     t = BUILDERS[name]()
     x, p = _inputs(t, shape=(2000,), x_scale=5.0, scale=3.0)
-    log_pi, mu, log_s, a, b = t._unpack(p)
+    m, a, b = t._unpack(p)  # components on the first axis
     target = (t(x, p)[0] - b) * torch.exp(-a)
-    ends = mu + log_s.exp() * target[:, None]
-    assert (ends.amin(-1) <= x + 1e-12).all() and (x - 1e-12 <= ends.amax(-1)).all()
+    ends = m.mu + m.log_s.exp() * target
+    assert (ends.amin(0) <= x + 1e-12).all() and (x - 1e-12 <= ends.amax(0)).all()
 
 
 def test_mixture_inverse_tolerance_needs_its_steps():

@@ -9,6 +9,7 @@ log-sigmoids, so the tails never round ``F`` to 0 or 1: far from the components
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +23,21 @@ from nfgen.flows.transforms import ElementwiseTransform, register_transform
 LOG_SCALE_BOUND = 7.0
 
 
-def _logit_and_log_slope(x: Tensor, log_pi: Tensor, mu: Tensor, log_s: Tensor, slope: bool = True
-                         ) -> tuple[Tensor, Tensor | None]:
-    """``logit(F(x))`` and ``log dlogit(F)/dx`` for mixture parameters shaped ``[..., K]``."""
-    z = (x[..., None] - mu) * torch.exp(-log_s)
+class _Mixture(NamedTuple):
+    """Mixture parameters, components on the first axis: ``[K, N]`` for ``N`` values."""
+
+    log_pi: Tensor
+    mu: Tensor
+    log_s: Tensor
+    inv_s: Tensor  # exp(-log_s), computed once for the many evaluations of the inverse
+
+
+def _logit_and_log_slope(x: Tensor, m: _Mixture, slope: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``logit(F(x))`` and ``log dlogit(F)/dx`` for values ``x`` shaped ``[N]``."""
+    z = (x - m.mu) * m.inv_s
     log_cdf_k, log_sf_k = F.logsigmoid(z), F.logsigmoid(-z)
-    log_cdf = torch.logsumexp(log_pi + log_cdf_k, dim=-1)
-    log_sf = torch.logsumexp(log_pi + log_sf_k, dim=-1)
+    log_cdf = torch.logsumexp(m.log_pi + log_cdf_k, dim=0)
+    log_sf = torch.logsumexp(m.log_pi + log_sf_k, dim=0)
     logit = log_cdf - log_sf
     if not slope:
         return logit, None
@@ -37,10 +46,10 @@ def _logit_and_log_slope(x: Tensor, log_pi: Tensor, mu: Tensor, log_s: Tensor, s
     # difference would lose every digit in float32 at |z| ~ 1e7; instead write
     # f / (1 - F) = sum_k w_k sigmoid(z_k) / s_k with weights w = softmax(log pi + log(1 - F_k)),
     # where the huge terms cancel inside the softmax. Mirror image (1 - F) in the left tail.
-    right = (log_cdf > log_sf)[..., None]  # F > 1/2: the other factor, log F, is in [-log 2, 0]
-    weights = torch.log_softmax(log_pi + torch.where(right, log_sf_k, log_cdf_k), dim=-1)
-    ratio = torch.logsumexp(weights + torch.where(right, log_cdf_k, log_sf_k) - log_s, dim=-1)
-    return logit, ratio - torch.where(right[..., 0], log_cdf, log_sf)
+    right = log_cdf > log_sf  # F > 1/2: the other factor, log F, is in [-log 2, 0]
+    weights = torch.log_softmax(m.log_pi + torch.where(right, log_sf_k, log_cdf_k), dim=0)
+    ratio = torch.logsumexp(weights + torch.where(right, log_cdf_k, log_sf_k) - m.log_s, dim=0)
+    return logit, ratio - torch.where(right, log_cdf, log_sf)
 
 
 @register_transform("logistic_mixture")
@@ -75,55 +84,58 @@ class LogisticMixtureCDF(ElementwiseTransform):
         self.components, self.clamp = components, clamp
         self.params_per_dim = 3 * components + 2
 
-    def _unpack(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _unpack(self, params: Tensor) -> tuple[_Mixture, Tensor, Tensor]:
+        """The mixture ``[K, N]`` and ``a``, ``b`` ``[N]`` for the ``N`` values in ``params``."""
         if params.shape[-1] != self.params_per_dim:
             raise ValueError(f"logistic_mixture with {self.components} components needs {self.params_per_dim} "
                              f"params per value, got {params.shape[-1]}")
+        # Components on the first axis: log-sum-exp over a short last axis is several times
+        # slower on CPU than over a leading axis of contiguous slices; one copy buys that.
+        raw = params.reshape(-1, self.params_per_dim).T.contiguous()
         k = self.components
-        logits, mu, raw_s, raw_a, b = params.split([k, k, k, 1, 1], dim=-1)
-        log_pi = torch.log_softmax(logits, dim=-1)
+        logits, mu, raw_s, raw_a, b = raw.split([k, k, k, 1, 1], dim=0)
         log_s = LOG_SCALE_BOUND * torch.tanh(raw_s / LOG_SCALE_BOUND)
-        a = self.clamp * torch.tanh(raw_a[..., 0] / self.clamp)
-        return log_pi, mu, log_s, a, b[..., 0]
+        a = self.clamp * torch.tanh(raw_a[0] / self.clamp)
+        return _Mixture(torch.log_softmax(logits, dim=0), mu, log_s, torch.exp(-log_s)), a, b[0]
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_pi, mu, log_s, a, b = self._unpack(params)
-        logit, log_slope = _logit_and_log_slope(x, log_pi, mu, log_s)
-        return torch.exp(a) * logit + b, a + log_slope
+        m, a, b = self._unpack(params)
+        logit, log_slope = _logit_and_log_slope(x.reshape(-1), m)
+        return (torch.exp(a) * logit + b).view(x.shape), (a + log_slope).view(x.shape)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_pi, mu, log_s, a, b = self._unpack(params)
-        t = (y - b) * torch.exp(-a)  # the target logit(F(x))
+        m, a, b = self._unpack(params)
+        t = (y.reshape(-1) - b) * torch.exp(-a)  # the target logit(F(x))
         with torch.no_grad():
-            x_star = self._solve(t, log_pi, mu, log_s)
+            x_star = self._solve(t, _Mixture(*(v.detach() for v in m)))
         # One more Newton step, now with gradients: at the root it moves x by ~nothing, but it
         # makes dx/dt = 1 / g'(x) and dx/dparams = -(dg/dparams) / g'(x), the implicit-function
         # derivatives, instead of derivatives of the (non-differentiable) search.
-        g, log_slope = _logit_and_log_slope(x_star, log_pi, mu, log_s)
+        g, log_slope = _logit_and_log_slope(x_star, m)
         # The clamp keeps exp finite where the map is flat to rounding (g' underflows); there the
         # step is huge, leaves the tiny bracket and is rejected below, which keeps x_star.
         step = (g - t) * torch.exp(-log_slope.clamp(min=-_max_log(x_star.dtype)))
         x = x_star - step
         x = torch.where(step.abs() <= _step_cap(x_star), x, x_star)
         # The log-det at the differentiable x (not x_star), so its gradient includes dx/dparams.
-        return x, -(a + _logit_and_log_slope(x, log_pi, mu, log_s)[1])
+        return x.view(y.shape), -(a + _logit_and_log_slope(x, m)[1]).view(y.shape)
 
-    def _solve(self, t: Tensor, log_pi: Tensor, mu: Tensor, log_s: Tensor) -> Tensor:
+    def _solve(self, t: Tensor, m: _Mixture) -> Tensor:
         """``x`` with ``logit(F(x)) = t``, by a fixed number of bisection then Newton steps."""
         # Bracket: at x_k = mu_k + s_k t component k's CDF is exactly sigmoid(t). At the largest
         # x_k every component's standardised value is >= t, so every CDF, hence their convex
         # combination F, is >= sigmoid(t); at the smallest x_k, F <= sigmoid(t). F increases, so
         # the root lies between them (and is exact when all components agree).
-        ends = mu + torch.exp(log_s) * t[..., None]
-        lo, hi = ends.amin(-1), ends.amax(-1)
+        ends = m.mu + t / m.inv_s
+        lo, hi = ends.amin(0), ends.amax(0)
         for _ in range(self.bisect_steps):
             mid = 0.5 * (lo + hi)
-            below = _logit_and_log_slope(mid, log_pi, mu, log_s, slope=False)[0] < t
+            below = _logit_and_log_slope(mid, m, slope=False)[0] < t
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         x = 0.5 * (lo + hi)
         cap = _max_log(t.dtype)
         for _ in range(self.newton_steps):
-            g, log_slope = _logit_and_log_slope(x, log_pi, mu, log_s)
+            g, log_slope = _logit_and_log_slope(x, m)
             below = g < t
             lo, hi = torch.where(below, x, lo), torch.where(below, hi, x)
             newton = x - (g - t) * torch.exp(-log_slope.clamp(min=-cap))
