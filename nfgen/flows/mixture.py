@@ -64,11 +64,14 @@ class LogisticMixtureCDF(ElementwiseTransform):
 
     The inverse has no closed form: it bisects a bracket derived from the parameters, then takes
     safeguarded Newton steps, a fixed number of each (``bisect_steps``, ``newton_steps``), and one
-    last Newton step that carries the gradient (implicit-function rule). ``inverse_tol`` is the
-    round-trip error in float64 for raw parameters of moderate size (|raw| <~ 3); in float32 the
-    round trip is good to about ``1e-5 * (1 + |x|)``. Where the map is nearly flat (a gap between
-    narrow, distant components) ``x`` is ill-conditioned given ``y``; the inverse still returns a
-    point whose image matches ``y`` to rounding.
+    last Newton step that carries the gradient (implicit-function rule). ``inverse_tol`` bounds
+    the float64 round-trip error for raw parameters of moderate size (|raw| <~ 1, tested; measured
+    ~3e-14); in float32 it is ~1e-6 * (1 + |x|) (tested to 1e-4). Where the map is nearly flat
+    (a gap between narrow, distant components, slopes down to e^-60 with |raw| ~ 3) ``x`` is
+    ill-conditioned given ``y``: the inverse still returns a point whose image matches ``y`` to
+    rounding (tested: relative 1e-12 in float64 for |raw| up to 50 and |x| up to 1e4), and its
+    error times ``min(1, dy/dx)`` stays below 1e-10. Finite in float32 for |x| <= 1e4 and
+    |raw| <= 50 (tested); nothing there saturates, as ``logit(F)`` is never formed from ``F``.
     """
 
     inverse_tol = 1e-10
@@ -84,11 +87,12 @@ class LogisticMixtureCDF(ElementwiseTransform):
         self.components, self.clamp = components, clamp
         self.params_per_dim = 3 * components + 2
 
-    def _unpack(self, params: Tensor) -> tuple[_Mixture, Tensor, Tensor]:
-        """The mixture ``[K, N]`` and ``a``, ``b`` ``[N]`` for the ``N`` values in ``params``."""
-        if params.shape[-1] != self.params_per_dim:
-            raise ValueError(f"logistic_mixture with {self.components} components needs {self.params_per_dim} "
-                             f"params per value, got {params.shape[-1]}")
+    def _unpack(self, params: Tensor, v: Tensor) -> tuple[_Mixture, Tensor, Tensor]:
+        """The mixture ``[K, N]`` and ``a``, ``b`` ``[N]`` for the ``N`` values ``v``."""
+        if params.shape != (*v.shape, self.params_per_dim):
+            raise ValueError(f"logistic_mixture with {self.components} components needs params of shape "
+                             f"{(*v.shape, self.params_per_dim)} for values of shape {tuple(v.shape)}, "
+                             f"got {tuple(params.shape)}")
         # Components on the first axis: log-sum-exp over a short last axis is several times
         # slower on CPU than over a leading axis of contiguous slices; one copy buys that.
         raw = params.reshape(-1, self.params_per_dim).T.contiguous()
@@ -99,12 +103,12 @@ class LogisticMixtureCDF(ElementwiseTransform):
         return _Mixture(torch.log_softmax(logits, dim=0), mu, log_s, torch.exp(-log_s)), a, b[0]
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        m, a, b = self._unpack(params)
+        m, a, b = self._unpack(params, x)
         logit, log_slope = _logit_and_log_slope(x.reshape(-1), m)
         return (torch.exp(a) * logit + b).view(x.shape), (a + log_slope).view(x.shape)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        m, a, b = self._unpack(params)
+        m, a, b = self._unpack(params, y)
         t = (y.reshape(-1) - b) * torch.exp(-a)  # the target logit(F(x))
         with torch.no_grad():
             x_star = self._solve(t, _Mixture(*(v.detach() for v in m)))
