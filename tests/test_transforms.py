@@ -112,6 +112,31 @@ def test_zero_params_are_the_identity(name):
         assert ld.abs().max() < 1e-12
 
 
+def test_spline_equal_widths_and_heights_with_unit_derivatives_is_the_identity():
+    """Every bin then has slope h/w = 1 and unit end derivatives, so the rational-quadratic
+    collapses to y = x whatever the (shared) bin sizes: checks the bin formula, not just zeros."""
+    t = RationalQuadraticSpline(bins=5, bound=2.0)
+    x = torch.linspace(-2.5, 2.5, 101)
+    sizes = torch.randn(101, 5) * 3
+    p = torch.cat([sizes, sizes, torch.zeros(101, 4)], dim=-1)
+    y, ld = t(x, p)
+    torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
+    assert ld.abs().max() < 1e-12
+    p[:, -1] = 2.0  # one derivative off 1: no longer the identity near the last inner knot
+    assert (t(x, p)[0] - x).abs().max() > 1e-3
+
+
+def test_mixture_of_identical_standard_logistics_is_the_identity_whatever_the_weights():
+    """With all means 0, scales 1 and a = b = 0, F is sigmoid(x) for any mixture weights."""
+    t = LogisticMixtureCDF(components=5)
+    x = torch.cat([torch.linspace(-40, 40, 81), torch.tensor([-1e4, 1e4])])
+    p = torch.zeros(83, t.params_per_dim)
+    p[:, :5] = torch.randn(83, 5) * 5
+    for out, ld in (t(x, p), t.inverse(x, p)):
+        torch.testing.assert_close(out, x, atol=1e-12, rtol=1e-14)
+        assert ld.abs().max() < 1e-12
+
+
 @ALL
 def test_strictly_increasing(name):
     t = BUILDERS[name]()
