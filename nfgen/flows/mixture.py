@@ -32,15 +32,13 @@ class _Mixture(NamedTuple):
     inv_s: Tensor  # exp(-log_s), computed once for the many evaluations of the inverse
 
 
-def _logit_and_log_slope(x: Tensor, m: _Mixture, slope: bool = True) -> tuple[Tensor, Tensor | None]:
+def _logit_and_log_slope(x: Tensor, m: _Mixture) -> tuple[Tensor, Tensor]:
     """``logit(F(x))`` and ``log dlogit(F)/dx`` for values ``x`` shaped ``[N]``."""
     z = (x - m.mu) * m.inv_s
     log_cdf_k, log_sf_k = F.logsigmoid(z), F.logsigmoid(-z)
     log_cdf = torch.logsumexp(m.log_pi + log_cdf_k, dim=0)
     log_sf = torch.logsumexp(m.log_pi + log_sf_k, dim=0)
     logit = log_cdf - log_sf
-    if not slope:
-        return logit, None
     # d logit(F) / dx = f / (F (1 - F)) with f = sum_k pi_k sigmoid(z_k) sigmoid(-z_k) / s_k.
     # In the right tail log f and log(1 - F) are both huge (~ -z) and nearly equal, so their
     # difference would lose every digit in float32 at |z| ~ 1e7; instead write
@@ -132,9 +130,15 @@ class LogisticMixtureCDF(ElementwiseTransform):
         # the root lies between them (and is exact when all components agree).
         ends = m.mu + t / m.inv_s
         lo, hi = ends.amin(0), ends.amax(0)
+        # Bisection only needs the sign of F(mid) - sigmoid(t). Compare the logs of whichever of F
+        # and 1 - F is the small one at the root (log F for t < 0, log(1 - F) for t > 0): it keeps
+        # its digits in the tails, and costs one log-sigmoid and one log-sum-exp, not two each.
+        sign = torch.where(t > 0, -1.0, 1.0).to(t.dtype)
+        target = F.logsigmoid(sign * t)
         for _ in range(self.bisect_steps):
             mid = 0.5 * (lo + hi)
-            below = _logit_and_log_slope(mid, m, slope=False)[0] < t
+            log_tail = torch.logsumexp(m.log_pi + F.logsigmoid(sign * (mid - m.mu) * m.inv_s), dim=0)
+            below = sign * (log_tail - target) < 0
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         x = 0.5 * (lo + hi)
         cap = _max_log(t.dtype)
