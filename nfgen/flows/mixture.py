@@ -115,7 +115,8 @@ class LogisticMixtureCDF(ElementwiseTransform):
         # derivatives, instead of derivatives of the (non-differentiable) search.
         g, log_slope = _logit_and_log_slope(x_star, m)
         # The clamp keeps exp finite where the map is flat to rounding (g' underflows); there the
-        # step is huge, leaves the tiny bracket and is rejected below, which keeps x_star.
+        # step is huge, and a step beyond 1e-3 * (1 + |x|) (a converged root never needs one) is
+        # rejected, keeping x_star (whose dx/dy is then left at 0: it is ~1/g', astronomically large).
         step = (g - t) * torch.exp(-log_slope.clamp(min=-_max_log(x_star.dtype)))
         x = x_star - step
         x = torch.where(step.abs() <= _step_cap(x_star), x, x_star)
