@@ -110,3 +110,6 @@ class Additive(ElementwiseTransform):
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return y - params[..., 0], torch.zeros_like(y)
+
+
+from nfgen.flows import mixture, spline  # noqa: E402,F401  (registers them)
