@@ -32,24 +32,44 @@ class DataConfig:
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
 # the options it uses, so a key meant for another architecture is an error. A new architecture
-# is a section class here, a field in ``ModelConfig`` and a builder in ``nfgen.model.ARCHITECTURES``.
+# is a section class here (listed in ``ARCH_SECTIONS`` and as a ``ModelConfig`` field) and a
+# builder taking the section's keys (listed in ``nfgen.model.ARCHITECTURES``).
+# Couplings and conditioners are named choices from registries (``nfgen.flows.transforms``,
+# ``nfgen.flows.nets``): ``coupling_options`` / ``conditioner_options`` are handed to the chosen
+# one and checked against its signature.
+class _ArchSection:
+    """What validation asks of every architecture's section."""
+
+    levels: int
+
+    @property
+    def squeezes(self) -> int:
+        """2x2 squeezes from the image to the top: H and W must be divisible by 2**squeezes."""
+        return self.levels
+
+    def check(self, where: str, image_shape: tuple[int, int, int]) -> None:
+        """Checks of this architecture's own options (a ``ConfigError`` names the key)."""
+
+
 @dataclass(frozen=True)
-class GlowConfig:
+class GlowConfig(_ArchSection):
     """Glow (Kingma & Dhariwal, 2018): levels x [squeeze -> steps x (actnorm, 1x1 conv, coupling) -> split]."""
 
     levels: int = 3  # scales L; H and W must be divisible by 2**L
     steps: int = 32  # K steps of flow per level
     hidden: int = 512  # conditioner width
-    conditioner: str = "glow"  # a registered conditioner (nfgen.flows.nets.CONDITIONERS)
-    coupling: str = "affine"  # a registered elementwise transform (nfgen.flows.transforms.TRANSFORMS)
-    coupling_options: dict[str, Any] = field(default_factory=dict)  # e.g. {bins: 8} for spline
+    blocks: int = 1  # conditioner depth (Glow's net: hidden 1x1 layers)
+    conditioner: str = "glow"  # glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)
+    conditioner_options: dict[str, Any] = field(default_factory=dict)
+    coupling: str = "affine"  # affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)
+    coupling_options: dict[str, Any] = field(default_factory=dict)  # e.g. {bins: 8, bound: 3.0} for spline
     permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
     split_prior: Literal["learned", "standard"] = "learned"  # openai/glow's learned conditional prior per split
     learn_top: bool = True  # learned mean and log-std of the top latent
 
 
 @dataclass(frozen=True)
-class RealNVPConfig:
+class RealNVPConfig(_ArchSection):
     """RealNVP (Dinh et al., 2017): per scale, checkerboard couplings, squeeze, channel couplings, split."""
 
     levels: int = 2  # scales; H and W must be divisible by 2**levels
@@ -57,20 +77,53 @@ class RealNVPConfig:
     hidden: int = 64  # conditioner width
     blocks: int = 8  # residual blocks per conditioner
     conditioner: str = "resnet"
+    conditioner_options: dict[str, Any] = field(default_factory=dict)
     coupling: str = "affine"
     coupling_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
+class FlowppConfig(_ArchSection):
+    """Flow++ (Ho et al., 2019): per level (a squeeze first from the second on), channel then
+    checkerboard couplings, each after actnorm and a 1x1 conv. Defaults: the paper's CIFAR-10 body."""
+
+    levels: int = 2  # H and W must be divisible by 2**(levels - 1)
+    channel: tuple[int, ...] = (0, 2)  # channel-mask couplings per level
+    checkerboard: tuple[int, ...] = (4, 3)  # checkerboard couplings per level
+    split: bool = False  # factor half the channels out after each level but the last (Flow++'s CIFAR model: no)
+    hidden: int = 96  # conditioner width (the paper: 96)
+    blocks: int = 10  # conv-attention blocks per conditioner (the paper: 10)
+    conditioner: str = "attention"  # gated convolutions with multi-head self-attention
+    conditioner_options: dict[str, Any] = field(default_factory=dict)  # heads (4), dropout (the paper: 0.2)
+    coupling: str = "logistic_mixture"
+    coupling_options: dict[str, Any] = field(default_factory=dict)  # components (the paper: 32)
+    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
+
+    @property
+    def squeezes(self) -> int:
+        return self.levels - 1  # the first level works on the image itself
+
+    def check(self, where: str, image_shape: tuple[int, int, int]) -> None:
+        for name in ("channel", "checkerboard"):
+            counts = getattr(self, name)
+            _check(len(counts) == self.levels and all(0 <= n <= 256 for n in counts),
+                   f"{where}.{name} must list {self.levels} coupling counts in 0..256 (one per level), got {list(counts)}")
+        _check(image_shape[0] >= 2 or self.channel[0] == 0,
+               f"{where}.channel[0] must be 0: a {image_shape[0]}-channel image has no channels to split "
+               "before the first squeeze")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["glow", "realnvp"] = "glow"
+    arch: Literal["glow", "realnvp", "flowpp"] = "glow"
     image_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W; MNIST at 32 is zero-padded
     n_bits: int = 8  # Glow's CelebA-HQ results use 5-bit images: fewer levels, easier detail
-    preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP: logit
-    logit_alpha: float = 0.05  # RealNVP's alpha for CIFAR-10
+    preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP and Flow++: logit
+    logit_alpha: float = 0.05  # RealNVP's alpha for CIFAR-10 (Flow++ too)
     # The active architecture's section; the others stay unset (None).
     glow: GlowConfig | None = None
     realnvp: RealNVPConfig | None = None
+    flowpp: FlowppConfig | None = None
 
     @property
     def options(self) -> Any:
@@ -78,10 +131,13 @@ class ModelConfig:
         return getattr(self, self.arch)
 
 
-ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig}
-# Options that lived directly under ``model`` before the per-architecture sections; an old file
-# or checkpoint still loads: each is moved into the section of its ``arch``.
+ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig, "flowpp": FlowppConfig}
+# Options that lived directly under ``model`` before the per-architecture sections, and which of
+# them each architecture used then: an old file or checkpoint still loads, each moved into the
+# section of its ``arch``.
 LEGACY_MODEL_KEYS = ("levels", "steps", "hidden", "blocks", "coupling", "permutation", "split_prior", "learn_top")
+_LEGACY_USED = {"glow": ("levels", "steps", "hidden", "coupling", "permutation", "split_prior", "learn_top"),
+                "realnvp": ("levels", "steps", "hidden", "blocks", "coupling")}
 # The values the single old model section had: an old checkpoint stores them all, also those its
 # architecture ignored, and those are dropped when they hold their old default.
 _LEGACY_DEFAULTS = {"levels": 3, "steps": 32, "hidden": 512, "blocks": 8, "coupling": "affine",
@@ -91,8 +147,14 @@ _LEGACY_DEFAULTS = {"levels": 3, "steps": 32, "hidden": 512, "blocks": 8, "coupl
 @dataclass(frozen=True)
 class DequantizationConfig:
     kind: Literal["uniform", "variational"] = "uniform"
-    steps: int = 4  # variational: couplings in q(eps | x)
-    hidden: int = 32  # variational: conditioner width
+    # variational: q(eps | x) is a flow of checkerboard couplings conditioned on features of x
+    steps: int = 4  # couplings in q(eps | x)
+    hidden: int = 32  # conditioner width
+    blocks: int = 1  # conditioner depth
+    conditioner: str = "glow"  # Flow++: attention
+    conditioner_options: dict[str, Any] = field(default_factory=dict)
+    coupling: str = "affine"  # Flow++: logistic_mixture
+    coupling_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -277,16 +339,15 @@ def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored:
     arch = model.get("arch", "glow")
     if arch not in ARCH_SECTIONS:
         return data  # reported as an invalid model.arch
-    section_cls = ARCH_SECTIONS[arch]
     section = dict(model.get(arch) or {})
-    valid = [f.name for f in dataclasses.fields(section_cls)]
+    used = _LEGACY_USED.get(arch, ())
     for key in [k for k in LEGACY_MODEL_KEYS if k in model]:
         value = model.pop(key)
-        if key not in valid:
+        if key not in used:
             if drop_ignored or value == _LEGACY_DEFAULTS[key]:
                 continue
-            raise ConfigError(f"model.{key} does not apply to arch {arch} (it would be ignored); "
-                              f"remove it; model.{arch} options: {', '.join(valid)}")
+            raise ConfigError(f"model.{key} does not apply to arch {arch} (it would be ignored); remove it; "
+                              f"model.{arch} options: {', '.join(f.name for f in dataclasses.fields(ARCH_SECTIONS[arch]))}")
         if key in section and not overriding:
             raise ConfigError(f"model.{key} and model.{arch}.{key} are both set: keep model.{arch}.{key}")
         section[key] = value
@@ -311,31 +372,44 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _check_choice(path: str, name: str, options: dict[str, Any], registry: str) -> None:
-    """A registered transform or conditioner name and its options (checked by building one)."""
-    from nfgen.flows import transforms  # the registry; imported late: it imports torch
+def _check_choice(path: str, name: str, options: dict[str, Any], registry: str, **given: Any) -> None:
+    """A registered transform or conditioner name and its options, checked by building one."""
+    from nfgen.flows import nets, transforms  # the registries; imported late: they import torch
 
     try:
-        transforms.make_transform(name, **options)
+        if registry == "transform":
+            transforms.make_transform(name, **options)
+        else:
+            nets.make_conditioner(name, **given, **options)(2, 2)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
-def _validate_arch(m: ModelConfig) -> None:
-    a, where = m.options, f"model.{m.arch}"
-    for name in ("levels", "steps", "hidden"):
-        _check(getattr(a, name) >= 1, f"{where}.{name} must be >= 1, got {getattr(a, name)}")
-    _check(getattr(a, "blocks", 0) >= 0, f"{where}.blocks must be >= 0, got {getattr(a, 'blocks', 0)}")
-    _check(a.hidden <= 65536, f"{where}.hidden must be <= 65536, got {a.hidden}")
-    _check(a.steps <= 4096, f"{where}.steps must be <= 4096, got {a.steps}")
-    c, h, w = m.image_shape
-    _check(a.levels <= 16, f"{where}.levels must be <= 16, got {a.levels}")
-    k = 2**a.levels
-    _check(h % k == 0 and w % k == 0,
-           f"model.image_shape {h}x{w} is not divisible by 2**levels = {k}; "
-           f"change the image size or {where}.levels")
+def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
+    """A section's coupling transform and conditioner (``coupling``, ``conditioner``, ``hidden``,
+    ``blocks`` and their options), whichever architecture it belongs to."""
+    _check(1 <= a.hidden <= 65536, f"{where}.hidden must be in 1..65536, got {a.hidden}")
+    _check(0 <= a.blocks <= 1024, f"{where}.blocks must be in 0..1024, got {a.blocks}")
     _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
-    _check(a.conditioner in ("glow", "resnet"), f"{where}.conditioner must be glow or resnet, got {a.conditioner!r}")
+    _check_choice(f"{where}.conditioner", a.conditioner, a.conditioner_options, "conditioner",
+                  hidden=1, blocks=min(a.blocks, 1))
+    # Memory saving recomputes each conditioner in backward: dropout would draw another mask there.
+    _check(not (memory_saving and a.conditioner_options.get("dropout", 0)),
+           f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")
+
+
+def _validate_arch(m: ModelConfig, memory_saving: bool) -> None:
+    a, where = m.options, f"model.{m.arch}"
+    _check(1 <= a.levels <= 16, f"{where}.levels must be in 1..16, got {a.levels}")
+    if hasattr(a, "steps"):
+        _check(1 <= a.steps <= 4096, f"{where}.steps must be in 1..4096, got {a.steps}")
+    _check_couplings(where, a, memory_saving)
+    h, w = m.image_shape[1:]
+    k = 2**a.squeezes
+    _check(h % k == 0 and w % k == 0,
+           f"model.image_shape {h}x{w} is not divisible by 2**{a.squeezes} = {k} ({a.levels} levels); "
+           f"change the image size or {where}.levels")
+    a.check(where, m.image_shape)
 
 
 def validate(cfg: Config) -> Config:
@@ -347,9 +421,9 @@ def validate(cfg: Config) -> Config:
            f"model.image_shape: channels must be in 1..64 and sizes in 1..4096, got {list(m.image_shape)}")
     _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
     _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
-    _validate_arch(m)
-    _check(1 <= dq.steps <= 256 and 1 <= dq.hidden <= 65536,
-           "dequantization.steps must be in 1..256 and .hidden in 1..65536")
+    _validate_arch(m, t.memory_saving)
+    _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
+    _check_couplings("dequantization", dq, memory_saving=False)
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     _check(0 <= d.num_workers <= 256, f"data.num_workers must be in 0..256, got {d.num_workers}")
     _check(bool(d.root), "data.root must not be empty")

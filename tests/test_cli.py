@@ -141,7 +141,7 @@ def test_cifar10_and_image_folder(tmp_path, monkeypatch):
     ("model.stepz=3", "unknown key 'model.stepz' (did you mean 'model.glow.steps'?)"),
     ("model.glow.stepz=3", "unknown key 'model.glow.stepz' (did you mean 'steps'?)"),
     ("model.steps=0", "model.glow.steps must be >= 1"),
-    ("model.glow.levels=3", "not divisible by 2**levels = 8"),
+    ("model.glow.levels=3", "not divisible by 2**3 = 8"),
     ("train.lr=fast", "train.lr: expected a number"),
     ("model.coupling=affin", "model.glow.coupling: unknown coupling transform 'affin'"),
     ("model.blocks=4", "model.blocks does not apply to arch glow"),
