@@ -13,8 +13,9 @@ from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.doctor import MIN_SCALE, diagnose, format_report, verdict
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.coupling import Coupling
+from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import glow_net
+from nfgen.flows.transforms import Affine
 from nfgen.model import build_model
 from nfgen.training.checkpoint import save_checkpoint
 
@@ -108,7 +109,7 @@ def test_a_collapsing_coupling_scale_is_named():
     # A user may build couplings with a wider clamp; with clamp 30 and a net that outputs a raw
     # log-scale of -20 the scale is exp(30 tanh(-2/3)) ~ 2.5e-8.
     m = model()
-    coupling = randomize(Coupling(4, glow_net(8), mask="channel", clamp=30.0))
+    coupling = randomize(Coupling(ChannelMask(4), glow_net(8), Affine(clamp=30.0)))
     with torch.no_grad():
         coupling.net[-1].conv.weight.zero_()
         coupling.net[-1].log_gain.zero_()

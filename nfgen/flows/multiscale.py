@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from nfgen.flows.base import Flow
+from nfgen.flows.base import Flow, cascade
 
 Shape = tuple[int, int, int]
 
@@ -27,6 +28,20 @@ class Level(nn.Module):
     def kept_shape(self) -> Shape:
         c, h, w = self.out_shape
         return (c // 2, h, w) if self.split else self.out_shape
+
+    def forward(self, x: Tensor, context: Tensor | None, factored: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The level's flow, then the split: the factored-out half is appended to ``factored``."""
+        x, logdet = self.flow(x, context)
+        if self.split:
+            x, z = x.chunk(2, dim=1)
+            factored.append(z)
+        return x, logdet
+
+    def inverse(self, x: Tensor, context: Tensor | None, factored: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Undo the split with the last latent left in ``factored`` (popped), then the flow."""
+        if self.split:
+            x = torch.cat([x, factored.pop()], dim=1)
+        return self.flow.inverse(x, context)
 
 
 class MultiScaleFlow(nn.Module):
@@ -57,30 +72,16 @@ class MultiScaleFlow(nn.Module):
             raise ValueError(f"{name}: expected shape [B, {', '.join(map(str, expected))}], "
                              f"got {list(actual)}")
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         self._check("input", self.input_shape, x.shape)
-        logdet = x.new_zeros(x.shape[0])
-        zs = []
-        for level in self.levels:
-            x, ld = level.flow(x)
-            logdet = logdet + ld
-            if level.split:
-                x, z = x.chunk(2, dim=1)
-                zs.append(z)
-        zs.append(x)
-        return zs, logdet
+        zs: list[Tensor] = []
+        x, logdet = cascade(x, [partial(level, factored=zs) for level in self.levels], context)
+        return [*zs, x], logdet
 
-    def inverse(self, zs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def inverse(self, zs: list[Tensor], context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if len(zs) != len(self.latent_shapes):
             raise ValueError(f"expected {len(self.latent_shapes)} latents, got {len(zs)}")
         for i, (z, shape) in enumerate(zip(zs, self.latent_shapes)):
             self._check(f"latent {i}", shape, z.shape)
-        x = zs[-1]
-        logdet = x.new_zeros(x.shape[0])
-        factored = iter(reversed(zs[:-1]))
-        for level in reversed(self.levels):
-            if level.split:
-                x = torch.cat([x, next(factored)], dim=1)
-            x, ld = level.flow.inverse(x)
-            logdet = logdet + ld
-        return x, logdet
+        factored = list(zs[:-1])
+        return cascade(zs[-1], [partial(level.inverse, factored=factored) for level in reversed(self.levels)], context)
