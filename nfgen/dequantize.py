@@ -40,12 +40,12 @@ class VariationalDequantizer(nn.Module):
     ``eps = sigmoid(g(n; x))`` with ``n ~ N(0, I)`` and ``g`` a stack of checkerboard couplings
     whose nets also see features of ``x`` (their context); so
     ``log q(eps | x) = log N(n) - log|det dg/dn| - log|det d sigmoid / dy|``.
-    The couplings' ``transform`` and ``conditioner`` are named choices (default: affine with
-    Glow's net; Flow++ uses its own coupling flow here).
+    The couplings' elementwise transform (``coupling``) and ``conditioner`` are named choices,
+    as in the bodies (default: affine with Glow's net; Flow++ uses its own coupling flow here).
     """
 
-    def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32, transform: str = "affine",
-                 conditioner: str = "glow", blocks: int = 1, transform_options: Mapping[str, Any] | None = None,
+    def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32, coupling: str = "affine",
+                 conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
                  conditioner_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         c, h, w = shape
@@ -56,7 +56,7 @@ class VariationalDequantizer(nn.Module):
         net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
         self.couplings = nn.ModuleList(
             Coupling(CheckerboardMask(c, (h, w), parity=k % 2), net,
-                     make_transform(transform, **(transform_options or {})), context_channels=hidden)
+                     make_transform(coupling, **(coupling_options or {})), context_channels=hidden)
             for k in range(steps)
         )
 

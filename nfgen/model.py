@@ -156,10 +156,10 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
     if m.arch == "glow":
-        body = build_glow(shape, m.levels, m.steps, m.hidden, transform=m.coupling, permutation=m.permutation,
+        body = build_glow(shape, m.levels, m.steps, m.hidden, coupling=m.coupling, permutation=m.permutation,
                           split_prior=m.split_prior, learn_top=m.learn_top)
     else:
-        body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, transform=m.coupling)
+        body = build_realnvp(shape, m.levels, m.steps, m.hidden, m.blocks, coupling=m.coupling)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()

@@ -111,7 +111,7 @@ def test_body(arch, shape):
 
 
 def test_glow_with_standard_priors_and_permutations():
-    body = build_glow((1, 4, 4), levels=2, steps=1, hidden=4, transform="additive",
+    body = build_glow((1, 4, 4), levels=2, steps=1, hidden=4, coupling="additive",
                       permutation="shuffle", split_prior="standard", learn_top=False)
     check_flow(randomize(body), torch.randn(2, 1, 4, 4))
 

@@ -24,24 +24,27 @@ def channel_mixer(channels: int, kind: str) -> Flow:
     return Permute(channels, kind)
 
 
-def glow_step(channels: int, net: NetFactory, transform: str = "affine", permutation: str = "conv1x1_lu",
-              transform_options: Mapping[str, Any] | None = None) -> Flow:
+def glow_step(channels: int, net: NetFactory, coupling: str = "affine", permutation: str = "conv1x1_lu",
+              coupling_options: Mapping[str, Any] | None = None) -> Flow:
     """One step of flow: actnorm -> 1x1 conv (or permutation) -> channel coupling."""
     return Sequential(
         ActNorm(channels),
         channel_mixer(channels, permutation),
-        Coupling(ChannelMask(channels), net, make_transform(transform, **(transform_options or {}))),
+        Coupling(ChannelMask(channels), net, make_transform(coupling, **(coupling_options or {}))),
     )
 
 
-def build_glow(shape: Shape, levels: int, steps: int, hidden: int, transform: str = "affine",
+def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str = "affine",
                permutation: str = "conv1x1_lu", split_prior: str = "learned", learn_top: bool = True,
-               conditioner: str = "glow", blocks: int = 1, transform_options: Mapping[str, Any] | None = None,
+               conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
                conditioner_options: Mapping[str, Any] | None = None) -> MultiScaleFlow:
     """``levels`` x [squeeze -> ``steps`` steps of flow -> split], no split after the last.
 
-    Couplings use the registered ``transform`` and ``conditioner`` (of width ``hidden`` and depth
-    ``blocks``; Glow's own net has one hidden 1x1 layer), with their extra options."""
+    Couplings use the registered elementwise transform ``coupling`` (with ``coupling_options``)
+    and the registered ``conditioner`` of width ``hidden`` and depth ``blocks`` (Glow's own net
+    has one hidden 1x1 layer), with its extra ``conditioner_options``. The keyword names are
+    those of the config's ``model.glow`` section. Memory saving and channels-last are applied to
+    the built model (``set_memory_saving``, ``set_channels_last``), not chosen here."""
     net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
     c, h, w = shape
     built = []
@@ -49,7 +52,7 @@ def build_glow(shape: Shape, levels: int, steps: int, hidden: int, transform: st
         in_shape = (c, h, w)
         c, h, w = 4 * c, h // 2, w // 2
         flows: list[Flow] = [Squeeze()]
-        flows += [glow_step(c, net, transform, permutation, transform_options) for _ in range(steps)]
+        flows += [glow_step(c, net, coupling, permutation, coupling_options) for _ in range(steps)]
         last = i == levels - 1
         if not last and split_prior == "learned":
             flows.append(SplitPrior(c))
