@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.config import Config
-from nfgen.flows.base import Flow, set_memory_saving
+from nfgen.flows.base import Flow
 from nfgen.flows.checks import jacobian_logdet
 from nfgen.model import ImageFlow, build_model
 from nfgen.training.step import initialize
@@ -258,8 +258,6 @@ def diagnose(model: ImageFlow, n: int = 8, seed: int = 0) -> Report:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     m64, m32 = copy.deepcopy(model).double().eval(), copy.deepcopy(model).float().eval()
-    for m in (m64, m32):  # the log-det check differentiates blocks one by one, with stored activations
-        set_memory_saving(m, False)
     report = Report(inputs=f"{n} model samples (seed {seed}) clamped into [0, 1)")
     in_body = {id(t) for t in chain(m64.body.parameters(), m64.body.buffers())}
     other = _nonfinite((k, t) for k, t in chain(m64.named_parameters(), m64.named_buffers()) if id(t) not in in_body)
