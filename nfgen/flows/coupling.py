@@ -122,7 +122,7 @@ class CheckerboardMask(Mask):
         return torch.cat([cond, self.pattern.to(cond.dtype).expand(cond.shape[0], 1, -1, -1)], dim=1)
 
     def transformed_only(self, t: Tensor, fill: float) -> Tensor:
-        return torch.where(self.pattern.bool(), torch.full_like(t, fill), t)
+        return torch.where(self.pattern.bool(), fill, t)
 
 
 class Coupling(Flow):
