@@ -392,7 +392,7 @@ def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
     _check(0 <= a.blocks <= 1024, f"{where}.blocks must be in 0..1024, got {a.blocks}")
     _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
     _check_choice(f"{where}.conditioner", a.conditioner, a.conditioner_options, "conditioner",
-                  hidden=1, blocks=min(a.blocks, 1))
+                  hidden=a.hidden, blocks=min(a.blocks, 1))  # one block: the options are checked cheaply
     # Memory saving recomputes each conditioner in backward: dropout would draw another mask there.
     _check(not (memory_saving and a.conditioner_options.get("dropout", 0)),
            f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")

@@ -3,13 +3,18 @@ correction term ``log q(eps | x)`` that the likelihood bound needs (zero for uni
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfgen.flows.coupling import Coupling
+from nfgen.flows.base import cascade
+from nfgen.flows.coupling import CheckerboardMask, Coupling
 from nfgen.flows.multiscale import Shape
-from nfgen.flows.nets import glow_net
+from nfgen.flows.nets import make_conditioner
+from nfgen.flows.transforms import make_transform
 from nfgen.priors import standard_normal_log_prob
 
 
@@ -32,21 +37,26 @@ class UniformDequantizer(nn.Module):
 class VariationalDequantizer(nn.Module):
     """Flow++ variational dequantization (Ho et al., 2019, section 3.1).
 
-    ``eps = sigmoid(g(n; x))`` with ``n ~ N(0, I)`` and ``g`` a stack of affine checkerboard
-    couplings whose nets also see features of ``x``; so
+    ``eps = sigmoid(g(n; x))`` with ``n ~ N(0, I)`` and ``g`` a stack of checkerboard couplings
+    whose nets also see features of ``x`` (their context); so
     ``log q(eps | x) = log N(n) - log|det dg/dn| - log|det d sigmoid / dy|``.
+    The couplings' elementwise transform (``coupling``) and ``conditioner`` are named choices,
+    as in the bodies (default: affine with Glow's net; Flow++ uses its own coupling flow here).
     """
 
-    def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32) -> None:
+    def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32, coupling: str = "affine",
+                 conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
+                 conditioner_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         c, h, w = shape
         self.context = nn.Sequential(
             nn.Conv2d(c, hidden, 3, padding=1), nn.ReLU(),
             nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
         )
+        net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
         self.couplings = nn.ModuleList(
-            Coupling(c, glow_net(hidden), mask="checkerboard", parity=k % 2,
-                     context_channels=hidden, size=(h, w))
+            Coupling(CheckerboardMask(c, (h, w), parity=k % 2), net,
+                     make_transform(coupling, **(coupling_options or {})), context_channels=hidden)
             for k in range(steps)
         )
 
@@ -57,10 +67,8 @@ class VariationalDequantizer(nn.Module):
     def forward(self, x: Tensor, levels: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         context = self.context(x / (levels - 1) - 0.5)
         y = self.draw_noise(x.shape, x) if noise is None else noise
-        log_q = standard_normal_log_prob([y])
-        for coupling in self.couplings:
-            y, logdet = coupling(y, context=context)
-            log_q = log_q - logdet
+        log_n = standard_normal_log_prob([y])
+        y, logdet = cascade(y, self.couplings, context)
         # log d sigmoid(y)/dy = log sigmoid(y) + log sigmoid(-y)
-        log_q = log_q + (F.softplus(-y) + F.softplus(y)).flatten(1).sum(1)
+        log_q = log_n - logdet + (F.softplus(-y) + F.softplus(y)).flatten(1).sum(1)
         return (x + torch.sigmoid(y)) / levels, log_q

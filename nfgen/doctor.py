@@ -4,6 +4,10 @@ Flow training fails in two ways a loss curve hides until too late: a block whose
 longer undoes its forward ("not invertible": a near-singular 1x1 convolution, a collapsing
 coupling scale) and non-finite values. ``diagnose`` pushes the model's own samples through
 every block of the multi-scale body and measures each block on the activations it really sees.
+
+The doctor keeps no list of layer types: it asks each flow (``nfgen.flows.base.Flow``) for its
+``describe()``, ``stem``, ``any_size`` and ``diagnostics(x)``, and checks every log-det with the
+same ``jacobian_logdet`` the test harness uses.
 """
 
 from __future__ import annotations
@@ -19,14 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.config import Config
-from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.base import Flow, Sequential
-from nfgen.flows.conv1x1 import InvConv1x1, Permute
-from nfgen.flows.coupling import Coupling
-from nfgen.flows.nets import ZeroConv2d
-from nfgen.flows.reshape import Squeeze
+from nfgen.flows.base import Flow
+from nfgen.flows.checks import jacobian_logdet
 from nfgen.model import ImageFlow, build_model
-from nfgen.priors import LearnedGaussian
 from nfgen.training.step import initialize
 
 # Past any limit the model is not healthy. A round-trip error is max|inverse(forward(x)) - x|
@@ -46,7 +45,8 @@ MAX_JACOBIAN_WORK = 5e9  # ~ D x pixels x parameters multiply-adds: a few second
 CROPS = (4, 2)  # spatial crops, largest first, for blocks that work at any size
 MAX_LISTED = 8  # problems spelled out in the verdict line; past that the report lists them all
 ACTNORM_INIT_BATCH = 32  # random images for a fresh model's data-dependent actnorm init
-_ANY_SIZE = (ActNorm, InvConv1x1, Permute, Squeeze, Sequential, Coupling)  # channel couplings only
+# How a block's measure combines those its flows report (``Flow.diagnostics``): the worst one.
+WORST = {"cond": max, "min_scale": min}
 
 
 @dataclass
@@ -127,22 +127,20 @@ def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
     return u.clamp(0.0, 1.0 - 1e-6)  # top of the last bin, still below 1 in float32
 
 
-def _describe(block: nn.Module) -> tuple[str, str]:
-    """(name stem, description) of a block."""
-    if isinstance(block, Sequential):
-        return "step", "Sequential: " + ", ".join(type(f).__name__ for f in block.flows)
-    if isinstance(block, Coupling):  # Glow's split prior is a coupling whose net is one zero conv
-        stem = "split_prior" if isinstance(block.net, ZeroConv2d) else "coupling"
-        return stem, f"Coupling: {'affine' if block.affine else 'additive'}, {block.mask_kind}"
-    if isinstance(block, LearnedGaussian):
-        return "top_prior", "LearnedGaussian"
-    return type(block).__name__.lower(), type(block).__name__
-
-
 def _any_size(block: nn.Module) -> bool:
-    """True if no flow inside holds buffers sized to the image (checkerboard masks, top prior)."""
-    return all(not isinstance(m, Flow) or (isinstance(m, _ANY_SIZE) and getattr(m, "mask_kind", "channel") == "channel")
-               for m in block.modules())
+    """True if every flow inside says it works at any spatial size (none holds a buffer or
+    parameter sized to the image, as a checkerboard mask or the top prior does)."""
+    return all(m.any_size for m in block.modules() if isinstance(m, Flow))
+
+
+def _worst(measures: list[dict[str, float]]) -> dict[str, float]:
+    """Per measure, the worst value any flow reported (NaN if any reported NaN)."""
+    out = {}
+    for key, pick in WORST.items():
+        values = [m[key] for m in measures if key in m]
+        if values:
+            out[key] = math.nan if any(math.isnan(v) for v in values) else pick(values)
+    return out
 
 
 def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport) -> tuple[float, Tensor | None]:
@@ -178,14 +176,8 @@ def _logdet_check(block: Flow, x: Tensor, row: BlockReport) -> None:
                          f"(limits {MAX_JACOBIAN_DIMS} dims, {MAX_JACOBIAN_WORK:.0e})")
         return
     row.logdet_at = f"{xs.shape[2]}x{xs.shape[3]}"
-    try:
-        with torch.enable_grad():
-            jac = torch.autograd.functional.jacobian(lambda v: block(v.view_as(xs))[0].flatten(), xs.flatten(), vectorize=True)
-        sign, expected = torch.linalg.slogdet(jac)
-        if not torch.isfinite(jac).all():
-            row.logdet_error = math.nan
-        else:  # a singular Jacobian (sign 0) can match no finite log-det
-            row.logdet_error = math.inf if sign == 0 else (block(xs)[1][0] - expected).abs().item()
+    try:  # a singular Jacobian (-inf) can match no finite log-det: the error is inf
+        row.logdet_error = (block(xs)[1][0] - jacobian_logdet(block, xs)[0]).abs().item()
     except RuntimeError as e:
         row.problems.append(f"log-det check failed: {_first_line(e)}")
 
@@ -206,21 +198,20 @@ def _judge(row: BlockReport) -> None:
 def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor) -> Tensor | None:
     """Measure one block on its float64 input ``x``; returns its float64 forward output."""
     row.problems += _nonfinite(chain(b64.named_parameters(), b64.named_buffers()))
-    seen: list[tuple[Coupling, Tensor, Tensor | None]] = []  # each coupling's input, via a pre-hook
-    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: seen.append((mod, args[0], kw.get("context"))), with_kwargs=True)
-             for m in b64.modules() if isinstance(m, Coupling)]
+    seen: list[tuple[Flow, Tensor, Tensor | None]] = []  # each flow's input, via a pre-hook
+
+    def record(flow: Flow, args: tuple, kwargs: dict) -> None:
+        seen.append((flow, args[0], args[1] if len(args) > 1 else kwargs.get("context")))
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in b64.modules() if isinstance(m, Flow)]
     try:
         row.roundtrip64, out = _round_trip(b64, x, "float64", row)
     finally:
         for hook in hooks:
             hook.remove()
     row.roundtrip32, _ = _round_trip(b32, x.float(), "float32", row)
-    if seen:
-        row.min_scale = torch.stack([m.log_scale(xi, ctx).min() for m, xi, ctx in seen]).min().exp().item()
-    convs = [m.matrix() for m in b64.modules() if isinstance(m, InvConv1x1)]
-    if convs:  # NaN if a matrix holds a NaN (reported as a non-finite parameter)
-        conds = [torch.linalg.cond(w) if torch.isfinite(w).all() else w.new_tensor(math.nan) for w in convs]
-        row.cond = torch.stack(conds).max().item()
+    worst = _worst([flow.diagnostics(xi, ctx) for flow, xi, ctx in seen])  # on the activations each really saw
+    row.cond, row.min_scale = worst.get("cond"), worst.get("min_scale")
     _logdet_check(b64, x[:1], row)
     _judge(row)
     return out
@@ -244,9 +235,9 @@ def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: 
     for i, (l64, l32) in enumerate(zip(m64.body.levels, m32.body.levels)):
         counts: dict[str, int] = {}
         for b64, b32 in zip(l64.flow.flows, l32.flow.flows):
-            stem, kind = _describe(b64)
+            stem = b64.stem or type(b64).__name__.lower()
             k = counts[stem] = counts.get(stem, -1) + 1
-            row = BlockReport(f"level{i}.{stem}{k if stem in ('step', 'coupling') else ''}", kind, tuple(x.shape[1:]))
+            row = BlockReport(f"level{i}.{stem}{k if b64.numbered else ''}", b64.describe(), tuple(x.shape[1:]))
             report.blocks.append(row)
             if not torch.isfinite(x).all():
                 x = torch.where(torch.isfinite(x), x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,12 +12,13 @@ from torch import Tensor, nn
 
 from nfgen.config import Config, config_from_dict
 from nfgen.dequantize import UniformDequantizer, VariationalDequantizer
-from nfgen.flows.base import Flow
+from nfgen.flows.base import Flow, set_memory_saving
+from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow
 from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.realnvp import build_realnvp
-from nfgen.flows.reshape import to_layout
+from nfgen.flows.reshape import set_channels_last, to_layout
 from nfgen.priors import sample_standard_normal, standard_normal_log_prob
 
 
@@ -27,18 +29,17 @@ class ImageFlow(nn.Module):
     data has ``K = 2**n_bits`` levels per dimension and all likelihoods are those of the
     ``n_bits`` image.
 
-    ``channels_last=True`` hands the body its input and latents in channels-last memory order
-    (the body's squeezes must keep it; ``build_model`` builds them so), which oneDNN and cuDNN
-    convolutions run faster on; the numbers are the same.
+    ``channels_last`` (set with the body's squeezes by ``set_channels_last``) hands the body its
+    input and latents in channels-last memory order, which oneDNN and cuDNN convolutions run
+    faster on; the numbers are the same.
     """
 
-    def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module,
-                 n_bits: int = 8, channels_last: bool = False) -> None:
+    def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module, n_bits: int = 8) -> None:
         super().__init__()
         if not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
         self.body, self.preprocess, self.dequantizer, self.n_bits = body, preprocess, dequantizer, n_bits
-        self.channels_last = channels_last
+        self.channels_last = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -148,22 +149,34 @@ class ImageFlow(nn.Module):
         return self._to_unit(zs)
 
 
+# Each architecture's builder takes the image shape and the keys of its config section
+# (``model.glow``, ...) as keyword arguments.
+ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
+    "glow": build_glow,
+    "realnvp": build_realnvp,
+    "flowpp": build_flowpp,
+}
+
+
+def _sections(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
 def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
-    """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys."""
+    """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys; the
+    training options that change how it computes, not what (memory saving, channels-last), are
+    applied to the built model."""
     if not isinstance(config, Config):
         config = config_from_dict(dict(config))
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
-    a = m.options
-    if m.arch == "glow":
-        body = build_glow(shape, a.levels, a.steps, a.hidden, a.coupling, a.permutation,
-                          a.split_prior, a.learn_top, t.memory_saving, t.channels_last)
-    else:
-        body = build_realnvp(shape, a.levels, a.steps, a.hidden, a.blocks, a.coupling,
-                             t.memory_saving, t.channels_last)
+    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **_sections(m.options))
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()
     else:
-        dequantizer = VariationalDequantizer(shape, dq.steps, dq.hidden)
-    return ImageFlow(body, preprocess, dequantizer, m.n_bits, t.channels_last)
+        dequantizer = VariationalDequantizer(shape, **{k: v for k, v in _sections(dq).items() if k != "kind"})
+    model = ImageFlow(body, preprocess, dequantizer, m.n_bits)
+    set_memory_saving(model, t.memory_saving)
+    set_channels_last(model, t.channels_last)
+    return model

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.flows.base import Flow
-from nfgen.flows.coupling import Coupling
+from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import ZeroConv2d
+from nfgen.flows.transforms import Affine
 
 Shape = tuple[int, int, int]
 
@@ -40,22 +41,29 @@ class LearnedGaussian(Flow):
     """Glow's learned top prior (``learn_top``): a per-position mean and log-std, here as the
     standardising map ``z = (x - mean) * exp(-log_std)``. Starts at ``N(0, I)``."""
 
+    stem = "top_prior"  # any_size stays False: mean and log-std are per position
+
     def __init__(self, shape: Shape) -> None:
         super().__init__()
         self.mean = nn.Parameter(torch.zeros(1, *shape))
         self.log_std = nn.Parameter(torch.zeros(1, *shape))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = -self.log_std.sum().expand(x.shape[0])
         return (x - self.mean) * torch.exp(-self.log_std), logdet
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = self.log_std.sum().expand(z.shape[0])
         return z * torch.exp(self.log_std) + self.mean, logdet
 
 
-def split_prior(channels: int) -> Coupling:
+class SplitPrior(Coupling):
     """Glow's learned conditional prior for a factored-out half: a zero-initialised conv of the
     kept half gives the mean and log-std of the other half. That is exactly an affine channel
     coupling whose net is one zero conv, applied just before the split."""
-    return Coupling(channels, lambda c_in, c_out: ZeroConv2d(c_in, c_out), mask="channel")
+
+    stem = "split_prior"
+    numbered = False
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(ChannelMask(channels), ZeroConv2d, Affine())  # its net: one zero conv

@@ -140,7 +140,7 @@ def test_cifar10_and_image_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override,message", [
     ("model.stepz=3", "unknown key 'model.stepz' (did you mean 'model.glow.steps'?)"),
     ("model.glow.stepz=3", "unknown key 'model.glow.stepz' (did you mean 'steps'?)"),
-    ("model.steps=0", "model.glow.steps must be >= 1"),
+    ("model.steps=0", "model.glow.steps must be in 1..4096, got 0"),
     ("model.glow.levels=3", "not divisible by 2**3 = 8"),
     ("train.lr=fast", "train.lr: expected a number"),
     ("model.coupling=affin", "model.glow.coupling: unknown coupling transform 'affin'"),

@@ -13,8 +13,10 @@ from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.doctor import MIN_SCALE, diagnose, format_report, verdict
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.coupling import Coupling
+from nfgen.flows.base import Flow, set_memory_saving
+from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import glow_net
+from nfgen.flows.transforms import Affine
 from nfgen.model import build_model
 from nfgen.training.checkpoint import save_checkpoint
 
@@ -108,7 +110,7 @@ def test_a_collapsing_coupling_scale_is_named():
     # A user may build couplings with a wider clamp; with clamp 30 and a net that outputs a raw
     # log-scale of -20 the scale is exp(30 tanh(-2/3)) ~ 2.5e-8.
     m = model()
-    coupling = randomize(Coupling(4, glow_net(8), mask="channel", clamp=30.0))
+    coupling = randomize(Coupling(ChannelMask(4), glow_net(8), Affine(clamp=30.0)))
     with torch.no_grad():
         coupling.net[-1].conv.weight.zero_()
         coupling.net[-1].log_gain.zero_()
@@ -172,3 +174,38 @@ def test_check_needs_exactly_one_model_source(tmp_path):
     result = runner.invoke(app, ["check"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: give exactly one of --ckpt FILE or --config FILE"
+
+
+class HalfScale(Flow):
+    """A layer the doctor has never seen: it is measured by what it says of itself."""
+
+    any_size = True
+    stem = "halver"
+
+    def describe(self):
+        return "HalfScale: x / 2"
+
+    def diagnostics(self, x, context=None):
+        return {"min_scale": 0.5}
+
+    def forward(self, x, context=None):
+        return x / 2, x.new_full((x.shape[0],), -x[0].numel() * math.log(2))
+
+    def inverse(self, z, context=None):
+        return z * 2, z.new_full((z.shape[0],), z[0].numel() * math.log(2))
+
+
+def test_a_new_kind_of_layer_describes_and_measures_itself():
+    m = model()
+    m.body.levels[1].flow.flows.insert(1, HalfScale())
+    report = diagnose(m, n=2)
+    row = next(b for b in report.blocks if b.name == "level1.halver")
+    assert row.kind == "HalfScale: x / 2" and row.min_scale == 0.5 and row.logdet_at == "2x2"
+    assert row.logdet_error is not None and row.logdet_error < 1e-9
+
+
+def test_a_memory_saving_model_is_checked_block_by_block():
+    m = model()
+    set_memory_saving(m, True)
+    assert diagnose(m, n=2).healthy
+    assert all(lv.flow.memory_saving for lv in m.body.levels)  # checked as it runs, and left so

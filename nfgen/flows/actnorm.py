@@ -17,6 +17,8 @@ class ActNorm(Flow):
     never re-initialised.
     """
 
+    any_size = True
+
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -46,9 +48,9 @@ class ActNorm(Flow):
     def _logdet(self, x: Tensor) -> Tensor:
         return (self.log_scale.sum() * x.shape[2] * x.shape[3]).expand(x.shape[0])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.initialize_once(x)
         return (x + self.loc) * torch.exp(self.log_scale), self._logdet(x)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z * torch.exp(-self.log_scale) - self.loc, -self._logdet(z)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfgen.flows.nets import NetFactory, ZeroConv2d
+from nfgen.flows.nets import NetFactory, ZeroConv2d, register_conditioner
 
 
 def concat_elu(x: Tensor) -> Tensor:
@@ -105,6 +105,7 @@ class GatedAttentionNet(nn.Module):
         return self.out(self.blocks(self.inp(x)))
 
 
+@register_conditioner("attention")
 def gated_attention_net(hidden: int, blocks: int, heads: int = 4, dropout: float = 0.0) -> NetFactory:
     """Flow++'s conditioner (Ho et al., 2019, section 3.3) as a ``(c_in, c_out)`` factory. Flow++
     uses ``hidden=96, blocks=10, heads=4, dropout=0.2`` on CIFAR-10."""

@@ -1,24 +1,41 @@
-"""The flow contract and the one container that composes flows.
+"""The flow contract, the one cascade that composes flows, and memory saving.
 
-Every bijection maps data to latent in ``forward`` and returns ``(z, logdet)`` with
-``logdet = log|det dz/dx|`` per sample (shape ``[B]``); ``inverse`` returns ``(x, logdet)``
-with the opposite sign, so a forward pass followed by an inverse pass has zero total log-det.
+Every bijection maps data to latent in ``forward(x, context=None)`` and returns ``(z, logdet)``
+with ``logdet = log|det dz/dx|`` per sample (shape ``[B]``); ``inverse(z, context=None)``
+returns ``(x, logdet)`` with the opposite sign, so a forward pass followed by an inverse pass
+has zero total log-det. ``context`` is an optional conditioning tensor (e.g. features of the
+image for variational dequantization); flows that are not conditional ignore it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+Step = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
+
+
+def cascade(x: Tensor, steps: Iterable[Step], context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Run ``steps`` in order, each ``(x, context) -> (x, logdet)``, and sum their log-dets: the
+    one loop that composes flows (nflows' ``CompositeTransform._cascade``). A forward pass gives
+    it the flows themselves, an inverse pass their ``inverse`` methods in reverse order."""
+    logdet = x.new_zeros(x.shape[0])
+    for step in steps:
+        x, ld = step(x, context)
+        logdet = logdet + ld
+    return x, logdet
 
 
 @dataclass
 class Rebuilt:
     """A flow's forward pass rebuilt from its output, for backpropagation without stored
-    activations: ``out, logdet`` are recomputed with a graph from the leaf tensors ``leaves``,
-    ``x`` is the input's value and ``grad_x`` maps the leaves' gradients to the input's."""
+    activations: ``out, logdet`` are recomputed with a graph from the leaf tensors ``leaves``
+    (and the context given to ``rebuild``), ``x`` is the input's value and ``grad_x`` maps the
+    leaves' gradients to the input's."""
 
     x: Tensor
     leaves: list[Tensor]
@@ -28,26 +45,47 @@ class Rebuilt:
 
 
 class Flow(nn.Module):
-    """A bijection with a tractable log-determinant (the nflows / FrEIA contract)."""
+    """A bijection with a tractable log-determinant (the nflows / FrEIA contract).
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # data -> latent
+    Besides its two directions, a flow answers the questions tools ask of it (the doctor asks,
+    rather than keeping a list of types): ``describe()``, ``diagnostics(x)``, ``any_size``, and
+    the ``stem`` and ``numbered`` that name its row in a report.
+    """
+
+    # True if the flow holds nothing sized to the image, so it works on any spatial crop (the
+    # doctor checks its log-det on a small crop). False is always safe: the full size is used.
+    any_size: bool = False
+    stem: ClassVar[str] = ""  # a report row's name stem; "" means the class name in lower case
+    numbered: ClassVar[bool] = False  # rows of this kind repeat within a level: step0, step1, ...
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:  # data -> latent
         raise NotImplementedError
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:  # latent -> data
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:  # latent -> data
         raise NotImplementedError
 
-    def rebuild(self, z: Tensor) -> Rebuilt:
+    def describe(self) -> str:
+        """A one-line kind for reports, e.g. ``"Coupling: affine, channel"``."""
+        return type(self).__name__
+
+    def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
+        """This flow's own health measures at its input ``x`` (not its sub-flows'). Known keys:
+        ``min_scale``, the smallest ``|dy/dx|`` of an elementwise map (the inverse divides by
+        it); ``cond``, the condition number of a channel-mixing matrix."""
+        return {}
+
+    def rebuild(self, z: Tensor, context: Tensor | None = None) -> Rebuilt:
         """Reconstruct the input from the output ``z`` with ``inverse``, then run ``forward``
         from it with a graph. Flows whose inverse repeats the forward's expensive part
         (couplings: the conditioner net) override this to compute that part once."""
         with torch.no_grad():
-            x = self.inverse(z)[0]
+            x = self.inverse(z, context)[0]
         leaf = x.detach().requires_grad_()
-        out, logdet = self(leaf)
+        out, logdet = self(leaf, context)
         return Rebuilt(x, [leaf], out, logdet, lambda grads: grads[0])
 
 
-def _leaf_flows(flows: nn.ModuleList) -> list[Flow]:
+def _leaf_flows(flows: Iterable[Flow]) -> list[Flow]:
     out: list[Flow] = []
     for flow in flows:
         out += _leaf_flows(flow.flows) if isinstance(flow, Sequential) else [flow]
@@ -65,85 +103,111 @@ class _RecomputeFromOutput(torch.autograd.Function):
     """Runs a chain of flows without keeping any activation but its output; backward walks the
     chain in reverse, reconstructing each flow's input from its output (RevNet's trick, Gomez
     et al., 2017), so training memory does not grow with the number of flows. The parameters
-    are explicit inputs, so their gradients flow through autograd as usual (DDP's hooks fire)."""
+    are explicit inputs, so their gradients flow through autograd as usual (DDP's hooks fire).
+    A context is an input too: every flow's rebuild sees one leaf holding it, and the gradients
+    it collects across the chain are summed."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, flows: list[Flow], *params: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, x: Tensor, context: Tensor | None, flows: list[Flow], *params: Tensor) -> tuple[Tensor, Tensor]:
         device = x.device.type
         ctx.flows, ctx.params = flows, params
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), device)
         with _autocast(*ctx.autocast):  # autograd runs a Function's forward without grad
-            logdet = x.new_zeros(x.shape[0])
-            for flow in flows:
-                x, ld = flow(x)
-                logdet = logdet + ld
-        ctx.save_for_backward(x)
-        return x, logdet
+            z, logdet = cascade(x, flows, context)
+        ctx.save_for_backward(z, context)
+        return z, logdet
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
-        (z,) = ctx.saved_tensors
+        z, context = ctx.saved_tensors
+        leaf_context = None if context is None else context.detach().requires_grad_(ctx.needs_input_grad[1])
+        extra = [leaf_context] if ctx.needs_input_grad[1] else []
         grads: dict[int, Tensor] = {}
+        grad_context = None
         for flow in reversed(ctx.flows):
             params = [p for p in flow.parameters() if p.requires_grad]
             with torch.enable_grad(), _autocast(*ctx.autocast):
-                r = flow.rebuild(z)
+                r = flow.rebuild(z, leaf_context)
             pairs = [(t, g) for t, g in ((r.out, grad_z), (r.logdet, grad_logdet)) if t.requires_grad]
-            found = torch.autograd.grad([t for t, _ in pairs], [*r.leaves, *params],
+            found = torch.autograd.grad([t for t, _ in pairs], [*r.leaves, *extra, *params],
                                         [g for _, g in pairs], allow_unused=True)
             grad_z = r.grad_x([g if g is not None else torch.zeros_like(leaf)
                                for g, leaf in zip(found, r.leaves)])
-            for p, g in zip(params, found[len(r.leaves):]):
+            found = found[len(r.leaves):]
+            if extra and found[0] is not None:
+                grad_context = found[0] if grad_context is None else grad_context + found[0]
+            for p, g in zip(params, found[len(extra):]):
                 if g is not None:
                     grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
             z = r.x.detach()
-        return (grad_z, None, *(grads.get(id(p)) for p in ctx.params))
+        return (grad_z, grad_context, None, *(grads.get(id(p)) for p in ctx.params))
 
 
 class Sequential(Flow):
-    """Composition of flows; the one place where log-dets are summed.
+    """Composition of flows through the one ``cascade``, in both directions.
 
-    ``memory_saving=True`` trains without storing activations: the chain keeps only its output
-    and backward reconstructs every flow's input from its output with the inverse (see
-    ``_RecomputeFromOutput``). Activation memory then no longer grows with the number of
-    flows, at the cost of about one more forward pass of the conditioner nets. Gradients equal
-    the stored-activation ones up to the round-off of the reconstruction.
+    With memory saving on (``set_memory_saving``) it trains without storing activations: the
+    chain keeps only its output and backward reconstructs every flow's input from its output
+    with the inverse (see ``_RecomputeFromOutput``). Activation memory then no longer grows
+    with the number of flows, at the cost of about one more forward pass of the conditioner
+    nets. Gradients equal the stored-activation ones up to the round-off of the reconstruction.
     """
 
-    def __init__(self, *flows: Flow, memory_saving: bool = False) -> None:
+    any_size = True  # itself; its flows answer for themselves
+    stem = "step"
+    numbered = True
+
+    def __init__(self, *flows: Flow) -> None:
         super().__init__()
         self.flows = nn.ModuleList(flows)
-        self.memory_saving = memory_saving
-        self._chain = _leaf_flows(self.flows) if memory_saving else []  # nested steps, flattened once
+        self.memory_saving = False
+        self._chain: list[Flow] = []
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def set_memory_saving(self, on: bool) -> None:
+        """Turn memory saving on or off; on, the nested flows are flattened into one chain here,
+        once (so replace flows before turning it on)."""
+        self.memory_saving = on
+        self._chain = _leaf_flows(self.flows) if on else []
+
+    def describe(self) -> str:
+        return "Sequential: " + ", ".join(type(f).__name__ for f in self.flows)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.memory_saving and torch.is_grad_enabled():
             params = [p for p in self.parameters() if p.requires_grad]
-            if params or x.requires_grad:
-                return _RecomputeFromOutput.apply(x, self._chain, *params)
-        logdet = x.new_zeros(x.shape[0])
-        for flow in self.flows:
-            x, ld = flow(x)
-            logdet = logdet + ld
-        return x, logdet
+            if params or x.requires_grad or (context is not None and context.requires_grad):
+                return _RecomputeFromOutput.apply(x, context, self._chain, *params)
+        return cascade(x, self.flows, context)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        logdet = z.new_zeros(z.shape[0])
-        for flow in reversed(self.flows):
-            z, ld = flow.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return cascade(z, [flow.inverse for flow in reversed(self.flows)], context)
+
+
+def set_memory_saving(module: nn.Module, on: bool) -> None:
+    """Turn memory saving on or off for every outermost ``Sequential`` in ``module`` (each
+    level's chain; the steps nested in it are flattened into that chain). A training option,
+    applied to a built model: builders know nothing of it."""
+    if isinstance(module, Sequential):
+        module.set_memory_saving(on)
+        return
+    for child in module.children():
+        set_memory_saving(child, on)
 
 
 class Inverse(Flow):
     """Swaps the two directions of a flow."""
 
+    any_size = True  # itself; the wrapped flow answers for itself
+
     def __init__(self, flow: Flow) -> None:
         super().__init__()
         self.flow = flow
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow.inverse(x)
+    def describe(self) -> str:
+        return f"Inverse: {self.flow.describe()}"
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow(z)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.flow.inverse(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.flow(z, context)

@@ -18,6 +18,8 @@ def _random_rotation(channels: int, generator: torch.Generator | None = None) ->
 class InvConv1x1(Flow):
     """Invertible 1x1 convolution (Glow, section 3.2), log-det by ``slogdet`` of the weight."""
 
+    any_size = True
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(_random_rotation(channels))
@@ -27,6 +29,12 @@ class InvConv1x1(Flow):
 
     def log_abs_det(self) -> Tensor:
         return torch.linalg.slogdet(self.weight)[1]
+
+    def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
+        """``cond``: the weight's condition number; inverting it loses ``log10(cond)`` digits
+        (Glow's "not invertible" is this matrix drifting to singular). NaN if it holds a NaN."""
+        w = self.matrix()
+        return {"cond": torch.linalg.cond(w).item() if torch.isfinite(w).all() else float("nan")}
 
     def _conv(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         # Always in the parameters' precision, also under autocast: a bf16 weight or channel mix
@@ -38,10 +46,10 @@ class InvConv1x1(Flow):
             logdet = (self.log_abs_det() * x.shape[2] * x.shape[3]).expand(x.shape[0])
             return F.conv2d(x.to(w.dtype), w[:, :, None, None]), -logdet if inverse else logdet
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._conv(x, inverse=False)
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._conv(z, inverse=True)
 
 
@@ -75,6 +83,8 @@ class InvConv1x1LU(InvConv1x1):
 class Permute(Flow):
     """A fixed channel permutation (RealNVP's reverse, or a random shuffle); log-det zero."""
 
+    any_size = True
+
     def __init__(self, channels: int, kind: str = "reverse") -> None:
         super().__init__()
         if kind == "reverse":
@@ -86,8 +96,8 @@ class Permute(Flow):
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x[:, self.perm], x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z[:, self.inv_perm], z.new_zeros(z.shape[0])

@@ -1,15 +1,86 @@
-"""Affine and additive coupling layers (Dinh et al., 2017, "RealNVP"; Glow, section 3.3)."""
+"""Coupling layers: a mask, a conditioner and an elementwise transform (Dinh et al., 2017,
+"RealNVP"; Glow, section 3.3; nflows' ``CouplingTransform``).
+
+The mask splits the input into a conditioning part, which passes unchanged, and a part to
+transform; the conditioner net maps the conditioning part (and an optional context) to the
+transform's raw parameters; the elementwise transform (``nfgen.flows.transforms``) maps each
+transformed value with its own parameters. A new mask is a ``Mask`` subclass, a new transform
+one registered ``ElementwiseTransform`` class; the coupling itself does not change.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nfgen.flows.base import Flow, Rebuilt
 from nfgen.flows.nets import NetFactory
+from nfgen.flows.transforms import ElementwiseTransform, make_transform
 
-MASKS = ("channel", "checkerboard")
-TRANSFORMS = ("affine", "additive")
+
+class Mask(nn.Module):
+    """Which values a coupling conditions on and which it transforms.
+
+    ``split(x) -> (cond, x_t)``: the conditioning part and the values the transform maps;
+    ``join(cond, y_t)`` puts an output together (``join(*split(x)) == x``);
+    ``split_grad(g_cond, g_t)`` is the input gradient from those two parts' gradients (the
+    adjoint of ``split``); ``net_input(cond)`` is what the conditioner sees; and
+    ``transformed_only(t, fill)`` sets the conditioning positions of an elementwise tensor
+    shaped like ``x_t`` to ``fill`` (to sum a log-det or take a minimum over what is transformed).
+    ``net_channels`` and ``transformed_channels`` are the conditioner's input channels and
+    ``x_t``'s channels.
+    """
+
+    kind = "?"
+    any_size = True
+    net_channels: int
+    transformed_channels: int
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def join(self, cond: Tensor, y_t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def split_grad(self, g_cond: Tensor, g_t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def net_input(self, cond: Tensor) -> Tensor:
+        return cond
+
+    def transformed_only(self, t: Tensor, fill: float) -> Tensor:
+        return t
+
+
+class ChannelMask(Mask):
+    """Conditions on one half of the channels and transforms the other (Glow; RealNVP's
+    channel-wise mask). ``parity=0`` conditions on the first ``channels // 2``, ``parity=1`` on
+    the last ``channels // 2``, so alternating parities transform every channel."""
+
+    kind = "channel"
+
+    def __init__(self, channels: int, parity: int = 0) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
+        half = channels // 2
+        self.parity = parity
+        self.net_channels, self.transformed_channels = (half, channels - half) if parity == 0 else (channels - half, half)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.parity == 0:
+            cond, x_t = x.split([self.net_channels, self.transformed_channels], dim=1)
+        else:
+            x_t, cond = x.split([self.transformed_channels, self.net_channels], dim=1)
+        return cond, x_t
+
+    def join(self, cond: Tensor, y_t: Tensor) -> Tensor:
+        return torch.cat([cond, y_t] if self.parity == 0 else [y_t, cond], dim=1)
+
+    def split_grad(self, g_cond: Tensor, g_t: Tensor) -> Tensor:
+        return self.join(g_cond, g_t)
 
 
 def checkerboard(height: int, width: int, parity: int) -> Tensor:
@@ -19,123 +90,105 @@ def checkerboard(height: int, width: int, parity: int) -> Tensor:
     return ((i + j) % 2 == parity).float()[None, None]
 
 
+class CheckerboardMask(Mask):
+    """Conditions on the pixels of one checkerboard parity, in every channel (RealNVP). The
+    net sees ``x * m`` plus the mask itself. The transform runs on every pixel and the
+    conditioning ones are restored, ``y = m x + (1 - m) f(x)``, with the log-det summed over
+    ``1 - m``: so any transform works, not only those whose zero parameters are the identity.
+    (The transform must stay finite on the conditioning pixels, whose result is discarded.)"""
+
+    kind = "checkerboard"
+    any_size = False  # the pattern is a buffer of the image's size
+
+    def __init__(self, channels: int, size: tuple[int, int], parity: int = 0) -> None:
+        super().__init__()
+        # Not saved: it follows from size and parity (checkpoints before the mask objects held
+        # it as the coupling's ``mask``; Coupling drops that key when loading them).
+        self.register_buffer("pattern", checkerboard(*size, parity), persistent=False)
+        self.parity = parity
+        self.net_channels, self.transformed_channels = channels + 1, channels
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x * self.pattern, x
+
+    def join(self, cond: Tensor, y_t: Tensor) -> Tensor:
+        # where, not m * cond + (1 - m) * y: a non-finite discarded value cannot leak in as 0 * inf
+        return torch.where(self.pattern.bool(), cond, y_t)
+
+    def split_grad(self, g_cond: Tensor, g_t: Tensor) -> Tensor:
+        return g_t + g_cond * self.pattern
+
+    def net_input(self, cond: Tensor) -> Tensor:
+        return torch.cat([cond, self.pattern.to(cond.dtype).expand(cond.shape[0], 1, -1, -1)], dim=1)
+
+    def transformed_only(self, t: Tensor, fill: float) -> Tensor:
+        return torch.where(self.pattern.bool(), fill, t)
+
+
 class Coupling(Flow):
-    """``z = x_b * exp(s(x_a)) + t(x_a)`` on one part of the input, identity on the other.
+    """``y_t = f(x_t; net(x_cond, context))`` on the part the mask transforms, identity on the
+    rest, with ``f`` an elementwise transform (affine by default) and ``net`` a conditioner.
 
-    ``mask="channel"`` splits the channels in half (Glow, and RealNVP's channel-wise mask);
-    ``mask="checkerboard"`` keeps the pixels of one checkerboard parity (RealNVP), and the net
-    sees the masked input plus the mask itself. ``context_channels`` lets a conditional flow
-    (variational dequantization) feed extra features to the net.
-
-    The log-scale is soft-clamped, ``s = clamp * tanh(raw / clamp)``: it is the identity near
-    zero (so a zero-initialised net gives an identity coupling, unlike Glow's
-    ``sigmoid(raw + 2)``) yet bounds every scale to ``[e^-clamp, e^clamp]``, so one bad step
-    cannot blow activations up through many stacked layers.
+    The net's ``transformed_channels * P`` output channels (``P = transform.params_per_dim``)
+    are grouped parameter-major: channel ``p * C_t + c`` is parameter ``p`` of transformed
+    channel ``c`` (so an affine coupling's first ``C_t`` channels are its shifts, as before the
+    transforms were split out). ``context_channels`` lets a conditional flow (variational
+    dequantization) feed extra features to the net.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        net_factory: NetFactory,
-        mask: str = "channel",
-        parity: int = 0,
-        transform: str = "affine",
-        context_channels: int = 0,
-        clamp: float = 2.0,
-        size: tuple[int, int] | None = None,
-    ) -> None:
+    stem = "coupling"
+    numbered = True
+
+    def __init__(self, mask: Mask, net_factory: NetFactory, transform: ElementwiseTransform | str = "affine",
+                 context_channels: int = 0, **transform_options: Any) -> None:
         super().__init__()
-        if mask not in MASKS:
-            raise ValueError(f"unknown coupling mask {mask!r}; expected one of {MASKS}")
-        if transform not in TRANSFORMS:
-            raise ValueError(f"unknown coupling {transform!r}; expected one of {TRANSFORMS}")
-        self.mask_kind, self.parity, self.affine, self.clamp = mask, parity, transform == "affine", clamp
-        per_param = 2 if self.affine else 1
-        if mask == "channel":
-            if channels < 2:
-                raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
-            half = channels // 2
-            self.c_cond, self.c_trans = (half, channels - half) if parity == 0 else (channels - half, half)
-            self.net = net_factory(self.c_cond + context_channels, per_param * self.c_trans)
-        else:
-            if size is None:
-                raise ValueError("a checkerboard coupling needs the image size")
-            self.register_buffer("mask", checkerboard(*size, parity))
-            self.net = net_factory(channels + 1 + context_channels, per_param * channels)
+        self.mask = mask
+        self.transform = make_transform(transform, **transform_options) if isinstance(transform, str) else transform
+        self.any_size = mask.any_size
+        self.net = net_factory(mask.net_channels + context_channels,
+                               self.transform.params_per_dim * mask.transformed_channels)
+        self._register_load_state_dict_pre_hook(self._drop_stored_mask)
 
-    def _params(self, x_cond: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = x_cond if context is None else torch.cat([x_cond, context], dim=1)
-        h = self.net(h).to(x_cond.dtype)  # nets may run in bf16 (amp); the flow's maths does not
-        if not self.affine:
-            return h, torch.zeros_like(h)
-        shift, raw = h.chunk(2, dim=1)
-        return shift, self.clamp * torch.tanh(raw / self.clamp)
+    @staticmethod
+    def _drop_stored_mask(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before masks were objects hold the checkerboard as ``<prefix>mask``.
+        state_dict.pop(prefix + "mask", None)
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = x.split([self.c_cond, self.c_trans] if self.parity == 0 else [self.c_trans, self.c_cond], 1)
-        return (a, b) if self.parity == 0 else (b, a)
+    def describe(self) -> str:
+        return f"Coupling: {self.transform.name}, {self.mask.kind}"
 
-    def _join(self, cond: Tensor, trans: Tensor) -> Tensor:
-        return torch.cat([cond, trans] if self.parity == 0 else [trans, cond], dim=1)
-
-    def _checker_params(self, x_masked: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Checkerboard: the net sees the conditioning pixels ``x * m`` and the mask; the shift
-        and log-scale are zero on those pixels, which stay as they are."""
-        m = self.mask
-        shift, log_s = self._params(torch.cat([x_masked, m.expand(x_masked.shape[0], 1, -1, -1)], dim=1),
-                                    context)
-        return shift * (1 - m), log_s * (1 - m)
-
-    def _conditioned(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(x_cond, x_trans, shift, log_s)``: the part that stays, the part that is transformed,
-        and its shift and log-scale (zero on a checkerboard's conditioning pixels)."""
-        if self.mask_kind == "channel":
-            x_cond, x_trans = self._split(x)
-            return (x_cond, x_trans, *self._params(x_cond, context))
-        x_cond = x * self.mask
-        return (x_cond, x, *self._checker_params(x_cond, context))
-
-    def _transform(self, x: Tensor, context: Tensor | None, sign: int) -> tuple[Tensor, Tensor]:
-        x_cond, x_trans, shift, log_s = self._conditioned(x, context)
-        if sign > 0:
-            y = x_trans * torch.exp(log_s) + shift
-        else:
-            y = (x_trans - shift) * torch.exp(-log_s)
-        logdet = sign * log_s.flatten(1).sum(1)
-        return (self._join(x_cond, y) if self.mask_kind == "channel" else y), logdet
-
-    def log_scale(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """The (soft-clamped) log-scale ``s`` that ``forward(x)`` applies, for diagnostics.
-
-        Channel mask: shape of the transformed half. Checkerboard: shape of ``x``, zero on the
-        conditioning pixels (they are not scaled). Additive couplings: all zeros.
-        """
-        return self._conditioned(x, context)[3]
-
-    def rebuild(self, z: Tensor) -> Rebuilt:
-        """The conditioning part passes through unchanged, so the net runs once, on a leaf holding
-        it, and serves both the reconstruction of the transformed part and its recomputation."""
-        if self.mask_kind == "channel":
-            z_cond, z_trans = self._split(z)
-            cond = z_cond.detach().requires_grad_()
-            shift, log_s = self._params(cond, None)
-        else:
-            cond = (z * self.mask).detach().requires_grad_()
-            shift, log_s = self._checker_params(cond, None)
-            z_trans = z
-        with torch.no_grad():
-            x_trans = (z_trans - shift) * torch.exp(-log_s)
-        trans = x_trans.detach().requires_grad_()
-        y = trans * torch.exp(log_s) + shift
-        logdet = log_s.flatten(1).sum(1)
-        if self.mask_kind == "channel":
-            return Rebuilt(self._join(z_cond, x_trans), [cond, trans], self._join(cond, y), logdet,
-                           lambda g: self._join(*g))
-        # checkerboard: the net saw x * m, so the input's gradient is the direct one plus m * that
-        return Rebuilt(x_trans, [cond, trans], y, logdet, lambda g: g[1] + g[0] * self.mask)
+    def _params(self, cond: Tensor, context: Tensor | None) -> Tensor:
+        """The transform's parameters ``[B, C_t, H, W, P]`` from the conditioning part."""
+        h = self.mask.net_input(cond)
+        h = h if context is None else torch.cat([h, context], dim=1)
+        h = self.net(h).to(cond.dtype)  # nets may run in bf16 (amp); the flow's maths does not
+        return h.unflatten(1, (self.transform.params_per_dim, self.mask.transformed_channels)).movedim(1, -1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._transform(x, context, +1)
+        cond, x_t = self.mask.split(x)
+        y_t, ld = self.transform(x_t, self._params(cond, context))
+        return self.mask.join(cond, y_t), self.mask.transformed_only(ld, 0.0).flatten(1).sum(1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._transform(z, context, -1)
+        cond, z_t = self.mask.split(z)
+        x_t, ld = self.transform.inverse(z_t, self._params(cond, context))
+        return self.mask.join(cond, x_t), self.mask.transformed_only(ld, 0.0).flatten(1).sum(1)
+
+    def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
+        """``min_scale``: the smallest ``|dy/dx|`` over the transformed values at ``x``."""
+        cond, x_t = self.mask.split(x)
+        scale = self.transform.scale(x_t, self._params(cond, context))
+        return {"min_scale": self.mask.transformed_only(scale, float("inf")).min().item()}
+
+    def rebuild(self, z: Tensor, context: Tensor | None = None) -> Rebuilt:
+        """The conditioning part passes through unchanged, so the net runs once, on a leaf holding
+        it, and serves both the reconstruction of the input and its recomputation."""
+        cond_z, z_t = self.mask.split(z)
+        cond = cond_z.detach().requires_grad_()
+        params = self._params(cond, context)
+        with torch.no_grad():
+            x = self.mask.join(cond_z, self.transform.inverse(z_t, params)[0])
+        trans = self.mask.split(x)[1].detach().requires_grad_()  # exactly the forward's x_t
+        y_t, ld = self.transform(trans, params)
+        logdet = self.mask.transformed_only(ld, 0.0).flatten(1).sum(1)
+        return Rebuilt(x, [cond, trans], self.mask.join(cond, y_t), logdet, lambda g: self.mask.split_grad(*g))

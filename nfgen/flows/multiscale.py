@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from nfgen.flows.base import Flow
+from nfgen.flows.base import Flow, cascade
 
 Shape = tuple[int, int, int]
 
@@ -28,6 +29,20 @@ class Level(nn.Module):
         c, h, w = self.out_shape
         return (c // 2, h, w) if self.split else self.out_shape
 
+    def forward(self, x: Tensor, context: Tensor | None, factored: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The level's flow, then the split: the factored-out half is appended to ``factored``."""
+        x, logdet = self.flow(x, context)
+        if self.split:
+            x, z = x.chunk(2, dim=1)
+            factored.append(z)
+        return x, logdet
+
+    def inverse(self, x: Tensor, context: Tensor | None, factored: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Undo the split with the last latent left in ``factored`` (popped), then the flow."""
+        if self.split:
+            x = torch.cat([x, factored.pop()], dim=1)
+        return self.flow.inverse(x, context)
+
 
 class MultiScaleFlow(nn.Module):
     """Maps ``[B, C, H, W]`` to ``(zs, logdet)``: one latent per factored-out half plus the
@@ -46,10 +61,11 @@ class MultiScaleFlow(nn.Module):
             raise ValueError("the last level must not split")
         self.levels = nn.ModuleList(levels)
         self.input_shape: Shape = levels[0].in_shape
+        # One latent per level that factors half out (a level may also hand all it has on), and
+        # the last level's output.
         self.latent_shapes: list[Shape] = [
-            (lv.out_shape[0] - lv.kept_shape[0], *lv.out_shape[1:]) if lv.split else lv.out_shape
-            for lv in levels
-        ]
+            (lv.out_shape[0] - lv.kept_shape[0], *lv.out_shape[1:]) for lv in levels if lv.split
+        ] + [levels[-1].out_shape]
         assert sum(math.prod(s) for s in self.latent_shapes) == math.prod(self.input_shape)
 
     def _check(self, name: str, expected: Shape, actual: tuple[int, ...]) -> None:
@@ -57,30 +73,16 @@ class MultiScaleFlow(nn.Module):
             raise ValueError(f"{name}: expected shape [B, {', '.join(map(str, expected))}], "
                              f"got {list(actual)}")
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         self._check("input", self.input_shape, x.shape)
-        logdet = x.new_zeros(x.shape[0])
-        zs = []
-        for level in self.levels:
-            x, ld = level.flow(x)
-            logdet = logdet + ld
-            if level.split:
-                x, z = x.chunk(2, dim=1)
-                zs.append(z)
-        zs.append(x)
-        return zs, logdet
+        zs: list[Tensor] = []
+        x, logdet = cascade(x, [partial(level, factored=zs) for level in self.levels], context)
+        return [*zs, x], logdet
 
-    def inverse(self, zs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def inverse(self, zs: list[Tensor], context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if len(zs) != len(self.latent_shapes):
             raise ValueError(f"expected {len(self.latent_shapes)} latents, got {len(zs)}")
         for i, (z, shape) in enumerate(zip(zs, self.latent_shapes)):
             self._check(f"latent {i}", shape, z.shape)
-        x = zs[-1]
-        logdet = x.new_zeros(x.shape[0])
-        factored = iter(reversed(zs[:-1]))
-        for level in reversed(self.levels):
-            if level.split:
-                x = torch.cat([x, next(factored)], dim=1)
-            x, ld = level.flow.inverse(x)
-            logdet = logdet + ld
-        return x, logdet
+        factored = list(zs[:-1])
+        return cascade(zs[-1], [partial(level.inverse, factored=factored) for level in reversed(self.levels)], context)

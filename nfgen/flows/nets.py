@@ -1,7 +1,14 @@
 """Conditioner networks for coupling layers, injected as ``(c_in, c_out) -> nn.Module``.
 
-The last layer of every conditioner starts at zero, so every coupling starts as the identity
-and a freshly built flow is exactly its actnorms and 1x1 convolutions.
+The last layer of every conditioner starts at zero, so every coupling starts with zero
+parameters (the identity for affine and additive couplings) and a freshly built Glow is
+exactly its actnorms and 1x1 convolutions.
+
+Conditioners are a named choice: ``CONDITIONERS`` maps a name to a function
+``(hidden, blocks, **options) -> NetFactory``; a new one is one registered function::
+
+    @register_conditioner("mlp")
+    def mlp(hidden: int, blocks: int) -> NetFactory: ...
 """
 
 from __future__ import annotations
@@ -13,8 +20,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfgen.flows.actnorm import ActNorm
+from nfgen.flows.registry import build_named
 
 NetFactory = Callable[[int, int], nn.Module]
+Conditioner = Callable[..., NetFactory]  # (hidden, blocks, **options) -> NetFactory
+
+CONDITIONERS: dict[str, Conditioner] = {}
+
+
+def register_conditioner(name: str) -> Callable[[Conditioner], Conditioner]:
+    """Function decorator: make a conditioner selectable by ``name``."""
+
+    def add(fn: Conditioner) -> Conditioner:
+        CONDITIONERS[name] = fn
+        return fn
+
+    return add
+
+
+def make_conditioner(name: str, hidden: int, blocks: int, **options: object) -> NetFactory:
+    """The registered conditioner ``name`` of width ``hidden`` and depth ``blocks``; a
+    ``ValueError`` names the valid conditioners or options when they do not fit."""
+    return build_named("conditioner", CONDITIONERS, name, {"hidden": hidden, "blocks": blocks, **options})
 
 
 class ZeroConv2d(nn.Module):
@@ -58,17 +85,16 @@ class ConvNorm(nn.Module):
                         padding=self.padding)
 
 
-def glow_net(hidden: int) -> NetFactory:
-    """Glow's conditioner: conv3x3 -> actnorm -> ReLU -> conv1x1 -> actnorm -> ReLU -> zero conv."""
+@register_conditioner("glow")
+def glow_net(hidden: int, blocks: int = 1) -> NetFactory:
+    """Glow's conditioner: conv3x3 -> actnorm -> ReLU -> [conv1x1 -> actnorm -> ReLU] x blocks
+    -> zero conv. Glow has one hidden 1x1 layer (``blocks=1``)."""
 
     def build(c_in: int, c_out: int) -> nn.Module:
-        return nn.Sequential(
-            ConvNorm(c_in, hidden, 3),
-            nn.ReLU(),
-            ConvNorm(hidden, hidden, 1),
-            nn.ReLU(),
-            ZeroConv2d(hidden, c_out),
-        )
+        layers = [ConvNorm(c_in, hidden, 3), nn.ReLU()]  # built in this order: same seed, same weights
+        for _ in range(blocks):
+            layers += [ConvNorm(hidden, hidden, 1), nn.ReLU()]
+        return nn.Sequential(*layers, ZeroConv2d(hidden, c_out))
 
     return build
 
@@ -86,6 +112,7 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + self.body(x))
 
 
+@register_conditioner("resnet")
 def resnet(hidden: int, blocks: int) -> NetFactory:
     """RealNVP's residual conditioner (actnorm in place of its batch norm, which would couple
     the samples of a batch and make the log-det depend on the batch)."""
@@ -99,3 +126,6 @@ def resnet(hidden: int, blocks: int) -> NetFactory:
         )
 
     return build
+
+
+from nfgen.flows import attention  # noqa: E402,F401  (registers Flow++'s conditioner)
