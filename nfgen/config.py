@@ -374,13 +374,16 @@ def _check(cond: bool, message: str) -> None:
 
 def _check_choice(path: str, name: str, options: dict[str, Any], registry: str, **given: Any) -> None:
     """A registered transform or conditioner name and its options, checked by building one."""
+    import torch
+
     from nfgen.flows import nets, transforms  # the registries; imported late: they import torch
 
     try:
         if registry == "transform":
             transforms.make_transform(name, **options)
         else:
-            nets.make_conditioner(name, **given, **options)(2, 2)
+            with torch.random.fork_rng(devices=[]):  # building one draws its initial weights
+                nets.make_conditioner(name, **given, **options)(2, 2)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
 
