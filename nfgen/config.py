@@ -108,6 +108,9 @@ class FlowppConfig(_ArchSection):
             counts = getattr(self, name)
             _check(len(counts) == self.levels and all(0 <= n <= 256 for n in counts),
                    f"{where}.{name} must list {self.levels} coupling counts in 0..256 (one per level), got {list(counts)}")
+        _check(not self.split or self.levels == 1 or image_shape[0] % 2 == 0,
+               f"{where}.split needs an even number of image channels (the first level has no squeeze), "
+               f"got {image_shape[0]}; set split: false")
         _check(image_shape[0] >= 2 or self.channel[0] == 0,
                f"{where}.channel[0] must be 0: a {image_shape[0]}-channel image has no channels to split "
                "before the first squeeze")

@@ -12,6 +12,7 @@ from flow_harness import check_flow, randomize
 
 import nfgen.flows
 from nfgen.flows.actnorm import ActNorm
+from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.base import Inverse, Sequential
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
@@ -47,8 +48,8 @@ LAYERS = {
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
-def test_layer(name):
-    check_flow(randomize(LAYERS[name]()), torch.randn(2, C, H, W))
+def test_layer(name, device):
+    check_flow(randomize(LAYERS[name]()).to(device), torch.randn(2, C, H, W, device=device))
 
 
 MASKS = {
@@ -62,10 +63,10 @@ MASKS = {
 @pytest.mark.parametrize("channels", [4, 3])  # 3: the two halves of a channel mask differ in size
 @pytest.mark.parametrize("mask", sorted(MASKS))
 @pytest.mark.parametrize("transform", sorted(TRANSFORMS))
-def test_coupling(transform, mask, channels):
+def test_coupling(transform, mask, channels, device):
     net = resnet(8, 1) if mask.startswith("checkerboard") else glow_net(8)
-    coupling = randomize(Coupling(MASKS[mask](channels), net, make_transform(transform)))
-    check_flow(coupling, torch.randn(2, channels, H, W))
+    coupling = randomize(Coupling(MASKS[mask](channels), net, make_transform(transform))).to(device)
+    check_flow(coupling, torch.randn(2, channels, H, W, device=device))
 
 
 @pytest.mark.parametrize("mask", ["channel0", "checkerboard1"])
@@ -99,15 +100,22 @@ def test_logit_preprocessing():
     check_flow(Logit(0.05), torch.rand(2, 2, 3, 3))
 
 
+BODIES = {  # every architecture's builder, tiny: a new architecture is one line here
+    "glow": lambda shape: build_glow(shape, levels=2, steps=2, hidden=8),
+    "realnvp": lambda shape: build_realnvp(shape, levels=2, steps=2, hidden=8, blocks=1),
+    "flowpp": lambda shape: build_flowpp(shape, levels=2, channel=(int(shape[0] > 1), 1), checkerboard=(1, 1),
+                                         hidden=8, blocks=1, coupling_options={"components": 2}),
+    "flowpp_split": lambda shape: build_flowpp((2 * shape[0], *shape[1:]), levels=2, channel=(0, 1),
+                                               checkerboard=(2, 1), split=True, hidden=8, blocks=1, coupling="spline"),
+}
+
+
 @pytest.mark.parametrize("shape", [(1, 4, 4), (3, 4, 4), (2, 8, 4)])
-@pytest.mark.parametrize("arch", ["glow", "realnvp"])
-def test_body(arch, shape):
-    if arch == "glow":
-        body = build_glow(shape, levels=2, steps=2, hidden=8)
-    else:
-        body = build_realnvp(shape, levels=2, steps=2, hidden=8, blocks=1)
-    check_flow(randomize(body), torch.randn(2, *shape))
-    assert sum(torch.Size(s).numel() for s in body.latent_shapes) == torch.Size(shape).numel()
+@pytest.mark.parametrize("arch", sorted(BODIES))
+def test_body(arch, shape, device):
+    body = randomize(BODIES[arch](shape)).to(device)
+    check_flow(body, torch.randn(2, *body.input_shape, device=device))
+    assert sum(torch.Size(s).numel() for s in body.latent_shapes) == torch.Size(body.input_shape).numel()
 
 
 def test_glow_with_standard_priors_and_permutations():

@@ -13,13 +13,26 @@ import nfgen
 IMAGES = torch.tensor(list(itertools.product([0, 255], repeat=4)), dtype=torch.uint8).view(16, 1, 2, 2)
 
 
+ARCHS = {  # a tiny body of each architecture for 1x2x2 images
+    "glow": {"levels": 1, "steps": 2, "hidden": 16},
+    "realnvp": {"levels": 1, "steps": 2, "hidden": 16, "blocks": 1},
+    "flowpp": {"levels": 1, "channel": [0], "checkerboard": [3], "hidden": 8, "blocks": 1,
+               "coupling_options": {"components": 3}},
+}
+DEQUANTIZERS = {  # variational: Flow++'s own kind of flow for flowpp
+    "glow": {"steps": 2, "hidden": 8},
+    "realnvp": {"steps": 2, "hidden": 8},
+    "flowpp": {"steps": 2, "hidden": 8, "conditioner": "attention", "coupling": "logistic_mixture",
+               "coupling_options": {"components": 2}},
+}
+
+
 def _trained_model(arch, preprocess, dequantization):
     """A briefly trained model, so q(eps|x) is close to the posterior and the importance-weighted
     estimate converges; a random model would need far more draws."""
     model = nfgen.build_model({
-        "model": {"arch": arch, "image_shape": [1, 2, 2], "levels": 1, "steps": 2, "hidden": 16,
-                  **({"blocks": 1} if arch == "realnvp" else {}), "n_bits": 1, "preprocess": preprocess},
-        "dequantization": {"kind": dequantization, "steps": 2, "hidden": 8},
+        "model": {"arch": arch, "image_shape": [1, 2, 2], "n_bits": 1, "preprocess": preprocess, arch: ARCHS[arch]},
+        "dequantization": {"kind": dequantization, **DEQUANTIZERS[arch]},
     })
     probs = torch.softmax(torch.randn(16), 0)
     opt = torch.optim.Adam(model.parameters(), 5e-3)
@@ -33,7 +46,7 @@ def _trained_model(arch, preprocess, dequantization):
 
 
 CASES = [("glow", p, d) for p in ("shift", "logit") for d in ("uniform", "variational")]
-CASES.append(("realnvp", "logit", "variational"))
+CASES += [("realnvp", "logit", "variational"), ("flowpp", "logit", "variational")]
 
 
 @pytest.mark.parametrize("arch,preprocess,dequantization", CASES)

@@ -38,7 +38,9 @@ def build_flowpp(shape: Shape, levels: int = 2, channel: Sequence[int] = (0, 2),
 
     def step(mask: Mask, channels: int) -> Flow:
         transform = make_transform(coupling, **(coupling_options or {}))
-        return Sequential(ActNorm(channels), channel_mixer(channels, permutation), Coupling(mask, net, transform))
+        # A single channel has nothing to mix: its 1x1 conv would only repeat actnorm's scale.
+        mixer = [channel_mixer(channels, permutation)] if channels > 1 else []
+        return Sequential(ActNorm(channels), *mixer, Coupling(mask, net, transform))
 
     c, h, w = shape
     built = []
