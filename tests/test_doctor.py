@@ -31,16 +31,6 @@ BLOCKS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Hundreds of tiny tensor ops: extra threads only add hand-off cost, and on a busy machine
-    their spin-waits turned this file's 2 s into minutes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def config(arch: str = "glow"):
     extra = {"preprocess": "logit", "blocks": 1} if arch == "realnvp" else {}
     return config_from_dict({"data": DATA, "model": {**MODEL, "arch": arch, **extra}})

@@ -12,10 +12,10 @@ from flow_harness import check_flow, randomize
 
 import nfgen.flows
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.base import Inverse, Sequential
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
+from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow, glow_step
 from nfgen.flows.nets import CONDITIONERS, ResidualBlock, glow_net, make_conditioner, resnet
 from nfgen.flows.preprocess import Logit, Shift
