@@ -213,7 +213,7 @@ class Trainer:
     def _side_save(self, name: str) -> bool:
         """A periodic save: a failure warns and training goes on (see ``SideWrites``)."""
         path = self.run_dir / "checkpoints" / name
-        return self.writes.attempt("checkpoint", path, lambda: self.save(name))
+        return self.writes.attempt(f"checkpoint {name}", path, lambda: self.save(name))
 
     # ------------------------------------------------------------------ data
     def _loader(self, dataset: Dataset[torch.Tensor], sampler: list[int] | None = None,
