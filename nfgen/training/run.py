@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -73,6 +74,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = Fa
         distributed.cleanup(rank)
 
 
+def _write_config(path: Path, cfg: Config) -> None:
+    """Atomically, like checkpoints: a plain ``--resume`` reads this file, so a kill while it is
+    written must leave the old one or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")  # only the lock holder writes here
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank) -> float:
     """Everything that can fail on the user's input (the folder, the checkpoint, the data, the
     model, the resume) is checked before anything is written: a refused start leaves the folder,
@@ -94,7 +103,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: 
         if rank.is_main:
             if overwrite and not resume and checkpoints_in(run_dir):
                 clear_run(run_dir)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            _write_config(run_dir / "config.yaml", cfg)
         distributed.barrier(rank)
         return trainer.run_loop()
     finally:

@@ -33,11 +33,10 @@ from nfgen.training.checkpoint import (
     training_state,
 )
 from nfgen.training.distributed import Rank
+from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
 from nfgen.training.step import cpu_has_native_bf16, initialize, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class DivergenceError(Exception):
@@ -51,31 +50,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
                          "continue with --resume")
         self.signum = signum
-
-
-def _worker_ignores_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT / SIGTERM to the main process. Slurm's scancel, timeout
-    and Ctrl-C signal the whole process group; a worker killed by it makes torch raise "DataLoader
-    worker exited unexpectedly" in the main process before it can save. Ignoring the signals
-    here replaces the handler torch installs (which re-raises them); the main process then stops
-    its workers through the loader's own shutdown. The signals arrive blocked (``_iterate``), so
-    one sent while the worker started is discarded here, not fatal."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def _iterate(loader: DataLoader) -> Iterator:
-    """Iterate ``loader``, starting its workers with SIGINT / SIGTERM blocked so that no worker
-    can die of a stop signal between its birth and ``_worker_ignores_stop_signals``; a signal to
-    the main process in that moment stays pending and is handled right after. Closing the
-    generator drops the iterator, which shuts the workers down."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        it = iter(loader)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    yield from it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,16 +185,19 @@ class Trainer:
         return path
 
     def _side_save(self, name: str) -> bool:
-        """A periodic save: a failure warns and training goes on (see ``SideWrites``)."""
+        """A periodic save: a failure warns and training goes on (see ``SideWrites``). Every rank
+        calls it and gets rank 0's outcome, so all ranks keep the same ``best_bpd`` and so make
+        the same (collective) save calls later."""
         path = self.run_dir / "checkpoints" / name
-        return self.writes.attempt(f"checkpoint {name}", path, lambda: self.save(name))
+        written = self.writes.attempt(f"checkpoint {name}", path, lambda: self.save(name))
+        return not distributed.any_rank(not written, self.rank, self.device)
 
     # ------------------------------------------------------------------ data
     def _loader(self, dataset: Dataset[torch.Tensor], sampler: list[int] | None = None,
                 generator: torch.Generator | None = None) -> DataLoader:
         return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, drop_last=sampler is not None,
                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                          generator=generator, worker_init_fn=_worker_ignores_stop_signals)
+                          generator=generator, worker_init_fn=worker_ignores_stop_signals)
 
     def _epoch_order(self) -> torch.Tensor:
         return torch.randperm(len(self.train_set),
@@ -239,7 +216,7 @@ class Trainer:
             # The loader gets its own generator: otherwise each new loader iterator draws a worker
             # seed from the global RNG, and the extra loader a resume creates would shift the
             # dequantization noise of every later step.
-            batches = _iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(p.epoch)))
+            batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(p.epoch)))
             try:
                 for x in batches:
                     p = self.progress  # a rollback replaces it
@@ -266,7 +243,7 @@ class Trainer:
 
     def _test_batches(self) -> Iterator[torch.Tensor]:
         r = self.rank
-        return _iterate(self._loader(Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))))
+        return iterate(self._loader(Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))))
 
     # ------------------------------------------------------------------ loop
     def run_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
