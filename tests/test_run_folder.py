@@ -174,12 +174,21 @@ def test_resume_with_a_new_lr_and_weight_decay_steps_with_them(run):
 
 
 def _resumed_trainer(run: Path, **changes):
-    cfg = config_from_dict(cfg_dict(Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]),
-                                    max_steps=10, **changes))
+    root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
+    cfg = config_from_dict(cfg_dict(root, **{"max_steps": 10, **changes}))
     last = run / "checkpoints/last.pt"
     trainer = build_trainer(cfg, run, NullLogger(), Rank(), False, SideWrites())
     trainer.resume(training_state(load_checkpoint(last), last), last)
     return trainer
+
+
+def test_resumed_optimizer_steps_with_the_new_lr_and_weight_decay(run):
+    trainer = _resumed_trainer(run, lr=2.5e-4, weight_decay=0.01, max_steps=4)
+    seen = []  # what each update of the resumed run is computed with, read at the update itself
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"])))
+    trainer.run_loop()
+    assert seen == [(2.5e-4, 0.01), (2.5e-4, 0.01)]
 
 
 @pytest.fixture
