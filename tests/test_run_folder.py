@@ -301,3 +301,10 @@ def test_a_model_only_checkpoint_is_refused_by_resume_and_accepted_by_sample(run
     assert nfgen("sample", "--ckpt", last, "--n", 4, "--out", tmp_path / "s.png").exit_code == 0
     with pytest.raises(CheckpointError):
         train(config_from_dict(state["config"]), run, resume=True, progress=False)
+
+
+def test_resume_of_a_missing_run_creates_nothing(tmp_path):
+    result = nfgen("train", "--run-dir", tmp_path / "nope", "--resume", "--no-progress", "--config",
+                   write_yaml(tmp_path / "c.yaml", cfg_dict(tmp_path)))
+    one_line(result, 1, "nothing to resume")
+    assert not (tmp_path / "nope").exists()

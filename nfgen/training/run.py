@@ -67,6 +67,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = Fa
     lock = RunFolderLock(run_dir)
     try:
         if rank.is_main:
+            if resume:  # refuse a resume of a missing run before the lock creates its folder
+                check_run_dir(run_dir, resume, overwrite)
             lock.acquire()
         return _train(cfg, run_dir, resume, overwrite, progress, rank)
     finally:

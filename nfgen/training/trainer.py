@@ -207,26 +207,25 @@ class Trainer:
         """Endless ``(images, noise)`` micro-batches in a per-epoch order fixed by (seed, epoch),
         starting where a resumed run left off, so resuming replays exactly the same data. Each
         rank takes its slice of every global batch, and of one global noise draw."""
-        big, small, r, p = self.t.batch_size, self.local_batch, self.rank.rank, self.progress
+        big, small, r = self.t.batch_size, self.local_batch, self.rank.rank
         while True:
             order = self._epoch_order()
             n_batches = len(order) // big
             mine = [int(order[g * big + r * small + j])
-                    for g in range(p.batch_in_epoch, n_batches) for j in range(small)]
+                    for g in range(self.progress.batch_in_epoch, n_batches) for j in range(small)]
             # The loader gets its own generator: otherwise each new loader iterator draws a worker
             # seed from the global RNG, and the extra loader a resume creates would shift the
             # dequantization noise of every later step.
-            batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(p.epoch)))
+            batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(self.progress.epoch)))
             try:
                 for x in batches:
-                    p = self.progress  # a rollback replaces it
-                    p.batch_in_epoch += 1
+                    self.progress.batch_in_epoch += 1
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
                     yield x, noise
             finally:
                 batches.close()  # shut the workers down now, also when this generator is closed
-            p = self.progress
-            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            self.progress.epoch += 1
+            self.progress.batch_in_epoch = 0
 
     def _initialize(self) -> None:
         """Actnorm's data-dependent init on the first global batch, identically on every rank;
