@@ -96,11 +96,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: 
     writes = SideWrites()
     logger = RunLogger(run_dir / "tb", writes) if rank.is_main else NullLogger()  # opens at its first write
     try:
+        state = None
+        if resume:  # the checkpoint's own checks first: they say most precisely what is wrong
+            saved = load_checkpoint(last)
+            check_resumable(cfg, config_of(saved, last), last)
+            state = training_state(saved, last)
         trainer = build_trainer(cfg, run_dir, logger, rank, progress, writes)
-        if resume:
-            state = load_checkpoint(last)
-            check_resumable(cfg, config_of(state, last), last)
-            trainer.resume(training_state(state, last), last)
+        if state is not None:
+            trainer.resume(state, last)
         distributed.barrier(rank)
         if rank.is_main:
             if overwrite and not resume and checkpoints_in(run_dir):
