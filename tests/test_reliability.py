@@ -233,9 +233,10 @@ def test_signal_mid_run_saves_and_resumes(data, tmp_path, signum, code):
     assert load_checkpoint(last)["progress"]["step"] == step + 2
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(data, tmp_path):
-    # scancel, timeout and `kill -- -PGID` signal every process of the group, DataLoader workers
-    # included. 32 images in batches of 8: new workers start every 4 steps, and the test loader's
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_to_the_process_group_with_loader_workers_stops_cleanly(data, tmp_path, signum, code):
+    # scancel, timeout, `kill -- -PGID` and Ctrl-C signal every process of the group, DataLoader
+    # workers included. 32 images in batches of 8: new workers start every 4 steps, and the test loader's
     # at every evaluation, so the signal can land while workers start, run or stop.
     config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_steps=100_000, checkpoint_every=100_000,
                                                       eval_every=3))
@@ -251,14 +252,15 @@ def test_sigterm_to_the_process_group_with_loader_workers_stops_cleanly(data, tm
         while not list(run.glob("tb/events.*")) and time.time() < deadline:  # written at step 1
             time.sleep(0.1)
         time.sleep(1.5)
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 143, err
-    assert "stopped by SIGTERM" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert proc.returncode == code, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
     # checkpoint_every is never reached: last.pt exists only because the stop saved it.
     assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] >= 1
 
