@@ -1,5 +1,6 @@
 """Fault injection: kills during saves, signals mid-run, NaNs, failed writes, hostile inputs."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -18,9 +20,13 @@ from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.model import ImageFlow
 from nfgen.training import checkpoint as ckpt_module
+from nfgen.training import trainer as trainer_module
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nfgen.training.run import train
+from nfgen.training.distributed import Rank
+from nfgen.training.logging import RunLogger
+from nfgen.training.run import build_trainer, train
 from nfgen.training.trainer import DivergenceError, Trainer
+from nfgen.training.writes import SideWrites
 
 runner = CliRunner()
 
@@ -108,6 +114,99 @@ def test_periodic_save_failure_warns_and_training_goes_on(data, tmp_path, monkey
     assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["progress"]["step"] == 6
 
 
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def warnings_in(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: could not write")]
+
+
+def test_failing_best_pt_warns_once_and_training_goes_on(data, tmp_path, monkeypatch, capsys):
+    def best_fails(path, state):
+        if Path(path).name != "best.pt":
+            return save_checkpoint(path, state)
+        with mock.patch.object(ckpt_module.torch, "save", disk_full):  # inside the atomic write
+            save_checkpoint(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", best_fails)
+    run = tmp_path / "run"
+    train(config_from_dict(cfg_dict(data, eval_every=2)), run, progress=False)
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 1 and str(run / "checkpoints/best.pt") in lines[0] and "No space" in lines[0], lines
+    assert not (run / "checkpoints/best.pt").exists()
+    progress = load_checkpoint(run / "checkpoints/last.pt")["progress"]
+    assert progress["step"] == 6
+    assert progress["best_bpd"] == float("inf")  # it describes what best.pt holds: nothing
+
+
+def test_failing_sample_grids_warn_once_with_the_path(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trainer_module, "save_grid", disk_full)
+    run = tmp_path / "run"
+    train(config_from_dict(cfg_dict(data, sample_every=2, sample_count=4)), run, progress=False)
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 1 and str(run / "samples/step0000002_t0.7.png") in lines[0], lines
+    assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 6
+
+
+class FullDiskWriter:
+    """A SummaryWriter whose event file hits a full disk at the third scalar."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.n = 0
+
+    def add_scalar(self, *args) -> None:
+        self.n += 1
+        if self.n >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents.1")
+
+    def add_image(self, *args) -> None:
+        pass
+
+    def flush(self) -> None:
+        disk_full()
+
+    def close(self) -> None:
+        pass
+
+
+def test_failing_tensorboard_warns_once_and_training_goes_on(data, tmp_path, capsys):
+    run, cfg = tmp_path / "run", config_from_dict(cfg_dict(data))
+    (run / "checkpoints").mkdir(parents=True)
+    writes = SideWrites()
+    logger = RunLogger(run / "tb", writes, make_writer=FullDiskWriter)
+    build_trainer(cfg, run, logger, Rank(), False, writes).run_loop()
+    logger.close()
+    lines = warnings_in(capsys.readouterr().err)
+    assert lines == ["warning: could not write TensorBoard events events.out.tfevents.1: "
+                     "No space left on device; training goes on"]
+    assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 6
+
+
+def test_failing_final_save_is_an_error_naming_the_path(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt_module.torch, "save", disk_full)
+    run = tmp_path / "run"
+    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_steps=2, checkpoint_every=100))
+    result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: could not write checkpoint {run / 'checkpoints/last.pt'}: No space left on device; "
+                      "the previous checkpoint, if any, is unchanged"], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_killed_save_leaves_no_temp_file_after_the_next_start(data, tmp_path):
+    run = tmp_path / "run"
+    train(config_from_dict(cfg_dict(data, max_steps=2)), run, progress=False)
+    folder = run / "checkpoints"
+    stale = [folder / ".last.pt.k2x_9abc.tmp", folder / ".best.pt.00zz11yy.tmp"]
+    kept = [folder / ".notes.tmp", folder / ".last.pt.TOOLONGNAME.tmp", folder / "mine.tmp"]
+    for p in stale + kept:
+        p.write_bytes(b"x" * 1000)
+    train(config_from_dict(cfg_dict(data, max_steps=3)), run, resume=True, progress=False)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
 # ------------------------------------------------------------------ 2. clean stop on signals
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_run_saves_and_resumes(data, tmp_path, signum, code):
@@ -132,6 +231,38 @@ def test_signal_mid_run_saves_and_resumes(data, tmp_path, signum, code):
                                  "--set", f"train.max_steps={step + 2}"])
     assert result.exit_code == 0, result.output
     assert load_checkpoint(last)["progress"]["step"] == step + 2
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_to_the_process_group_with_loader_workers_stops_cleanly(data, tmp_path, signum, code):
+    # scancel, timeout, `kill -- -PGID` and Ctrl-C signal every process of the group, DataLoader
+    # workers included. 32 images in batches of 8: new workers start every 4 steps, and the test loader's
+    # at every evaluation, so the signal can land while workers start, run or stop.
+    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_steps=100_000, checkpoint_every=100_000,
+                                                      eval_every=3))
+    yaml_cfg = yaml.safe_load(config.read_text())
+    yaml_cfg["data"]["num_workers"] = 2
+    write_yaml(config, yaml_cfg)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nfgen", "train", "--config", str(config),
+                             "--run-dir", str(run), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list(run.glob("tb/events.*")) and time.time() < deadline:  # written at step 1
+            time.sleep(0.1)
+        time.sleep(1.5)
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == code, err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    # checkpoint_every is never reached: last.pt exists only because the stop saved it.
+    assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] >= 1
 
 
 # ------------------------------------------------------------------ 4. NaN / Inf guard

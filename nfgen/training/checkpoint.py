@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,61 @@ from nfgen.model import ImageFlow, build_model
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
 
 
+# save_checkpoint's temporary files: ".<name>.<8 random chars from mkstemp>.tmp" beside the target.
+_TEMP_NAME = re.compile(r"\.(?P<target>[^/]+)\.[a-z0-9_]{8}\.tmp")
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or used, with a message meant for the user."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved whole in every checkpoint (as a plain dict under "progress")
+    and restored whole, so nothing about the position of a run lives outside it."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # global batches of ``epoch`` already trained on
+    best_bpd: float = math.inf  # lowest test bits/dim so far (what best.pt holds)
+    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, in total
+    lr_scale: float = 1.0  # lowered by each rollback after a divergence
+    rollbacks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path = "checkpoint") -> Progress:
+        """Validated: every field present with its type and range, else a CheckpointError."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: 'progress' is not a mapping")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                raise CheckpointError(f"{path}: 'progress' lacks '{f.name}'")
+            v = data[f.name]
+            if f.type == "int":
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            else:  # best_bpd may be inf (no evaluation yet); lr_scale is a positive factor
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+                ok = ok and (v > 0 if f.name == "lr_scale" else True)
+            if not ok:
+                raise CheckpointError(f"{path}: progress.{f.name} is {v!r}, not a valid {f.type}")
+            values[f.name] = float(v) if f.type == "float" else v
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """The parts of a checkpoint a resumed run uses, each checked for its type."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, Any] | None  # AveragedModel.state_dict(), or None when the run had no EMA
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    progress: Progress
+    rng: dict[str, Any]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -63,6 +120,64 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} was written by a newer nfgen ({state.get('nfgen_version')}, "
                               f"format {state['format']}); upgrade nfgen to read it")
     return state
+
+
+def _check_tensors(value: Any, what: str, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items()):
+        raise CheckpointError(f"{path}: '{what}' is not a mapping of names to tensors")
+    return value
+
+
+def _is_byte_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def training_state(state: dict[str, Any], path: str | Path = "checkpoint") -> TrainingState:
+    """The one place a checkpoint's training fields are validated before a resume uses them:
+    a file with only a model (as ``sample`` accepts) or with fields of the wrong type gives a
+    CheckpointError naming what is wrong, never a KeyError or TypeError from deep inside torch."""
+    path = Path(path)
+    missing = [k for k in ("optimizer", "scheduler", "progress", "rng") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} holds no training state ({', '.join(missing)} missing): it can be "
+                              "sampled and evaluated but not resumed; start a new run")
+    model = _check_tensors(state["model"], "model", path)
+    ema = state.get("ema_state")
+    if ema is not None and not (isinstance(ema, dict) and "n_averaged" in ema):
+        raise CheckpointError(f"{path}: 'ema_state' is not the state of an averaged model")
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+            and isinstance(opt.get("param_groups"), list) and all(isinstance(g, dict) for g in opt["param_groups"])):
+        raise CheckpointError(f"{path}: 'optimizer' is not an optimizer state (state, param_groups)")
+    sched = state["scheduler"]
+    if not (isinstance(sched, dict) and isinstance(sched.get("last_epoch"), int)
+            and isinstance(sched.get("base_lrs"), list)):
+        raise CheckpointError(f"{path}: 'scheduler' is not a learning-rate schedule state")
+    progress = Progress.from_dict(state["progress"], path)
+    rng = state["rng"]
+    py = rng.get("python") if isinstance(rng, dict) else None
+    # random.getstate(): (version, tuple of 625 ints, gauss_next); setstate rejects anything else.
+    py_ok = (isinstance(py, tuple) and len(py) == 3 and isinstance(py[0], int) and isinstance(py[1], tuple)
+             and all(isinstance(x, int) for x in py[1]) and (py[2] is None or isinstance(py[2], float)))
+    cuda = rng.get("cuda", []) if isinstance(rng, dict) else None
+    if not (py_ok and _is_byte_tensor(rng.get("torch"))
+            and isinstance(cuda, list) and all(_is_byte_tensor(t) for t in cuda)):
+        raise CheckpointError(f"{path}: 'rng' does not hold valid random generator states")
+    return TrainingState(model, ema, opt, sched, progress, rng)
+
+
+def remove_temp_files(folder: Path, targets: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files ``save_checkpoint`` left for ``targets`` in ``folder`` when a
+    process was killed mid-save. The caller must know no live process is writing them (the run
+    folder's lock says so); other files, even similar-looking ones, are left alone."""
+    removed = []
+    for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m and m["target"] in targets and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:

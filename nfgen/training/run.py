@@ -1,75 +1,115 @@
-"""One call that trains a run: prepare the run directory, resume if asked, fit, close."""
+"""One call that trains a run: lock and check the run folder, build and resume, then write."""
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
+import os
+import random
 from pathlib import Path
 
+import torch
 import yaml
 
-from nfgen.config import Config
+from nfgen.config import Config, ConfigError
+from nfgen.data import load_split
+from nfgen.model import build_model
 from nfgen.training import distributed
-from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint
+from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger, RunLogger
+from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run, remove_stale_temp_files
 from nfgen.training.trainer import Trainer, resolve_device
+from nfgen.training.writes import SideWrites
 
 
 def run_dir_for(cfg: Config, run_dir: str | Path | None = None) -> Path:
     return Path(run_dir or cfg.run_dir or Path("runs") / cfg.name)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise CheckpointError(f"nothing to resume: {last} does not exist")
-        return
-    if last.exists():  # a folder whose start failed before any checkpoint holds no run yet
-        if not overwrite:
-            raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it "
-                                  "or --overwrite to start over")
-        for sub in ("checkpoints", "tb", "samples"):
-            shutil.rmtree(run_dir / sub, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+# Where the data lives and how it is loaded are not part of a run's identity; what it is is.
+_DATA_PLACE = ("root", "num_workers", "download")
 
 
 def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
-    """A resumed run may change training settings (e.g. train.max_steps), not the model."""
-    for section in ("model", "dequantization", "data"):
-        if getattr(cfg, section) != getattr(saved, section):
-            raise CheckpointError(f"{path} was trained with a different '{section}' section; "
-                                  "resume with the run's own config.yaml")
+    """A resumed run may change training settings (e.g. train.max_steps, train.lr), not the model,
+    the data it learns from, or its optimizer (whose saved state belongs to that optimizer)."""
+    same_data = {k: getattr(saved.data, k) for k in _DATA_PLACE}
+    sections = {"model": (cfg.model, saved.model), "dequantization": (cfg.dequantization, saved.dequantization),
+                "data": (dataclasses.replace(cfg.data, **same_data), saved.data)}
+    for section, (new, old) in sections.items():
+        if new != old:
+            changed = [f.name for f in dataclasses.fields(old) if getattr(new, f.name) != getattr(old, f.name)]
+            raise CheckpointError(f"{path} was trained with a different '{section}' section "
+                                  f"({', '.join(f'{section}.{k}' for k in changed)}); resume with the run's own "
+                                  "config.yaml")
+    if cfg.train.optimizer != saved.train.optimizer:
+        raise ConfigError(f"train.optimizer cannot change on --resume ({path} was trained with "
+                          f"{saved.train.optimizer!r}, whose state it holds); start a new run to use "
+                          f"{cfg.train.optimizer!r}")
+
+
+def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, progress: bool,
+                  writes: SideWrites) -> Trainer:
+    """The default parts from the config: the model (seeded first, so every rank builds the same
+    initial weights) and both data splits, handed to the trainer."""
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    model = build_model(cfg)
+    return Trainer(cfg, run_dir, logger, model=model, train_set=load_split(cfg, "train"),
+                   test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, writes=writes)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> float:
     """Train (or continue) the run in ``run_dir``; returns the final test bits/dim. Under
-    torchrun every process calls this; rank 0 alone writes to ``run_dir``."""
+    torchrun every process calls this; rank 0 alone locks and writes to ``run_dir``."""
     rank = distributed.setup(resolve_device(cfg.train.device))
+    lock = RunFolderLock(run_dir)
     try:
+        if rank.is_main:
+            if resume:  # refuse a resume of a missing run before the lock creates its folder
+                check_run_dir(run_dir, resume, overwrite)
+            lock.acquire()
         return _train(cfg, run_dir, resume, overwrite, progress, rank)
     finally:
+        lock.release()
         distributed.cleanup(rank)
 
 
+def _write_config(path: Path, cfg: Config) -> None:
+    """Atomically, like checkpoints: a plain ``--resume`` reads this file, so a kill while it is
+    written must leave the old one or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")  # only the lock holder writes here
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank) -> float:
+    """Everything that can fail on the user's input (the folder, the checkpoint, the data, the
+    model, the resume) is checked before anything is written: a refused start leaves the folder,
+    its config.yaml and an old run that --overwrite would replace exactly as they were."""
+    last = run_dir / "checkpoints" / "last.pt"
     if rank.is_main:
-        prepare_run_dir(cfg, run_dir, resume, overwrite)
+        remove_stale_temp_files(run_dir)  # ours to remove: the lock proves no save is in flight
+        check_run_dir(run_dir, resume, overwrite)
     distributed.barrier(rank)
-    state = None
-    if resume:
-        last = run_dir / "checkpoints" / "last.pt"
-        state = load_checkpoint(last)
-        check_resumable(cfg, config_of(state, last), last)
-    if rank.is_main:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    logger = RunLogger(run_dir / "tb") if rank.is_main else NullLogger()
+    writes = SideWrites()
+    logger = RunLogger(run_dir / "tb", writes) if rank.is_main else NullLogger()  # opens at its first write
     try:
-        trainer = Trainer(cfg, run_dir, logger, progress=progress, rank=rank)
+        state = None
+        if resume:  # the checkpoint's own checks first: they say most precisely what is wrong
+            saved = load_checkpoint(last)
+            check_resumable(cfg, config_of(saved, last), last)
+            state = training_state(saved, last)
+        trainer = build_trainer(cfg, run_dir, logger, rank, progress, writes)
         if state is not None:
-            trainer.load_state(state, run_dir / "checkpoints" / "last.pt")
+            trainer.resume(state, last)
+        distributed.barrier(rank)
+        if rank.is_main:
+            if overwrite and not resume and checkpoints_in(run_dir):
+                clear_run(run_dir)
+            _write_config(run_dir / "config.yaml", cfg)
+        distributed.barrier(rank)
         return trainer.run_loop()
     finally:
         logger.close()

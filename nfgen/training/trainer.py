@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import signal
@@ -14,19 +15,28 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError
-from nfgen.data import load_split, make_loader
 from nfgen.evaluate import bpd_values, summarize
 from nfgen.generate import grid, save_grid
-from nfgen.model import ImageFlow, build_model
+from nfgen.model import ImageFlow
 from nfgen.training import distributed
-from nfgen.training.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
+from nfgen.training.checkpoint import (
+    CheckpointError,
+    Progress,
+    TrainingState,
+    load_checkpoint,
+    restore_model,
+    save_checkpoint,
+    training_state,
+)
 from nfgen.training.distributed import Rank
+from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
 from nfgen.training.step import cpu_has_native_bf16, initialize, make_forward, make_optimizer, train_step
+from nfgen.training.writes import SideWrites
 
 
 class DivergenceError(Exception):
@@ -51,50 +61,56 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """Trains one run in ``run_dir``; the logger is passed in (no process-global state).
+    """Trains one run in ``run_dir``; its model, data and logger are passed in (improved-diffusion's
+    ``TrainLoop(model=, data=, ...)``), so nothing here builds them from the config and a test
+    injects a fault by passing something. Writes nothing until training starts.
 
     Data-parallel under torchrun: ``train.batch_size`` is the global batch, each rank takes its
     slice of every global batch and of one global noise draw, so N processes compute what one
     process would; rank 0 alone logs, samples and writes checkpoints.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, progress: bool = True,
-                 rank: Rank | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, *, model: ImageFlow,
+                 train_set: Dataset[torch.Tensor], test_set: Dataset[torch.Tensor], progress_bar: bool = True,
+                 rank: Rank | None = None, writes: SideWrites | None = None) -> None:
         self.cfg, self.t, self.run_dir, self.logger = cfg, cfg.train, run_dir, logger
         self.rank = rank or Rank()
-        self.progress = progress and self.rank.is_main
+        self.writes = writes or SideWrites()
+        self.show_bar = progress_bar and self.rank.is_main
         self.device = distributed.local_device(resolve_device(self.t.device), self.rank)
         if self.t.batch_size % self.rank.world_size:
             raise ConfigError(f"train.batch_size {self.t.batch_size} (the global batch) is not divisible "
                               f"by the {self.rank.world_size} processes")
         self.local_batch = self.t.batch_size // self.rank.world_size
+        if len(train_set) < self.t.batch_size:
+            raise ConfigError(f"train.batch_size {self.t.batch_size} is larger than the "
+                              f"{len(train_set)} training images; lower it")
         if self.t.amp and self.device.type == "cpu" and not cpu_has_native_bf16() and self.rank.is_main:
             print("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so train.amp makes "
                   "training slower; set train.amp: false", file=sys.stderr)
-        torch.manual_seed(self.t.seed)
-        random.seed(self.t.seed)
-        self.model: ImageFlow = build_model(cfg).to(self.device)
+        self.model = model.to(self.device)
+        self.train_set, self.test_set = train_set, test_set
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
-        warmup = self.t.warmup_steps
-        self.lr_scale = 1.0  # lowered by each rollback after a divergence
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: self.lr_scale * (min(1.0, (s + 1) / warmup) if warmup else 1.0))
+        self.progress = Progress()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self.ema: AveragedModel | None = None
-        self.step = self.epoch = self.batch_in_epoch = self.bad_steps = 0
-        self.consecutive_bad = self.rollbacks = 0
-        self.best_bpd = math.inf
-        self.train_set = load_split(cfg, "train")
-        self.test_set = load_split(cfg, "test")
-        if len(self.train_set) < self.t.batch_size:
-            raise ConfigError(f"train.batch_size {self.t.batch_size} is larger than the "
-                              f"{len(self.train_set)} training images; lower it")
+        self.consecutive_bad = 0  # not saved: a checkpoint is only written after a good step
         self.forward: torch.nn.Module = self.model
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
     @property
+    def step(self) -> int:
+        return self.progress.step
+
+    @property
     def eval_model(self) -> ImageFlow:
         return self.ema.module if self.ema is not None else self.model
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, times the rollbacks' reduction."""
+        warmup = self.t.warmup_steps
+        return self.progress.lr_scale * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     def _make_ema(self) -> None:
         # Created after the first update, so the copy holds initialised actnorm buffers.
@@ -111,27 +127,50 @@ class Trainer:
             "ema_state": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_bpd": self.best_bpd, "bad_steps": self.bad_steps,
-                         "lr_scale": self.lr_scale, "rollbacks": self.rollbacks},
+            "progress": self.progress.to_dict(),
             "rng": rng,
         }
 
-    def load_state(self, state: dict, path: Path) -> None:
-        restore_model(self.model, state["model"], path)
-        if state.get("ema_state") is not None:
-            self._make_ema()
-            self.ema.load_state_dict(state["ema_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        p = state["progress"]
-        self.step, self.epoch, self.batch_in_epoch = p["step"], p["epoch"], p["batch_in_epoch"]
-        self.best_bpd, self.bad_steps = p["best_bpd"], p["bad_steps"]
-        self.lr_scale, self.rollbacks = p["lr_scale"], p["rollbacks"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    def resume(self, state: TrainingState, path: Path) -> None:
+        """Continue from a validated checkpoint. Settings a resumed run may change take effect:
+        ``train.lr`` and ``train.weight_decay`` replace the saved ones; ``train.ema_decay`` 0 drops
+        the average (evaluation, best.pt and samples use the live weights), another nonzero decay
+        continues the saved average with the new decay, and a run without an average starts one
+        from its current weights at the next update."""
+        reached = state.progress.step
+        if self.t.max_steps <= reached:
+            raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
+                              f"{path} has reached; set train.max_steps above {reached} to continue")
+        self.load_state(state, path)
+
+    def load_state(self, state: TrainingState, path: Path) -> None:
+        restore_model(self.model, state.model, path)
+        self.ema = None
+        try:
+            if state.ema is not None and self.t.ema_decay > 0:
+                self._make_ema()
+                self.ema.load_state_dict(state.ema)
+            self.optimizer.load_state_dict(state.optimizer)
+            self.scheduler.load_state_dict(state.scheduler)
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{path}: its optimizer, schedule or EMA state does not fit this model "
+                                  f"({str(e).splitlines()[0]})") from None
+        self.progress = dataclasses.replace(state.progress)
+        self._apply_lr()
+        torch.set_rng_state(state.rng["torch"])
+        random.setstate(state.rng["python"])
+        if state.rng.get("cuda") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state.rng["cuda"])
+
+    def _apply_lr(self) -> None:
+        """The config's lr and weight decay, not the saved optimizer's, drive the next steps, so
+        what config.yaml records is what runs; the schedule's position (warm-up, rollbacks'
+        reduction) is kept. Without a change this recomputes the saved lr bit for bit."""
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.t.lr
+            group["weight_decay"] = self.t.weight_decay
+            group["lr"] = self.t.lr * self._lr_factor(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [self.t.lr] * len(self.optimizer.param_groups)
 
     def save(self, name: str) -> Path:
         """Rank 0 writes; the other ranks wait, so a checkpoint is complete when any rank goes on."""
@@ -145,10 +184,24 @@ class Trainer:
             distributed.barrier(self.rank)
         return path
 
+    def _side_save(self, name: str) -> bool:
+        """A periodic save: a failure warns and training goes on (see ``SideWrites``). Every rank
+        calls it and gets rank 0's outcome, so all ranks keep the same ``best_bpd`` and so make
+        the same (collective) save calls later."""
+        path = self.run_dir / "checkpoints" / name
+        written = self.writes.attempt(f"checkpoint {name}", path, lambda: self.save(name))
+        return not distributed.any_rank(not written, self.rank, self.device)
+
     # ------------------------------------------------------------------ data
+    def _loader(self, dataset: Dataset[torch.Tensor], sampler: list[int] | None = None,
+                generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, drop_last=sampler is not None,
+                          num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                          generator=generator, worker_init_fn=worker_ignores_stop_signals)
+
     def _epoch_order(self) -> torch.Tensor:
         return torch.randperm(len(self.train_set),
-                              generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.epoch))
+                              generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.progress.epoch))
 
     def _train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless ``(images, noise)`` micro-batches in a per-epoch order fixed by (seed, epoch),
@@ -159,18 +212,20 @@ class Trainer:
             order = self._epoch_order()
             n_batches = len(order) // big
             mine = [int(order[g * big + r * small + j])
-                    for g in range(self.batch_in_epoch, n_batches) for j in range(small)]
+                    for g in range(self.progress.batch_in_epoch, n_batches) for j in range(small)]
             # The loader gets its own generator: otherwise each new loader iterator draws a worker
             # seed from the global RNG, and the extra loader a resume creates would shift the
             # dequantization noise of every later step.
-            loader = DataLoader(self.train_set, batch_size=small, sampler=mine, drop_last=True,
-                                num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.epoch))
-            for x in loader:
-                self.batch_in_epoch += 1
-                noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
-                yield x, noise
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(self.progress.epoch)))
+            try:
+                for x in batches:
+                    self.progress.batch_in_epoch += 1
+                    noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
+                    yield x, noise
+            finally:
+                batches.close()  # shut the workers down now, also when this generator is closed
+            self.progress.epoch += 1
+            self.progress.batch_in_epoch = 0
 
     def _initialize(self) -> None:
         """Actnorm's data-dependent init on the first global batch, identically on every rank;
@@ -185,11 +240,9 @@ class Trainer:
                 **distributed.no_buffer_sync())
         self.forward = make_forward(self.forward, self.t)
 
-    def _test_loader(self) -> DataLoader:
+    def _test_batches(self) -> Iterator[torch.Tensor]:
         r = self.rank
-        shard = Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))
-        return make_loader(shard, self.local_batch, shuffle=False,
-                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        return iterate(self._loader(Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))))
 
     # ------------------------------------------------------------------ loop
     def run_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
@@ -205,10 +258,10 @@ class Trainer:
                 else:
                     self.ema.update_parameters(self.model)
         else:
-            self.bad_steps += 1
+            self.progress.bad_steps += 1
             self.consecutive_bad += 1
         self.scheduler.step()
-        self.step += 1
+        self.progress.step += 1
         return distributed.mean_over_ranks(result.bpd, self.rank, self.device), result.grad_norm
 
     def _forked_rng(self) -> contextlib.AbstractContextManager:
@@ -218,19 +271,23 @@ class Trainer:
     def evaluate(self) -> float:
         with self._forked_rng():
             torch.manual_seed(self.t.seed + 1 + self.rank.rank)
-            values = bpd_values(self.eval_model, self._test_loader(), max_batches=self.t.eval_batches)
+            batches = self._test_batches()
+            try:
+                values = bpd_values(self.eval_model, batches, max_batches=self.t.eval_batches)
+            finally:
+                batches.close()
         result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
         self.logger.scalars({"test/bpd": result.bpd, "test/bpd_stderr": result.stderr}, self.step)
-        if math.isfinite(result.bpd) and result.bpd < self.best_bpd:
-            self.best_bpd = result.bpd
-            self.save("best.pt")  # every rank calls it (it waits for rank 0's write)
+        if math.isfinite(result.bpd) and result.bpd < self.progress.best_bpd:
+            previous, self.progress.best_bpd = self.progress.best_bpd, result.bpd  # best.pt records it
+            if not self._side_save("best.pt"):  # every rank calls it (it waits for rank 0's write)
+                self.progress.best_bpd = previous  # best_bpd describes what best.pt holds
         return result.bpd
 
     def write_samples(self) -> None:
         if not self.rank.is_main:
             return
         out = self.run_dir / "samples"
-        out.mkdir(parents=True, exist_ok=True)
         model = self.eval_model.eval()
         with self._forked_rng():
             for temperature in self.t.sample_temperatures:
@@ -240,15 +297,13 @@ class Trainer:
                 except FloatingPointError:
                     continue  # an early, unstable model; the next grid will try again
                 self.logger.image(f"samples/temperature_{temperature:g}", grid(images), self.step)
-                save_grid(images, out / f"step{self.step:07d}_t{temperature:g}.png")
+                path = out / f"step{self.step:07d}_t{temperature:g}.png"
 
-    def _try_save(self, bar: tqdm) -> None:
-        """A periodic save that fails (disk full, permissions) warns and training goes on; the
-        previous checkpoint is intact because saves are atomic."""
-        try:
-            self.save("last.pt")
-        except CheckpointError as e:
-            bar.write(f"warning: {e}", file=sys.stderr)
+                def write(images: torch.Tensor = images, path: Path = path) -> None:
+                    out.mkdir(parents=True, exist_ok=True)
+                    save_grid(images, path)
+
+                self.writes.attempt("sample grid", path, write)
 
     def _recover_from_divergence(self) -> None:
         """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
@@ -258,14 +313,13 @@ class Trainer:
         if t.on_divergence == "stop" or not last.is_file():
             raise DivergenceError(f"training diverged ({where}); {last} is the last good checkpoint, "
                                   "untouched: lower train.lr, or set train.on_divergence: rollback")
-        if self.rollbacks >= t.max_rollbacks:
-            raise DivergenceError(f"training diverged ({where}) after {self.rollbacks} rollbacks; "
+        if self.progress.rollbacks >= t.max_rollbacks:
+            raise DivergenceError(f"training diverged ({where}) after {self.progress.rollbacks} rollbacks; "
                                   f"{last} is untouched: lower train.lr or raise train.grad_clip")
-        rollbacks, lr_scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
-        self.load_state(load_checkpoint(last), last)
-        self.rollbacks, self.lr_scale, self.consecutive_bad = rollbacks, lr_scale, 0
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base * self.scheduler.lr_lambdas[0](self.step)
+        rollbacks, lr_scale = self.progress.rollbacks + 1, self.progress.lr_scale * t.rollback_lr_factor
+        self.load_state(training_state(load_checkpoint(last), last), last)
+        self.progress.rollbacks, self.progress.lr_scale, self.consecutive_bad = rollbacks, lr_scale, 0
+        self._apply_lr()
         self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
         if self.rank.is_main:
             tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
@@ -275,7 +329,7 @@ class Trainer:
 
     def run_loop(self) -> float:
         """Train to ``train.max_steps``; returns the last test bits/dim."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             return self._loop()
         finally:
@@ -286,43 +340,46 @@ class Trainer:
         t = self.t
         self._initialize()
         batches = self._train_batches()
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, desc="train",
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.show_bar, desc="train",
                    dynamic_ncols=True)
         test_bpd = math.nan
         clock, images = time.perf_counter(), 0
-        while self.step < t.max_steps:
-            micro = [next(batches) for _ in range(t.grad_accum)]
-            bpd, grad_norm = self.run_step(micro)
-            images += self.t.batch_size * t.grad_accum  # global images per step
-            rate = images / max(time.perf_counter() - clock, 1e-9)
-            bar.update(1)
-            bar.set_postfix(bpd=f"{bpd:.3f}", img_s=f"{rate:.0f}")
-            if self.step % t.log_every == 0 or self.step == 1:
-                self.logger.scalars({"train/bpd": bpd, "train/grad_norm": grad_norm,
-                                     "train/lr": self.scheduler.get_last_lr()[0],
-                                     "train/images_per_sec": rate,
-                                     "train/skipped_steps": self.bad_steps}, self.step)
-                clock, images = time.perf_counter(), 0
-            done = self.step == t.max_steps
-            if self.step % t.eval_every == 0 or done:
-                test_bpd = self.evaluate()
-                if self.rank.is_main:
-                    bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
-            if self.step % t.sample_every == 0 or done:
-                self.write_samples()
-            if self.consecutive_bad >= t.max_bad_steps:
-                self._recover_from_divergence()
-                batches = self._train_batches()  # the data position came back with the checkpoint
-                bar.reset(total=t.max_steps)
-                bar.update(self.step)
-                continue
-            if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
-                self._try_save(bar)
-            stop = distributed.any_rank(self._stop_signal is not None, self.rank, self.device)
-            if done or stop:
-                path = self.save("last.pt")  # must succeed here: a failure is an error
-            if stop:
-                bar.close()
-                raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
-        bar.close()
+        try:
+            while self.step < t.max_steps:
+                micro = [next(batches) for _ in range(t.grad_accum)]
+                bpd, grad_norm = self.run_step(micro)
+                images += self.t.batch_size * t.grad_accum  # global images per step
+                rate = images / max(time.perf_counter() - clock, 1e-9)
+                bar.update(1)
+                bar.set_postfix(bpd=f"{bpd:.3f}", img_s=f"{rate:.0f}")
+                if self.step % t.log_every == 0 or self.step == 1:
+                    self.logger.scalars({"train/bpd": bpd, "train/grad_norm": grad_norm,
+                                         "train/lr": self.scheduler.get_last_lr()[0],
+                                         "train/images_per_sec": rate,
+                                         "train/skipped_steps": self.progress.bad_steps}, self.step)
+                    clock, images = time.perf_counter(), 0
+                done = self.step == t.max_steps
+                if self.step % t.eval_every == 0 or done:
+                    test_bpd = self.evaluate()
+                    if self.rank.is_main:
+                        bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
+                if self.step % t.sample_every == 0 or done:
+                    self.write_samples()
+                if self.consecutive_bad >= t.max_bad_steps:
+                    self._recover_from_divergence()
+                    batches.close()
+                    batches = self._train_batches()  # the data position came back with the checkpoint
+                    bar.reset(total=t.max_steps)
+                    bar.update(self.step)
+                    continue
+                if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
+                    self._side_save("last.pt")
+                stop = distributed.any_rank(self._stop_signal is not None, self.rank, self.device)
+                if done or stop:
+                    path = self.save("last.pt")  # must succeed here: a failure is an error
+                if stop:
+                    raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
+        finally:
+            batches.close()  # stops DataLoader workers now, not whenever the generator is collected
+            bar.close()
         return test_bpd
