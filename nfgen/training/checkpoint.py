@@ -182,7 +182,7 @@ def remove_temp_files(folder: Path, targets: tuple[str, ...]) -> list[Path]:
 
 def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
     try:
-        return config_from_dict(state["config"])
+        return config_from_dict(state["config"], drop_ignored=True)  # old nfgen stored options its arch ignored
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
