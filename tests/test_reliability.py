@@ -360,7 +360,9 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
     random_bytes.write_bytes(os.urandom(5000))
     state = torch.load(trained, weights_only=True)
     other_arch = tmp_path / "other.pt"
-    torch.save({**state, "config": {**state["config"], "model": {**state["config"]["model"], "steps": 3}}}, other_arch)
+    model = state["config"]["model"]
+    torch.save({**state, "config": {**state["config"], "model": {**model, "glow": {**model["glow"], "steps": 3}}}},
+               other_arch)
     newer = tmp_path / "newer.pt"
     torch.save({**state, "format": 99, "nfgen_version": "9.0"}, newer)
     a_file = tmp_path / "file.txt"
@@ -372,7 +374,7 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
         (["train", "--config", str(write_yaml(tmp_path / "t.yaml", {**good, "trian": {}}))], 2,
          "unknown key 'trian' (did you mean 'train'?)"),
         (["train", "--config", str(write_yaml(tmp_path / "v.yaml", {**good, "train": {"lr": -1}}))], 2,
-         "train.lr must be > 0"),
+         "train.lr must be in (0, 10]"),
         (["train", "--config", str(write_yaml(tmp_path / "m.yaml", {**good, "data": {**good["data"], "root": "/nope"}})),
           "--run-dir", str(tmp_path / "r2")], 1, "image folder"),
         (["sample", "--ckpt", str(truncated)], 1, "not a readable nfgen checkpoint"),

@@ -30,6 +30,14 @@ def run_dir_for(cfg: Config, run_dir: str | Path | None = None) -> Path:
 _DATA_PLACE = ("root", "num_workers", "download")
 
 
+def _changed(new: object, old: object, where: str) -> list[str]:
+    """Dotted names of the keys that differ between two config sections (into subsections)."""
+    if not (dataclasses.is_dataclass(new) and dataclasses.is_dataclass(old)) or type(new) is not type(old):
+        return [where] if new != old else []
+    return [k for f in dataclasses.fields(old) for k in _changed(getattr(new, f.name), getattr(old, f.name),
+                                                                  f"{where}.{f.name}")]
+
+
 def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
     """A resumed run may change training settings (e.g. train.max_steps, train.lr), not the model,
     the data it learns from, or its optimizer (whose saved state belongs to that optimizer)."""
@@ -38,10 +46,8 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
                 "data": (dataclasses.replace(cfg.data, **same_data), saved.data)}
     for section, (new, old) in sections.items():
         if new != old:
-            changed = [f.name for f in dataclasses.fields(old) if getattr(new, f.name) != getattr(old, f.name)]
             raise CheckpointError(f"{path} was trained with a different '{section}' section "
-                                  f"({', '.join(f'{section}.{k}' for k in changed)}); resume with the run's own "
-                                  "config.yaml")
+                                  f"({', '.join(_changed(new, old, section))}); resume with the run's own config.yaml")
     if cfg.train.optimizer != saved.train.optimizer:
         raise ConfigError(f"train.optimizer cannot change on --resume ({path} was trained with "
                           f"{saved.train.optimizer!r}, whose state it holds); start a new run to use "
