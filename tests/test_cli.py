@@ -1,6 +1,7 @@
 """End to end through the command line, on tiny data sets in the real on-disk formats."""
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from archs import TINY, tiny_model
 from datasets import digits, skip_cifar10_md5, write_cifar10, write_image_folder, write_mnist
 from PIL import Image
 from typer.testing import CliRunner
@@ -196,3 +198,27 @@ def test_python_dash_m_and_help():
     assert out.returncode == 0
     for verb in ("train", "sample", "eval-bpd", "interpolate"):
         assert verb in out.stdout
+
+
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_every_architecture_through_every_verb(tmp_path, arch):
+    write_image_folder(tmp_path / "data", list(digits(8)[:40]), split_dirs=True, n_test=8)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": arch, "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0},
+        "model": {**tiny_model(arch, (1, 8, 8)), "n_bits": 5},
+        "train": {"device": "cpu", "batch_size": 8, "max_steps": 3, "warmup_steps": 1, "eval_every": 3,
+                  "sample_every": 3, "sample_count": 4, "checkpoint_every": 3, "eval_batches": 1}}))
+    run = tmp_path / "run"
+    assert nfgen("train", "--config", config, "--run-dir", run, "--no-progress").exit_code == 0
+    result = nfgen("train", "--run-dir", run, "--resume", "--set", "train.max_steps=4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    ckpt = run / "checkpoints" / "last.pt"
+    for args in (("sample", "--n", 4, "--out", tmp_path / "s.png"),
+                 ("interpolate", "--pairs", 2, "--steps", 3, "--out", tmp_path / "i.png"),
+                 ("eval-bpd", "--json", tmp_path / "e.json"),
+                 ("check", "--n", 2)):
+        result = nfgen(args[0], "--ckpt", ckpt, "--device", "cpu", *args[1:])
+        assert result.exit_code == 0, (args, result.output)
+    assert png_size(tmp_path / "i.png") == (5 * 10 + 2, 2 * 10 + 2)  # (steps + 2) x pairs cells of 8 + 2
+    assert math.isfinite(json.loads((tmp_path / "e.json").read_text())["bits_per_dim"])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from archs import TINY, tiny_model
 from flow_harness import randomize
 
 import nfgen
@@ -14,8 +15,7 @@ def _model(arch: str = "glow", size: int = 8, steps: int = 2, hidden: int = 8,
            dequantization: str = "uniform", **train) -> nfgen.ImageFlow:
     """A small two-level model; ``train`` holds the speed and memory options under test."""
     return nfgen.build_model(config_from_dict({
-        "model": {"arch": arch, "image_shape": [3, size, size], "levels": 2, "steps": steps,
-                  "hidden": hidden, **({"blocks": 1} if arch == "realnvp" else {})},
+        "model": tiny_model(arch, (3, size, size), depth=steps, hidden=hidden),
         "dequantization": {"kind": dequantization, "steps": 2, "hidden": 4},
         "train": train}))
 
@@ -28,7 +28,7 @@ def _pair(arch: str, dequantization: str):
 
 
 @pytest.mark.parametrize("dequantization", ["uniform", "variational"])
-@pytest.mark.parametrize("arch", ["glow", "realnvp"])
+@pytest.mark.parametrize("arch", sorted(TINY))
 def test_memory_saving_gives_identical_gradients(arch, dequantization):
     # Uniform noise: the body's input needs no gradient, so the chain's parameters are its only
     # differentiable inputs. The reconstruction is exact up to round-off.
@@ -48,23 +48,24 @@ def test_memory_saving_gives_identical_gradients(arch, dequantization):
     assert all(lv.flow.memory_saving for lv in saving.body.levels)
 
 
-def test_bf16_autocast_keeps_bits_per_dim_within_noise():
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_bf16_autocast_keeps_bits_per_dim_within_noise(arch):
     torch.set_default_dtype(torch.float32)  # autocast casts float32, as in real training
-    model = randomize(nfgen.build_model({"model": {"image_shape": [3, 8, 8], "levels": 2, "steps": 2,
-                                                   "hidden": 16}}), 0.05)
+    model = randomize(nfgen.build_model({"model": tiny_model(arch, (3, 8, 8), hidden=16)}), 0.05)
     x = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
     noise = model.draw_noise(32)
     full = model(x, noise)
     with autocast(torch.device("cpu"), amp=True):
         mixed = model(x, noise)
     assert mixed.dtype == torch.float32  # the loss stays float32
-    assert (full - mixed).abs().max().item() < 0.01  # bits/dim; bf16 has ~3 significant digits
+    # bf16 keeps ~3 significant digits (8 mantissa bits): the bits/dim agree to a few parts in 1,000
+    assert ((full - mixed).abs() / full.abs()).max().item() < 5e-3
     with autocast(torch.device("cpu"), amp=True):
         zs = model.encode(x)
     assert all(z.dtype == torch.float32 for z in zs)  # the flow's own maps ran in float32
 
 
-@pytest.mark.parametrize("arch", ["glow", "realnvp"])
+@pytest.mark.parametrize("arch", sorted(TINY))
 def test_memory_saving_keeps_activation_memory_flat_in_depth(arch):
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
 

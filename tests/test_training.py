@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from archs import TINY, tiny_model
 from datasets import digits, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -48,12 +49,15 @@ def test_short_optimisation_lowers_test_bits_per_dim(arch):
     assert math.isfinite(after) and after < 0.75 * before
 
 
-def _run_config(root, run_dir, max_steps, **train):
+DEQUANTIZERS = {"flowpp": {"conditioner": "attention", "coupling": "logistic_mixture"}}  # Flow++'s own kind
+
+
+def _run_config(root, run_dir, max_steps, arch="glow", **train):
     return config_from_dict({
         "name": "resume", "run_dir": str(run_dir),
         "data": {"dataset": "folder", "root": str(root), "num_workers": 0},
-        "model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 2, "hidden": 8, "n_bits": 5},
-        "dequantization": {"kind": "variational", "steps": 2, "hidden": 4},
+        "model": {**tiny_model(arch, (1, 8, 8)), "n_bits": 5},
+        "dequantization": {"kind": "variational", "steps": 2, "hidden": 4, **DEQUANTIZERS.get(arch, {})},
         "train": {"device": "cpu", "batch_size": 16, "max_steps": max_steps, "warmup_steps": 3,
                   "log_every": 1, "eval_every": 4, "sample_every": 100, "checkpoint_every": 100,
                   "ema_decay": 0.9, "eval_batches": 1, "seed": 7, **train},
@@ -66,14 +70,15 @@ def _scalars(run_dir, tag):
     return {e.step: e.value for e in acc.Scalars(tag)}
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_resumed_run_equals_uninterrupted_run(tmp_path, arch):
     # 40 train images and batch 16: an epoch is 2 steps, so the stop falls mid-epoch and the
     # resumed run must also restore the data order, the noise RNG, the EMA and the schedule.
     write_image_folder(tmp_path / "data", list(digits(8)[:50]), split_dirs=True, n_test=10)
     full, part = tmp_path / "full", tmp_path / "part"
-    train(_run_config(tmp_path / "data", full, 7), full, progress=False)
-    train(_run_config(tmp_path / "data", part, 3), part, progress=False)
-    train(_run_config(tmp_path / "data", part, 7), part, resume=True, progress=False)
+    train(_run_config(tmp_path / "data", full, 7, arch), full, progress=False)
+    train(_run_config(tmp_path / "data", part, 3, arch), part, progress=False)
+    train(_run_config(tmp_path / "data", part, 7, arch), part, resume=True, progress=False)
 
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)
     b = torch.load(part / "checkpoints/last.pt", weights_only=True)
