@@ -6,17 +6,20 @@ autograd like any other."""
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
+from archs import tiny_model
 from datasets import digits, write_image_folder
 
 
-def test_two_process_run_matches_single_process(tmp_path):
+@pytest.mark.parametrize("arch", ["glow", "flowpp"])  # RealNVP adds no code path of its own here
+def test_two_process_run_matches_single_process(tmp_path, arch):
     write_image_folder(tmp_path / "data", list(digits(8)[:56]), split_dirs=True, n_test=8)
     cfg = {
         "name": "ddp",
         "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0},
-        "model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 2, "hidden": 16, "n_bits": 5},
+        "model": {**tiny_model(arch, (1, 8, 8), hidden=16), "n_bits": 5},
         "dequantization": {"kind": "variational", "steps": 2, "hidden": 8},
         "train": {"device": "cpu", "batch_size": 16, "max_steps": 5, "warmup_steps": 2, "seed": 3,
                   "grad_accum": 2, "log_every": 1, "eval_every": 5, "sample_every": 100,
