@@ -7,18 +7,21 @@ says what would be valid, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, with a message meant for the user."""
+from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type: part of this module's API)
+    MAX_DEPTH,
+    ConfigError,
+    _build,
+    _depth,
+    _section_type,
+    apply_overrides,
+    parse_override,
+)
 
 
 @dataclass(frozen=True)
@@ -212,121 +215,10 @@ class Config:
         return plain(dataclasses.asdict(self))
 
 
-# Limits that keep every value inside what the program can represent: seeds feed torch's 64-bit
-# generators after small arithmetic (seed * 100_003 + epoch), and integers beyond int64 overflow
-# in torch; a config file is a few hundred bytes, nested a few levels.
+# Seeds feed torch's 64-bit generators after small arithmetic (seed * 100_003 + epoch); a config
+# file is a few hundred bytes.
 MAX_SEED = 2**32 - 1
-MAX_INT = 2**62
 MAX_CONFIG_BYTES = 1 << 20
-MAX_DEPTH = 8
-
-
-def _suggest(key: str, valid: list[str], nested: dict[str, str] | None = None) -> str:
-    """A hint naming the closest valid key, or the closest key of a subsection (``nested`` maps
-    such a key to its dotted place, e.g. ``steps -> glow.steps``)."""
-    nested = nested or {}
-    close = difflib.get_close_matches(key, valid + list(nested), n=1)
-    hint = f" (did you mean '{nested.get(close[0], close[0])}'?)" if close else ""
-    return f"{hint}; valid keys: {', '.join(valid)}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _coerce(path: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if not isinstance(value, (str, int, bool)) or value not in choices:
-            raise ConfigError(f"{path}: {_short(value)} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {_short(value)}")
-        if args[-1] is Ellipsis:
-            return tuple(_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}: {_short(value)}")
-        return tuple(_coerce(f"{path}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping of options, got {_short(value)}")
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or isinstance(v, (dict, list, tuple)) or v is None:
-                raise ConfigError(f"{path}: options are name: value pairs of plain values, got {k!r}: {_short(v)}")
-            out[k] = _coerce(f"{path}.{k}", v, type(v)) if isinstance(v, float) else v
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {_short(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {_short(value)}")
-        if abs(value) > MAX_INT:
-            raise ConfigError(f"{path}: {value} is too large (limit {MAX_INT:.1e})")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {_short(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {_short(value)}")
-        if "\x00" in value:
-            raise ConfigError(f"{path}: a string with a NUL byte is not allowed")
-        return value
-    raise TypeError(f"unsupported config type {tp}")  # a bug in this module, not user input
-
-
-def _section_type(tp: Any) -> type | None:
-    """The dataclass of a section field (``X`` or ``X | None``), or None for a plain value."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
-
-
-def _nested_keys(cls: type, data: dict[str, Any]) -> dict[str, str]:
-    """Keys of ``cls``'s subsections, the active architecture's first (for ``_suggest``)."""
-    hints = typing.get_type_hints(cls)
-    sections = sorted((f.name for f in dataclasses.fields(cls) if _section_type(hints[f.name])),
-                      key=lambda name: name != data.get("arch"))
-    nested: dict[str, str] = {}
-    for name in sections:
-        for f in dataclasses.fields(_section_type(hints[name])):
-            nested.setdefault(f.name, f"{name}.{f.name}")
-    return nested
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_short(data)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            nested = {k: f"{path}.{v}" if path else v for k, v in _nested_keys(cls, data).items()}
-            raise ConfigError(f"unknown key '{where}'{_suggest(str(key), names, nested)}")
-        section = _section_type(hints[key])
-        if section is not None:
-            kwargs[key] = _build(section, value if value is not None else {}, where)
-        else:
-            kwargs[key] = _coerce(where, value, hints[key])
-    return cls(**kwargs)
 
 
 def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored: bool = False) -> dict[str, Any]:
@@ -482,16 +374,6 @@ def check_data_matches_model(cfg: Config) -> Config:
     return cfg
 
 
-def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
-    if limit < 0:
-        return 0
-    if isinstance(value, dict):
-        return 1 + max((_depth(v, limit - 1) for v in value.values()), default=0)
-    if isinstance(value, (list, tuple)):
-        return 1 + max((_depth(v, limit - 1) for v in value), default=0)
-    return 0
-
-
 def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config:
     """A validated Config from plain data (old flat model options are migrated, see
     ``_migrate_model``; ``drop_ignored`` for the configs stored in old checkpoints)."""
@@ -500,38 +382,6 @@ def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config
     _check(_depth(data) <= MAX_DEPTH, f"the config is nested more than {MAX_DEPTH} levels deep; "
                                       "a config has sections of plain keys")
     return validate(_build(Config, _migrate_model(data, drop_ignored=drop_ignored), ""))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-4"`` -> ``(["train", "lr"], 0.0003)``; values parse as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
-    key, raw = text.split("=", 1)
-    keys = key.strip().split(".")
-    if not all(keys):
-        raise ConfigError(f"override {text!r}: the key must look like section.key (e.g. train.lr)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    except RecursionError:
-        raise ConfigError(f"override {key}: the value is nested too deeply") from None
-    return keys, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            child = node.get(k)
-            node[k] = child = dict(child) if isinstance(child, dict) else ({} if child is None else child)
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{k}' is not a section")
-            node = child
-        node[keys[-1]] = value
-    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
