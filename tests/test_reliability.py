@@ -311,6 +311,18 @@ def test_nan_parameter_stops_and_leaves_the_last_good_checkpoint(data, tmp_path,
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("on_divergence", ["stop", "rollback"])
+def test_divergence_before_any_checkpoint_names_none(data, tmp_path, monkeypatch, on_divergence):
+    _inject_nan_parameter_at(monkeypatch, step=1)
+    run = tmp_path / "run"
+    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2, checkpoint_every=100,
+                                                      on_divergence=on_divergence))
+    result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "before any checkpoint was written" in result.output and "last.pt" not in result.output
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
 def test_rollback_reloads_the_last_good_state_with_a_lower_lr(data, tmp_path, monkeypatch):
     _inject_nan_parameter_at(monkeypatch, step=3)
     run = tmp_path / "run"

@@ -310,7 +310,10 @@ class Trainer:
         checkpoint untouched, or (``on_divergence: rollback``) reload it with a lower lr."""
         t, last = self.t, self.run_dir / "checkpoints" / "last.pt"
         where = f"{self.consecutive_bad} non-finite steps in a row at step {self.step}"
-        if t.on_divergence == "stop" or not last.is_file():
+        if not last.is_file():  # say so: pointing to a checkpoint that was never written helps nobody
+            raise DivergenceError(f"training diverged ({where}) before any checkpoint was written; lower "
+                                  "train.lr (or raise train.warmup_steps) and start again")
+        if t.on_divergence == "stop":
             raise DivergenceError(f"training diverged ({where}); {last} is the last good checkpoint, "
                                   "untouched: lower train.lr, or set train.on_divergence: rollback")
         if self.progress.rollbacks >= t.max_rollbacks:
