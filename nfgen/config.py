@@ -277,7 +277,8 @@ def _check_choice(path: str, name: str, options: dict[str, Any], registry: str, 
         if registry == "transform":
             transforms.make_transform(name, **options)
         else:
-            with torch.random.fork_rng(devices=[]):  # building one draws its initial weights
+            # On the meta device: no memory, however wide; forked RNG: no shift of the seeds' draws.
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
                 nets.make_conditioner(name, **given, **options)(2, 2)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
@@ -290,7 +291,7 @@ def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
     _check(0 <= a.blocks <= 1024, f"{where}.blocks must be in 0..1024, got {a.blocks}")
     _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
     _check_choice(f"{where}.conditioner", a.conditioner, a.conditioner_options, "conditioner",
-                  hidden=a.hidden, blocks=min(a.blocks, 1))  # one block: the options are checked cheaply
+                  hidden=a.hidden, blocks=a.blocks)
     # Memory saving recomputes each conditioner in backward: dropout would draw another mask there.
     _check(not (memory_saving and a.conditioner_options.get("dropout", 0)),
            f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")

@@ -261,9 +261,10 @@ def test_resume_after_the_data_moved_and_with_other_workers(run, tmp_path):
 
 # ------------------------------------------------------------------ checkpoints a resume cannot use
 def _corrupt(state: dict, field: str, value) -> dict:
-    if "." in field:
+    if "." in field:  # KeyError: the key is missing
         outer, inner = field.split(".")
-        return {**state, outer: {**state[outer], inner: value}}
+        kept = {k: v for k, v in state[outer].items() if k != inner}
+        return {**state, outer: kept if value is KeyError else {**kept, inner: value}}
     if value is KeyError:
         return {k: v for k, v in state.items() if k != field}
     return {**state, field: value}
@@ -274,7 +275,7 @@ def _corrupt(state: dict, field: str, value) -> dict:
     ("progress.step", "3", "progress.step is '3', not a valid int"),
     ("progress.best_bpd", None, "progress.best_bpd is None"),
     ("progress.epoch", -1, "progress.epoch is -1"),
-    ("progress.rollbacks", KeyError, "progress.rollbacks is"),
+    ("progress.rollbacks", KeyError, "'progress' lacks 'rollbacks'"),
     ("optimizer", [], "'optimizer' is not an optimizer state"),
     ("scheduler", {"base_lrs": [1e-3]}, "'scheduler' is not a learning-rate schedule state"),
     ("rng.python", (3, "x", None), "'rng' does not hold valid random generator states"),
