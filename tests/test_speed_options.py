@@ -58,8 +58,10 @@ def test_bf16_autocast_keeps_bits_per_dim_within_noise(arch):
     with autocast(torch.device("cpu"), amp=True):
         mixed = model(x, noise)
     assert mixed.dtype == torch.float32  # the loss stays float32
-    # bf16 keeps ~3 significant digits (8 mantissa bits): the bits/dim agree to a few parts in 1,000
-    assert ((full - mixed).abs() / full.abs()).max().item() < 5e-3
+    # bf16 keeps ~3 significant digits (8 mantissa bits) of the conditioners' outputs: the bits/dim
+    # of this random model (10-20) agree to a few parts in 1,000 on average, 1% at worst
+    relative = (full - mixed).abs() / full.abs()
+    assert relative.mean().item() < 3e-3 and relative.max().item() < 1e-2
     with autocast(torch.device("cpu"), amp=True):
         zs = model.encode(x)
     assert all(z.dtype == torch.float32 for z in zs)  # the flow's own maps ran in float32
