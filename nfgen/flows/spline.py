@@ -101,6 +101,17 @@ class RationalQuadraticSpline(ElementwiseTransform):
         # counted over the inner knots, which needs no search and no clamp.
         return (v.detach() >= knots[1:-1].detach()).sum(0)
 
+    def _locate(self, v: Tensor, knots: Tensor, spline: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Which values lie inside the bound, the values clamped into it, and the bin of each
+        (found among ``knots``: x's knots forward, y's inverse): its left x and y knots, width,
+        height and the derivatives at both ends. Clamping first keeps the spline branch away
+        from out-of-range values: ``torch.where`` would pass NaN gradients back from it."""
+        xk, w, yk, h, d = spline
+        inside = (v >= -self.bound) & (v <= self.bound)
+        vc = v.clamp(-self.bound, self.bound)
+        k = self._bin(knots, vc)
+        return inside, vc, _at(xk, k), _at(w, k), _at(yk, k), _at(h, k), _at(d, k), _at(d, k + 1)
+
     @staticmethod
     def _log_slope(theta: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
         """``log dy/dx`` inside a bin (Durkan et al., eq. 5)."""
@@ -112,13 +123,7 @@ class RationalQuadraticSpline(ElementwiseTransform):
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         xk, w, yk, h, d = self._spline(params, x)
         shape, x = x.shape, x.reshape(-1)
-        inside = (x >= -self.bound) & (x <= self.bound)
-        # Clamp first so the spline branch never sees out-of-range values: torch.where would
-        # otherwise pass NaN gradients back from the branch it does not select.
-        xc = x.clamp(-self.bound, self.bound)
-        k = self._bin(xk, xc)
-        x0, w_k, y0, h_k = _at(xk, k), _at(w, k), _at(yk, k), _at(h, k)
-        d0, d1 = _at(d, k), _at(d, k + 1)
+        inside, xc, x0, w_k, y0, h_k, d0, d1 = self._locate(x, xk, (xk, w, yk, h, d))
         s = h_k / w_k
         theta = ((xc - x0) / w_k).clamp(0, 1)
         one_minus = 1 - theta
@@ -129,11 +134,7 @@ class RationalQuadraticSpline(ElementwiseTransform):
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         xk, w, yk, h, d = self._spline(params, y)
         shape, y = y.shape, y.reshape(-1)
-        inside = (y >= -self.bound) & (y <= self.bound)
-        yc = y.clamp(-self.bound, self.bound)
-        k = self._bin(yk, yc)
-        x0, w_k, y0, h_k = _at(xk, k), _at(w, k), _at(yk, k), _at(h, k)
-        d0, d1 = _at(d, k), _at(d, k + 1)
+        inside, yc, x0, w_k, y0, h_k, d0, d1 = self._locate(y, yk, (xk, w, yk, h, d))
         s = h_k / w_k
         dy = yc - y0
         curv = d0 + d1 - 2 * s
