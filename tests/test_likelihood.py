@@ -53,7 +53,7 @@ CASES += [("realnvp", "logit", "variational"), ("flowpp", "logit", "variational"
 def test_probabilities_sum_to_mass_in_data_box(arch, preprocess, dequantization):
     model = _trained_model(arch, preprocess, dequantization)
     torch.set_grad_enabled(False)
-    u = model.sample_continuous(200_000)
+    u = model.sample_continuous(50_000)  # the mass's standard error is ~0.001, against a 4% tolerance
     mass = ((u >= 0) & (u < 1)).flatten(1).all(1).double().mean().item()
     assert 0.3 < mass < 1.0  # a non-degenerate model: the check below has something to match
 
