@@ -38,9 +38,9 @@ quickstart: data/digits
 bench: install
 	$(PY) -c "import normflows" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) scripts/bench.py --config quickstart.yaml --compare-normflows
-	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \
+	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \
 		--batch 16 --compare-normflows --rounds 3
-	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \
+	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \
 		--batch 16 --compare-normflows --rounds 3 --set train.compile=true --set train.amp=true
 
 clean:

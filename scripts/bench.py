@@ -2,7 +2,7 @@
 
     python scripts/bench.py --config quickstart.yaml
     python scripts/bench.py --config quickstart.yaml --compare-normflows
-    python scripts/bench.py --config glow_cifar.yaml --set model.steps=8 --set model.hidden=128 \\
+    python scripts/bench.py --config glow_cifar.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \\
         --batch 16 --compare-normflows --rounds 3 --json-out bench.json
 
 For one config it measures training images/s (nfgen's own ``train_step``: forward, backward,
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="YAML path or the bare name of a shipped config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. model.steps=32 (repeatable)")
+                        help="config override, e.g. model.glow.steps=32 (repeatable)")
     parser.add_argument("--batch", type=int, default=0, help="images per step (default: train.batch_size)")
     parser.add_argument("--image-size", type=int, default=0, help="square H = W (default: model.image_shape)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the median is reported")
