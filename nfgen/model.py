@@ -158,10 +158,6 @@ ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
 }
 
 
-def _sections(section: Any) -> dict[str, Any]:
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
-
-
 def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
     """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys; the
     training options that change how it computes, not what (memory saving, channels-last), are
@@ -170,12 +166,14 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
         config = config_from_dict(dict(config))
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
-    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **_sections(m.options))
+    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **dataclasses.asdict(m.options))
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()
     else:
-        dequantizer = VariationalDequantizer(shape, **{k: v for k, v in _sections(dq).items() if k != "kind"})
+        options = dataclasses.asdict(dq)
+        del options["kind"]  # which dequantizer; the rest configures the variational one
+        dequantizer = VariationalDequantizer(shape, **options)
     model = ImageFlow(body, preprocess, dequantizer, m.n_bits)
     set_memory_saving(model, t.memory_saving)
     set_channels_last(model, t.channels_last)
