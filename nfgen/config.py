@@ -41,7 +41,9 @@ class DataConfig:
 # ``nfgen.flows.nets``): ``coupling_options`` / ``conditioner_options`` are handed to the chosen
 # one and checked against its signature.
 class _ArchSection:
-    """What validation asks of every architecture's section."""
+    """What validation asks of every architecture's section. The default is a multi-scale body
+    of couplings (levels of squeezes, a coupling transform and a conditioner); a section of
+    another kind overrides ``validate``."""
 
     levels: int
 
@@ -52,6 +54,18 @@ class _ArchSection:
 
     def check(self, where: str, image_shape: tuple[int, int, int]) -> None:
         """Checks of this architecture's own options (a ``ConfigError`` names the key)."""
+
+    def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
+        _check(1 <= self.levels <= 16, f"{where}.levels must be in 1..16, got {self.levels}")
+        if hasattr(self, "steps"):
+            _check(1 <= self.steps <= 4096, f"{where}.steps must be in 1..4096, got {self.steps}")
+        _check_couplings(where, self, memory_saving)
+        h, w = image_shape[1:]
+        k = 2**self.squeezes
+        _check(h % k == 0 and w % k == 0,
+               f"model.image_shape {h}x{w} is not divisible by 2**{self.squeezes} = {k} ({self.levels} levels); "
+               f"change the image size or {where}.levels")
+        self.check(where, image_shape)
 
 
 @dataclass(frozen=True)
@@ -120,8 +134,42 @@ class FlowppConfig(_ArchSection):
 
 
 @dataclass(frozen=True)
+class TarflowConfig(_ArchSection):
+    """TarFlow (Zhai et al., 2025): patchify, then blocks of affine autoregressive flows over the
+    patch sequence, each conditioned by a causal Transformer, alternating direction. Defaults:
+    the paper's ImageNet 64x64 likelihood model (patch 2, 8 blocks x 8 layers, width 768)."""
+
+    patch: int = 2  # p: tokens are p x p patches; H and W must be divisible by p
+    blocks: int = 8  # T autoregressive flow blocks
+    layers: tuple[int, ...] = (8,)  # Transformer layers: one count for all blocks, or one per block ([8, 2, 2, 2]: deep-shallow)
+    width: int = 768  # Transformer width
+    heads: int = 12  # attention heads (head size width / heads; the paper: 64)
+    mlp_ratio: int = 4  # MLP hidden width / width
+    scale: Literal["affine", "additive"] = "affine"  # additive: volume-preserving (shifts only)
+    max_log_scale: float = 4.0  # |log-scale| per block is soft-clamped below this
+    solver: Literal["kv_cache", "recompute", "jacobi"] = "kv_cache"  # how sampling inverts a block
+    jacobi_tol: float = 1e-6  # jacobi: stop when no value moves more than this
+
+    def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
+        c, h, w = image_shape
+        _check(1 <= self.patch <= 64 and h % self.patch == 0 and w % self.patch == 0,
+               f"{where}.patch must tile the {h}x{w} image (a divisor of both), got {self.patch}")
+        _check(1 <= self.blocks <= 256, f"{where}.blocks must be in 1..256, got {self.blocks}")
+        _check(len(self.layers) in (1, self.blocks) and all(1 <= n <= 256 for n in self.layers),
+               f"{where}.layers must be one count in 1..256 for every block, or {self.blocks} (one per block), "
+               f"got {list(self.layers)}")
+        _check(1 <= self.heads <= 1024 and 1 <= self.width <= 65536 and self.width % self.heads == 0,
+               f"{where}.width must be a multiple of {where}.heads (both >= 1), got {self.width} and {self.heads}")
+        _check(1 <= self.mlp_ratio <= 64, f"{where}.mlp_ratio must be in 1..64, got {self.mlp_ratio}")
+        _check(0 < self.max_log_scale <= 20, f"{where}.max_log_scale must be in (0, 20], got {self.max_log_scale}")
+        _check(0 <= self.jacobi_tol <= 1, f"{where}.jacobi_tol must be in [0, 1], got {self.jacobi_tol}")
+        tokens = (h // self.patch) * (w // self.patch)
+        _check(tokens >= 2, f"{where}.patch {self.patch} leaves a single token: nothing to condition on; use a smaller patch")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["glow", "realnvp", "flowpp"] = "glow"
+    arch: Literal["glow", "realnvp", "flowpp", "tarflow"] = "glow"
     image_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W; MNIST at 32 is zero-padded
     n_bits: int = 8  # Glow's CelebA-HQ results use 5-bit images: fewer levels, easier detail
     preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP and Flow++: logit
@@ -130,6 +178,7 @@ class ModelConfig:
     glow: GlowConfig | None = None
     realnvp: RealNVPConfig | None = None
     flowpp: FlowppConfig | None = None
+    tarflow: TarflowConfig | None = None
 
     @property
     def options(self) -> Any:
@@ -137,7 +186,7 @@ class ModelConfig:
         return getattr(self, self.arch)
 
 
-ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig, "flowpp": FlowppConfig}
+ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig, "flowpp": FlowppConfig, "tarflow": TarflowConfig}
 # Options that lived directly under ``model`` before the per-architecture sections, and which of
 # them each architecture used then: an old file or checkpoint still loads, each moved into the
 # section of its ``arch``.
@@ -297,20 +346,6 @@ def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
            f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")
 
 
-def _validate_arch(m: ModelConfig, memory_saving: bool) -> None:
-    a, where = m.options, f"model.{m.arch}"
-    _check(1 <= a.levels <= 16, f"{where}.levels must be in 1..16, got {a.levels}")
-    if hasattr(a, "steps"):
-        _check(1 <= a.steps <= 4096, f"{where}.steps must be in 1..4096, got {a.steps}")
-    _check_couplings(where, a, memory_saving)
-    h, w = m.image_shape[1:]
-    k = 2**a.squeezes
-    _check(h % k == 0 and w % k == 0,
-           f"model.image_shape {h}x{w} is not divisible by 2**{a.squeezes} = {k} ({a.levels} levels); "
-           f"change the image size or {where}.levels")
-    a.check(where, m.image_shape)
-
-
 def validate(cfg: Config) -> Config:
     """Value ranges and combinations that cannot work."""
     cfg = _arch_sections(cfg)
@@ -320,7 +355,7 @@ def validate(cfg: Config) -> Config:
            f"model.image_shape: channels must be in 1..64 and sizes in 1..4096, got {list(m.image_shape)}")
     _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
     _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
-    _validate_arch(m, t.memory_saving)
+    m.options.validate(f"model.{m.arch}", tuple(m.image_shape), t.memory_saving)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
     _check_couplings("dequantization", dq, memory_saving=False)
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")

@@ -46,6 +46,8 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(tp)
+        if args[-1] is Ellipsis and not isinstance(value, (list, tuple, dict)):
+            value = [value]  # a list of any length: one value is a list of one
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {_short(value)}")
         if args[-1] is Ellipsis:

@@ -19,6 +19,7 @@ from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import set_channels_last, to_layout
+from nfgen.flows.tarflow import build_tarflow
 from nfgen.priors import sample_standard_normal, standard_normal_log_prob
 
 
@@ -155,6 +156,7 @@ ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
     "glow": build_glow,
     "realnvp": build_realnvp,
     "flowpp": build_flowpp,
+    "tarflow": build_tarflow,
 }
 
 

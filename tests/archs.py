@@ -5,20 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-TINY: dict[str, dict[str, Any]] = {  # for 8x8 images; ``depth`` steps/couplings per level
-    "glow": {"levels": 2, "steps": "depth", "hidden": 8},
-    "realnvp": {"levels": 2, "steps": "depth", "hidden": 8, "blocks": 1},
-    "flowpp": {"levels": 2, "channel": [0, 1], "checkerboard": ["depth", 1], "hidden": 8, "blocks": 1,
+TINY: dict[str, dict[str, Any]] = {  # for 8x8 images; ``depth`` steps/couplings/blocks, ``width`` of its nets
+    "glow": {"levels": 2, "steps": "depth", "hidden": "width"},
+    "realnvp": {"levels": 2, "steps": "depth", "hidden": "width", "blocks": 1},
+    "flowpp": {"levels": 2, "channel": [0, 1], "checkerboard": ["depth", 1], "hidden": "width", "blocks": 1,
                "coupling_options": {"components": 2}},
+    "tarflow": {"patch": 2, "blocks": "depth", "layers": [1], "width": "width", "heads": 2},
 }
-PREPROCESS = {"glow": "shift", "realnvp": "logit", "flowpp": "logit"}
+PREPROCESS = {"glow": "shift", "realnvp": "logit", "flowpp": "logit", "tarflow": "shift"}
 
 
-def tiny_model(arch: str, image_shape: tuple[int, int, int] | list[int], depth: int = 2, **section: Any) -> dict:
+def tiny_model(arch: str, image_shape: tuple[int, int, int] | list[int], depth: int = 2, width: int = 8,
+               **section: Any) -> dict:
     """The ``model`` section of a tiny ``arch`` model (``section`` overrides its keys)."""
+    sizes = {"depth": depth, "width": width}
 
     def fill(value: Any) -> Any:
-        return depth if value == "depth" else [fill(v) for v in value] if isinstance(value, list) else value
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return sizes[value] if isinstance(value, str) and value in sizes else value
 
     options = {k: fill(v) for k, v in TINY[arch].items()}
     return {"arch": arch, "image_shape": list(image_shape), "preprocess": PREPROCESS[arch],

@@ -19,7 +19,7 @@ def test_two_process_run_matches_single_process(tmp_path, arch):
     cfg = {
         "name": "ddp",
         "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0},
-        "model": {**tiny_model(arch, (1, 8, 8), hidden=16), "n_bits": 5},
+        "model": {**tiny_model(arch, (1, 8, 8), width=16), "n_bits": 5},
         "dequantization": {"kind": "variational", "steps": 2, "hidden": 8},
         "train": {"device": "cpu", "batch_size": 16, "max_steps": 5, "warmup_steps": 2, "seed": 3,
                   "grad_accum": 2, "log_every": 1, "eval_every": 5, "sample_every": 100,

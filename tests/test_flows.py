@@ -21,6 +21,7 @@ from nfgen.flows.nets import CONDITIONERS, ResidualBlock, glow_net, make_conditi
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import Squeeze
+from nfgen.flows.tarflow import AutoregressiveBlock, Patchify, build_tarflow
 from nfgen.flows.transforms import TRANSFORMS, make_transform
 from nfgen.priors import LearnedGaussian, SplitPrior
 
@@ -44,6 +45,12 @@ LAYERS = {
     "glow_step_affine": lambda: glow_step(C, glow_net(8), "affine", "conv1x1_lu"),
     "inverse_of_step": lambda: Inverse(glow_step(C, glow_net(8))),
     "sequential": lambda: Sequential(ActNorm(C), Squeeze(), InvConv1x1(4 * C)),
+    "patchify": lambda: Patchify(2),
+    "tarflow_block": lambda: AutoregressiveBlock(C, (H, W), width=16, layers=2, heads=2),
+    "tarflow_block_reversed": lambda: AutoregressiveBlock(C, (H, W), width=16, layers=1, heads=4, reverse=True),
+    "tarflow_block_additive": lambda: AutoregressiveBlock(C, (H, W), width=8, layers=1, heads=1, scale="additive"),
+    "tarflow_block_jacobi": lambda: AutoregressiveBlock(C, (H, W), width=8, layers=1, heads=1, solver="jacobi",
+                                                        jacobi_tol=0.0),
 }
 
 
@@ -107,6 +114,8 @@ BODIES = {  # every architecture's builder, tiny: a new architecture is one line
                                          hidden=8, blocks=1, coupling_options={"components": 2}),
     "flowpp_split": lambda shape: build_flowpp((2 * shape[0], *shape[1:]), levels=2, channel=(0, 1),
                                                checkerboard=(2, 1), split=True, hidden=8, blocks=1, coupling="spline"),
+    "tarflow": lambda shape: build_tarflow(shape, patch=2, blocks=3, layers=(2, 1, 1), width=16, heads=2),
+    "tarflow_patch1": lambda shape: build_tarflow(shape, patch=1, blocks=2, layers=(1,), width=8, heads=2),
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 Step = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
@@ -55,6 +56,10 @@ class Flow(nn.Module):
     # True if the flow holds nothing sized to the image, so it works on any spatial crop (the
     # doctor checks its log-det on a small crop). False is always safe: the full size is used.
     any_size: bool = False
+    # False if the inverse costs far more than the forward (an autoregressive flow inverts one
+    # position at a time): memory saving then checkpoints the flow (keeps its input, reruns its
+    # forward in backward) instead of reconstructing its input with the inverse.
+    cheap_inverse: ClassVar[bool] = True
     stem: ClassVar[str] = ""  # a report row's name stem; "" means the class name in lower case
     numbered: ClassVar[bool] = False  # rows of this kind repeat within a level: step0, step1, ...
 
@@ -151,6 +156,8 @@ class Sequential(Flow):
     with the inverse (see ``_RecomputeFromOutput``). Activation memory then no longer grows
     with the number of flows, at the cost of about one more forward pass of the conditioner
     nets. Gradients equal the stored-activation ones up to the round-off of the reconstruction.
+    A flow whose inverse is expensive (``cheap_inverse = False``: TarFlow's blocks) is
+    checkpointed instead: its input is kept and its forward rerun in backward.
     """
 
     any_size = True  # itself; its flows answer for themselves
@@ -174,13 +181,37 @@ class Sequential(Flow):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.memory_saving and torch.is_grad_enabled():
-            params = [p for p in self.parameters() if p.requires_grad]
-            if params or x.requires_grad or (context is not None and context.requires_grad):
-                return _RecomputeFromOutput.apply(x, context, self._chain, *params)
+            if any(p.requires_grad for p in self.parameters()) or x.requires_grad or (
+                    context is not None and context.requires_grad):
+                return cascade(x, _saving_steps(self._chain), context)
         return cascade(x, self.flows, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return cascade(z, [flow.inverse for flow in reversed(self.flows)], context)
+
+
+def _saving_steps(chain: list[Flow]) -> list[Step]:
+    """The chain as memory-saving steps: each run of flows with a cheap inverse is one
+    ``_RecomputeFromOutput`` (nothing stored but its output), each other flow is checkpointed
+    (its input stored, its forward rerun in backward)."""
+    steps: list[Step] = []
+    run: list[Flow] = []
+
+    def close_run() -> None:
+        if run:
+            flows = list(run)
+            params = list({id(p): p for f in flows for p in f.parameters() if p.requires_grad}.values())
+            steps.append(lambda x, c: _RecomputeFromOutput.apply(x, c, flows, *params))
+            run.clear()
+
+    for flow in chain:
+        if flow.cheap_inverse:
+            run.append(flow)
+        else:
+            close_run()
+            steps.append(lambda x, c, f=flow: torch.utils.checkpoint.checkpoint(f, x, c, use_reentrant=False))
+    close_run()
+    return steps
 
 
 def set_memory_saving(module: nn.Module, on: bool) -> None:

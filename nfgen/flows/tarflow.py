@@ -1,0 +1,204 @@
+"""TarFlow: Transformer autoregressive flows on image patches (Zhai et al., 2025, "Normalizing
+Flows are Capable Generative Models").
+
+The image is cut into ``p x p`` patches, a sequence of ``N = (H/p)(W/p)`` tokens of ``C p^2``
+values. Each block is an affine autoregressive flow over that sequence (a masked autoregressive
+flow, Papamakarios et al., 2017, with a causal Transformer as its conditioner): token ``i`` is
+shifted and scaled by parameters computed from the tokens before it, and the blocks alternate
+the direction of the sequence, so every token is conditioned on every other one somewhere in the
+stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nfgen.flows.base import Flow, Sequential
+from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
+from nfgen.flows.transformer import CausalTransformer, KVCache
+
+SOLVERS = ("kv_cache", "recompute", "jacobi")  # how a block inverts: see AutoregressiveBlock.inverse
+
+
+class Patchify(Flow):
+    """``[B, C, H, W] -> [B, C p^2, H/p, W/p]``: each ``p x p`` patch becomes one position's
+    channels (PyTorch's pixel unshuffle; channel ``c p^2 + i p + j`` holds pixel ``(i, j)`` of
+    the patch in channel ``c``). A permutation: log-det zero."""
+
+    any_size = True
+
+    def __init__(self, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+
+    def describe(self) -> str:
+        return f"Patchify: {self.patch}x{self.patch}"
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h, w = x.shape[-2:]
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"patches of {self.patch}x{self.patch} do not tile a {h}x{w} image")
+        return F.pixel_unshuffle(x, self.patch), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return F.pixel_shuffle(z, self.patch), z.new_zeros(z.shape[0])
+
+
+class AutoregressiveBlock(Flow):
+    """One TarFlow block on ``[B, D, h, w]`` (the patchified image: ``N = h w`` tokens of ``D``
+    values, in raster order, reversed when ``reverse``).
+
+    Forward (data to latent), one parallel pass: ``z_i = (x_i - mu_i) exp(-alpha_i)`` with
+    ``(mu_i, alpha_i)`` the Transformer's output at position ``i - 1``, so they depend on ``x_<i``
+    only; the first token has nothing before it and passes unchanged (``mu_0 = alpha_0 = 0``, as
+    in the paper's code), which the next block, running the other way, conditions on everything.
+    The Jacobian is triangular: ``log|det| = -sum alpha``, exact.
+
+    The log-scale is soft-clamped, ``alpha = c tanh(raw / c)`` with ``c = max_log_scale``: one
+    block scales a value by at most ``e^c`` either way, so neither direction can overflow however
+    the Transformer's output drifts, and the clamp is the identity near zero (where every block
+    starts: the output projection is zero-initialised). ``scale="additive"`` is the
+    volume-preserving variant: shifts only, log-det zero.
+
+    The inverse is sequential over tokens. ``solver`` chooses how: ``kv_cache`` (each token is one
+    Transformer step against the cached keys and values of the tokens before), ``recompute``
+    (each token reruns the Transformer over the whole prefix: the reference the cache is tested
+    against) or ``jacobi`` (fixed-point iteration over all tokens at once, ``x <- z exp(alpha(x))
+    + mu(x)``, until no value moves by more than ``jacobi_tol``; at most ``N`` iterations, after
+    which it is exact because iteration ``k`` fixes token ``k``).
+    """
+
+    stem = "block"
+    numbered = True
+    cheap_inverse: ClassVar[bool] = False  # memory saving checkpoints it instead of inverting it
+
+    def __init__(self, channels: int, size: tuple[int, int], width: int, layers: int, heads: int,
+                 reverse: bool = False, scale: str = "affine", max_log_scale: float = 4.0, mlp_ratio: int = 4,
+                 solver: str = "kv_cache", jacobi_tol: float = 1e-6) -> None:
+        super().__init__()
+        if scale not in ("affine", "additive"):
+            raise ValueError(f"scale must be affine or additive, got {scale!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        self.channels, self.tokens = channels, size[0] * size[1]
+        self.reverse, self.scale, self.max_log_scale = reverse, scale, max_log_scale
+        self.solver, self.jacobi_tol = solver, jacobi_tol
+        self.layer_count, self.width = layers, width
+        self.pos = nn.Parameter(torch.randn(self.tokens, width) * 0.02)  # learned, one per patch position
+        out = 2 * channels if scale == "affine" else channels
+        self.net = CausalTransformer(channels, out, width, layers, heads, mlp_ratio)
+
+    def describe(self) -> str:
+        order = "reversed" if self.reverse else "raster"
+        return f"AutoregressiveBlock: {self.layer_count} layers x {self.width}, {self.scale}, {order} order"
+
+    # -- the token sequence ------------------------------------------------------------------------
+    def _tokens(self, x: Tensor) -> Tensor:
+        t = x.flatten(2).transpose(1, 2)  # [B, N, D], raster order
+        return t.flip(1) if self.reverse else t
+
+    def _image(self, t: Tensor, like: Tensor) -> Tensor:
+        t = t.flip(1) if self.reverse else t
+        return t.transpose(1, 2).reshape(like.shape)
+
+    def _pos(self) -> Tensor:
+        return self.pos.flip(0) if self.reverse else self.pos  # each patch keeps its embedding
+
+    # -- shift and log-scale ---------------------------------------------------------------------
+    def _affine(self, out: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(mu, alpha)`` from Transformer outputs, in the flow's dtype (the net may run in bf16)."""
+        out = out.to(dtype)
+        if self.scale == "additive":
+            return out, torch.zeros_like(out)
+        mu, raw = out.chunk(2, dim=-1)
+        c = self.max_log_scale
+        return mu, c * torch.tanh(raw / c)
+
+    def _params(self, t: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(mu, alpha)`` for every token: position ``i``'s come from the output at ``i - 1``."""
+        out = self.net(t, self._pos().to(t.dtype), context)
+        out = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
+        return self._affine(out, t.dtype)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        t = self._tokens(x)
+        mu, alpha = self._params(t, None)
+        z = (t - mu) * torch.exp(-alpha)
+        return self._image(z, x), -alpha.flatten(1).sum(1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        t = self._tokens(z)
+        if self.solver == "jacobi":
+            x, alpha = self._inverse_jacobi(t)
+        else:
+            x, alpha = self._inverse_sequential(t, cached=self.solver == "kv_cache")
+        return self._image(x, z), alpha.flatten(1).sum(1)
+
+    def _inverse_sequential(self, z: Tensor, cached: bool) -> tuple[Tensor, Tensor]:
+        pos = self._pos().to(z.dtype)
+        xs, alphas = [z[:, 0]], [torch.zeros_like(z[:, 0])]
+        cache = KVCache(self.tokens)
+        for i in range(self.tokens - 1):
+            if cached:
+                out = self.net.step(xs[i][:, None], pos[i : i + 1], i, cache)[:, 0]
+            else:
+                out = self.net(torch.stack(xs, 1), pos[: i + 1])[:, -1]
+            mu, alpha = self._affine(out, z.dtype)
+            xs.append(z[:, i + 1] * torch.exp(alpha) + mu)
+            alphas.append(alpha)
+        return torch.stack(xs, 1), torch.stack(alphas, 1)
+
+    def _inverse_jacobi(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = z  # the first guess: the identity; token 0 is exact from the first iteration on
+        for _ in range(self.tokens):
+            mu, alpha = self._params(x, None)
+            new = z * torch.exp(alpha) + mu
+            moved = (new - x).abs().max().item()
+            x = new
+            if moved <= self.jacobi_tol:
+                break
+        return x, alpha
+
+    def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
+        """``min_scale``: the smallest ``|dz/dx| = exp(-alpha)`` at ``x``."""
+        _, alpha = self._params(self._tokens(x), None)
+        return {"min_scale": torch.exp(-alpha).min().item()}
+
+
+def set_solver(module: nn.Module, solver: str) -> None:
+    """How every TarFlow block in ``module`` inverts (``SOLVERS``): a sampling option, the
+    numbers of the model do not change."""
+    for m in module.modules():
+        if isinstance(m, AutoregressiveBlock):
+            if solver not in SOLVERS:
+                raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+            m.solver = solver
+
+
+def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequence[int] = (8,), width: int = 768,
+                  heads: int = 12, mlp_ratio: int = 4, scale: str = "affine", max_log_scale: float = 4.0,
+                  solver: str = "kv_cache", jacobi_tol: float = 1e-6) -> MultiScaleFlow:
+    """Patchify, then ``blocks`` autoregressive blocks alternating direction. ``layers`` is one
+    count for every block, or one per block: STARFlow's deep-shallow design is ``[8, 2, 2, 2]``
+    (one deep block, then shallow ones). The latent is the patchified image. The keyword names are
+    those of the config's ``model.tarflow`` section."""
+    layers = list(layers)
+    if len(layers) == 1:
+        layers *= blocks
+    if len(layers) != blocks:
+        raise ValueError(f"layers gives one count for every block or one per block ({blocks}), got {layers}")
+    c, h, w = shape
+    if h % patch or w % patch:
+        raise ValueError(f"patches of {patch}x{patch} do not tile a {h}x{w} image")
+    d, size = c * patch * patch, (h // patch, w // patch)
+    flows: list[Flow] = [Patchify(patch)] + [
+        AutoregressiveBlock(d, size, width, n, heads, reverse=k % 2 == 1, scale=scale, max_log_scale=max_log_scale,
+                            mlp_ratio=mlp_ratio, solver=solver, jacobi_tol=jacobi_tol)
+        for k, n in enumerate(layers)
+    ]
+    return MultiScaleFlow([Level(Sequential(*flows), shape, (d, *size), split=False)])
