@@ -218,10 +218,13 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 64
     grad_accum: int = 1  # micro-batches per update: effective batch = batch_size * grad_accum
-    optimizer: Literal["adam", "adamax"] = "adam"
+    optimizer: Literal["adam", "adamw", "adamax"] = "adam"  # adamw: decoupled weight decay (TarFlow)
+    betas: tuple[float, float] = (0.9, 0.999)  # TarFlow: (0.9, 0.95)
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 500  # linear warm-up; Glow's large lr is unstable without it
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to final_lr_factor * lr at max_steps
+    final_lr_factor: float = 0.0
     max_steps: int = 10000
     grad_clip: float = 50.0  # max global grad norm; 0 disables
     ema_decay: float = 0.0  # 0 disables; e.g. 0.999 evaluates and samples an averaged model
@@ -368,6 +371,8 @@ def validate(cfg: Config) -> Config:
     _check(0 <= t.seed <= MAX_SEED, f"train.seed must be in 0..{MAX_SEED}, got {t.seed}")
     _check(0 < t.lr <= 10, f"train.lr must be in (0, 10], got {t.lr}")
     _check(0 <= t.weight_decay <= 1, f"train.weight_decay must be in [0, 1], got {t.weight_decay}")
+    _check(all(0 <= b < 1 for b in t.betas), f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
+    _check(0 <= t.final_lr_factor <= 1, f"train.final_lr_factor must be in [0, 1], got {t.final_lr_factor}")
     _check(t.warmup_steps >= 0 and t.eval_batches >= 0 and t.grad_clip >= 0,
            "train.warmup_steps, train.eval_batches and train.grad_clip must be >= 0")
     _check(t.max_bad_steps >= 1 and t.max_rollbacks >= 0,

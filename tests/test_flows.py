@@ -116,6 +116,8 @@ BODIES = {  # every architecture's builder, tiny: a new architecture is one line
                                                checkerboard=(2, 1), split=True, hidden=8, blocks=1, coupling="spline"),
     "tarflow": lambda shape: build_tarflow(shape, patch=2, blocks=3, layers=(2, 1, 1), width=16, heads=2),
     "tarflow_patch1": lambda shape: build_tarflow(shape, patch=1, blocks=2, layers=(1,), width=8, heads=2),
+    "tarflow_additive": lambda shape: build_tarflow(shape, patch=2, blocks=2, layers=(1,), width=8, heads=2,
+                                                    scale="additive"),
 }
 
 

@@ -18,12 +18,14 @@ ARCHS = {  # a tiny body of each architecture for 1x2x2 images
     "realnvp": {"levels": 1, "steps": 2, "hidden": 16, "blocks": 1},
     "flowpp": {"levels": 1, "channel": [0], "checkerboard": [3], "hidden": 8, "blocks": 1,
                "coupling_options": {"components": 3}},
+    "tarflow": {"patch": 1, "blocks": 2, "layers": [1], "width": 16, "heads": 2},  # 4 tokens of 1 pixel
 }
 DEQUANTIZERS = {  # variational: Flow++'s own kind of flow for flowpp
     "glow": {"steps": 2, "hidden": 8},
     "realnvp": {"steps": 2, "hidden": 8},
     "flowpp": {"steps": 2, "hidden": 8, "conditioner": "attention", "coupling": "logistic_mixture",
                "coupling_options": {"components": 2}},
+    "tarflow": {"steps": 2, "hidden": 8},
 }
 
 
@@ -46,7 +48,7 @@ def _trained_model(arch, preprocess, dequantization):
 
 
 CASES = [("glow", p, d) for p in ("shift", "logit") for d in ("uniform", "variational")]
-CASES += [("realnvp", "logit", "variational"), ("flowpp", "logit", "variational")]
+CASES += [("realnvp", "logit", "variational"), ("flowpp", "logit", "variational"), ("tarflow", "shift", "uniform")]
 
 
 @pytest.mark.parametrize("arch,preprocess,dequantization", CASES)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from nfgen.flows.base import Flow, Sequential
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
 from nfgen.flows.transformer import CausalTransformer, KVCache
+from nfgen.priors import LearnedGaussian
 
 SOLVERS = ("kv_cache", "recompute", "jacobi")  # how a block inverts: see AutoregressiveBlock.inverse
 
@@ -62,8 +63,8 @@ class AutoregressiveBlock(Flow):
     The log-scale is soft-clamped, ``alpha = c tanh(raw / c)`` with ``c = max_log_scale``: one
     block scales a value by at most ``e^c`` either way, so neither direction can overflow however
     the Transformer's output drifts, and the clamp is the identity near zero (where every block
-    starts: the output projection is zero-initialised). ``scale="additive"`` is the
-    volume-preserving variant: shifts only, log-det zero.
+    starts: the output projection is zero-initialised). ``scale="additive"`` is the paper's
+    volume-preserving variant: shifts only, log-det zero (the body then learns the prior's scale).
 
     The inverse is sequential over tokens. ``solver`` chooses how: ``kv_cache`` (each token is one
     Transformer step against the cached keys and values of the tokens before), ``recompute``
@@ -201,4 +202,8 @@ def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequenc
                             mlp_ratio=mlp_ratio, solver=solver, jacobi_tol=jacobi_tol)
         for k, n in enumerate(layers)
     ]
+    if scale == "additive":
+        # Shifts alone cannot change volume, so the latent's scale is learned in the prior (the
+        # paper's code learns the prior's variance in this mode too).
+        flows.append(LearnedGaussian((d, *size)))
     return MultiScaleFlow([Level(Sequential(*flows), shape, (d, *size), split=False)])

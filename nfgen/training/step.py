@@ -38,11 +38,25 @@ def cpu_has_native_bf16() -> bool:
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
-    """Adam runs as one fused kernel over all parameters (CPU and CUDA, torch >= 2.4): a
-    per-parameter loop costs ~5% of a small Glow's CPU step. Adamax has no fused kernel."""
+    """Adam and AdamW run as one fused kernel over all parameters (CPU and CUDA, torch >= 2.4):
+    a per-parameter loop costs ~5% of a small Glow's CPU step. Adamax has no fused kernel."""
+    betas = tuple(t.betas)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-    return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=t.lr, betas=betas, weight_decay=t.weight_decay, fused=True)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=betas, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.Adamax(params, lr=t.lr, betas=betas, weight_decay=t.weight_decay, foreach=True)
+
+
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """The learning rate at ``step`` as a fraction of ``t.lr``: a linear warm-up over
+    ``warmup_steps``, then constant, or a cosine decay reaching ``final_lr_factor`` at
+    ``max_steps`` (a resumed run with more ``max_steps`` continues on the longer curve)."""
+    factor = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+    if t.schedule == "cosine":
+        done = min(1.0, max(0.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)))
+        factor *= t.final_lr_factor + (1 - t.final_lr_factor) * 0.5 * (1 + math.cos(math.pi * done))
+    return factor
 
 
 def make_forward(model: nn.Module, t: TrainConfig) -> nn.Module:

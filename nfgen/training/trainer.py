@@ -35,7 +35,7 @@ from nfgen.training.checkpoint import (
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import cpu_has_native_bf16, initialize, make_forward, make_optimizer, train_step
+from nfgen.training.step import cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
 
 
@@ -108,9 +108,8 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _lr_factor(self, step: int) -> float:
-        """Linear warm-up, times the rollbacks' reduction."""
-        warmup = self.t.warmup_steps
-        return self.progress.lr_scale * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        """The schedule (warm-up, then constant or cosine), times the rollbacks' reduction."""
+        return self.progress.lr_scale * lr_factor(step, self.t)
 
     def _make_ema(self) -> None:
         # Created after the first update, so the copy holds initialised actnorm buffers.
