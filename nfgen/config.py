@@ -147,8 +147,6 @@ class TarflowConfig(_ArchSection):
     mlp_ratio: int = 4  # MLP hidden width / width
     scale: Literal["affine", "additive"] = "affine"  # additive: volume-preserving (shifts only)
     max_log_scale: float = 4.0  # |log-scale| per block is soft-clamped below this
-    solver: Literal["kv_cache", "recompute", "jacobi"] = "kv_cache"  # how sampling inverts a block
-    jacobi_tol: float = 1e-6  # jacobi: stop when no value moves more than this
 
     def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
         c, h, w = image_shape
@@ -162,7 +160,6 @@ class TarflowConfig(_ArchSection):
                f"{where}.width must be a multiple of {where}.heads (both >= 1), got {self.width} and {self.heads}")
         _check(1 <= self.mlp_ratio <= 64, f"{where}.mlp_ratio must be in 1..64, got {self.mlp_ratio}")
         _check(0 < self.max_log_scale <= 20, f"{where}.max_log_scale must be in (0, 20], got {self.max_log_scale}")
-        _check(0 <= self.jacobi_tol <= 1, f"{where}.jacobi_tol must be in [0, 1], got {self.jacobi_tol}")
         tokens = (h // self.patch) * (w // self.patch)
         _check(tokens >= 2, f"{where}.patch {self.patch} leaves a single token: nothing to condition on; use a smaller patch")
 

@@ -49,8 +49,6 @@ LAYERS = {
     "tarflow_block": lambda: AutoregressiveBlock(C, (H, W), width=16, layers=2, heads=2),
     "tarflow_block_reversed": lambda: AutoregressiveBlock(C, (H, W), width=16, layers=1, heads=4, reverse=True),
     "tarflow_block_additive": lambda: AutoregressiveBlock(C, (H, W), width=8, layers=1, heads=1, scale="additive"),
-    "tarflow_block_jacobi": lambda: AutoregressiveBlock(C, (H, W), width=8, layers=1, heads=1, solver="jacobi",
-                                                        jacobi_tol=0.0),
 }
 
 

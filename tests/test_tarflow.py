@@ -8,7 +8,7 @@ from flow_harness import randomize
 
 import nfgen
 from nfgen.config import ConfigError, config_from_dict
-from nfgen.flows.tarflow import AutoregressiveBlock, build_tarflow, set_solver
+from nfgen.flows.tarflow import AutoregressiveBlock, build_tarflow, set_kv_cache
 
 
 def _model(**section):
@@ -16,21 +16,16 @@ def _model(**section):
     return randomize(model, 0.2).eval()
 
 
-def _sample(model, solver, seed=5):
-    set_solver(model, solver)
+def _sample(model, kv_cache, seed=5):
+    set_kv_cache(model, kv_cache)
     return model.sample_continuous(6, 1.0, torch.Generator().manual_seed(seed))
 
 
 def test_kv_cached_sampling_equals_recomputing_every_prefix():
     model = _model()
-    cached, recomputed = _sample(model, "kv_cache"), _sample(model, "recompute")
+    cached, recomputed = _sample(model, True), _sample(model, False)
     assert (cached - recomputed).abs().max().item() < 1e-12
     assert torch.equal(model._to_images(cached), model._to_images(recomputed))
-
-
-def test_jacobi_iteration_reaches_the_sequential_images():
-    model = _model(solver="jacobi", jacobi_tol=1e-10)
-    assert (_sample(model, "jacobi") - _sample(model, "kv_cache")).abs().max().item() < 1e-8
 
 
 def test_a_block_is_autoregressive_in_its_direction():
@@ -77,7 +72,7 @@ def test_layers_per_block_give_the_deep_shallow_design():
     ({"blocks": 4, "layers": [2, 1]}, "one per block"),
     ({"width": 10, "heads": 4}, "multiple of model.tarflow.heads"),
     ({"max_log_scale": 0}, "max_log_scale must be in (0, 20]"),
-    ({"solver": "newton"}, "is not one of"),
+    ({"scale": "spline"}, "is not one of"),
     ({"hidden": 8}, "unknown key 'model.tarflow.hidden'"),
 ])
 def test_bad_sections_are_one_line_errors(section, message):
