@@ -13,7 +13,7 @@ from archs import tiny_model
 from datasets import digits, write_image_folder
 
 
-@pytest.mark.parametrize("arch", ["glow", "flowpp"])  # RealNVP adds no code path of its own here
+@pytest.mark.parametrize("arch", ["glow", "flowpp", "tarflow"])  # RealNVP adds no code path of its own here
 def test_two_process_run_matches_single_process(tmp_path, arch):
     write_image_folder(tmp_path / "data", list(digits(8)[:56]), split_dirs=True, n_test=8)
     cfg = {
