@@ -36,7 +36,7 @@ class Metric:
 
 
 LIKELIHOOD = Metric("bpd", "bits/dim")
-NOISY_NLL = Metric("noisy_nll", "noisy-image NLL (bits/dim units; Gaussian noise, no likelihood)")
+NOISY_NLL = Metric("noisy_nll", "noisy-image NLL in bits/dim (not a likelihood)")
 
 
 def metric(generation: bool) -> Metric:
