@@ -14,7 +14,7 @@ import typer
 
 from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
 from nfgen.data import SPLITS, DataError, load_split, make_loader
-from nfgen.evaluate import evaluate_bpd
+from nfgen.evaluate import NotALikelihoodError, check_likelihood, evaluate_bpd, metric
 from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import save_grid
 from nfgen.model import ImageFlow
@@ -72,7 +72,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         _fail(str(e), 2)
-    except (DataError, CheckpointError, DivergenceError, FloatingPointError) as e:
+    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError) as e:
         _fail(str(e))
     except TrainingInterrupted as e:
         typer.echo(str(e), err=True)
@@ -144,7 +144,8 @@ def train(
         folder = run_dir_for(cfg, run_dir)
         bpd = train_run(cfg, folder, resume=resume, overwrite=overwrite, progress=progress)
         if is_main_process():
-            typer.echo(f"done: test bits/dim {bpd:.4f}; checkpoints in {folder / 'checkpoints'}")
+            typer.echo(f"done: test {metric(cfg.dequantization.kind == 'gaussian').text} {bpd:.4f}; "
+                       f"checkpoints in {folder / 'checkpoints'}")
 
 
 @app.command()
@@ -156,6 +157,8 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     nrow: Annotated[int | None, typer.Option(help="Images per grid row (default: square).")] = None,
     each: Annotated[Path | None, typer.Option(help="Also write every sample as its own PNG here.")] = None,
+    denoise: Annotated[bool, typer.Option(help="A model trained with Gaussian noise: one Tweedie denoising "
+                                          "step (--no-denoise: the raw, noisy samples).")] = True,
     overwrite: Overwrite = False,
     device: Device = "auto",
 ) -> None:
@@ -171,13 +174,15 @@ def sample(
         model, _ = _trained(ckpt, None, device)
         _output(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-        images = model.sample(n, temperature, generator=generator)
+        denoised = denoise and model.noise_sigma is not None
+        images = model.sample(n, temperature, generator=generator, denoise=denoised)
         save_grid(images, out, nrow)
         if each is not None:
             each.mkdir(parents=True, exist_ok=True)
             for i, image in enumerate(images):
                 save_grid(image[None], _output(each / f"{i:05d}.png", overwrite), 1)
-        typer.echo(f"wrote {n} samples at temperature {temperature:g} to {out}")
+        how = f", denoised by one Tweedie step (sigma {model.noise_sigma:g})" if denoised else ""
+        typer.echo(f"wrote {n} samples at temperature {temperature:g}{how} to {out}")
 
 
 @app.command("eval-bpd")
@@ -197,9 +202,10 @@ def eval_bpd(
         _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
         _split(split)
         check_device_name(device)
+        model, cfg = _trained(ckpt, set_, device)
+        check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
         if json_out is not None:
             _output(json_out, overwrite)
-        model, cfg = _trained(ckpt, set_, device)
         data = load_split(cfg, split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)

@@ -198,7 +198,13 @@ _LEGACY_DEFAULTS = {"levels": 3, "steps": 32, "hidden": 512, "blocks": 8, "coupl
 
 @dataclass(frozen=True)
 class DequantizationConfig:
-    kind: Literal["uniform", "variational"] = "uniform"
+    # uniform | variational: likelihood mode (exact bits/dim of the discrete image).
+    # gaussian: generation mode (TarFlow, Zhai et al., 2025): noise N(0, sigma^2) on the bin centres,
+    # and samples denoised by one Tweedie step; its numbers are no likelihood of the discrete image.
+    kind: Literal["uniform", "variational", "gaussian"] = "uniform"
+    # gaussian: the noise std on nfgen's image scale, where the image spans [0, 1) (u-space, and the
+    # same after preprocess: shift); a paper's sigma on [-1, 1] data is twice this (TarFlow's 0.05 -> 0.025).
+    sigma: float = 0.0  # 0: unset (every other kind)
     # variational: q(eps | x) is a flow of checkerboard couplings conditioned on features of x
     steps: int = 4  # couplings in q(eps | x)
     hidden: int = 32  # conditioner width
@@ -346,6 +352,25 @@ def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
            f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")
 
 
+# The largest dequantization.sigma: noise of std half the image's range has drowned the image.
+MAX_SIGMA = 0.5
+
+
+def _validate_noise(dq: DequantizationConfig, m: ModelConfig) -> None:
+    """Gaussian noise (generation mode) needs its sigma, and the shift preprocessing: the noisy
+    image leaves [0, 1), where the logit is undefined. A sigma under another kind is an error."""
+    if dq.kind != "gaussian":
+        _check(dq.sigma == 0, f"dequantization.sigma is the noise std of kind gaussian, but kind is {dq.kind}: "
+                              "remove it, or set dequantization.kind: gaussian")
+        return
+    _check(0 < dq.sigma <= MAX_SIGMA,
+           f"dequantization.sigma must be in (0, {MAX_SIGMA}] with kind gaussian (the noise std on the [0, 1) "
+           f"image scale; TarFlow's 0.05 on [-1, 1] is 0.025 here), got {dq.sigma:g}{' (unset)' if dq.sigma == 0 else ''}")
+    _check(m.preprocess == "shift",
+           "dequantization.kind gaussian needs model.preprocess: shift (Gaussian noise takes pixels "
+           "outside [0, 1), where the logit is undefined)")
+
+
 def validate(cfg: Config) -> Config:
     """Value ranges and combinations that cannot work."""
     cfg = _arch_sections(cfg)
@@ -356,6 +381,7 @@ def validate(cfg: Config) -> Config:
     _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
     _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
     m.options.validate(f"model.{m.arch}", tuple(m.image_shape), t.memory_saving)
+    _validate_noise(dq, m)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
     _check_couplings("dequantization", dq, memory_saving=False)
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")

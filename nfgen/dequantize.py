@@ -1,8 +1,14 @@
 """Dequantization: from integer pixels to ``u = (x + eps) / K`` in ``[0, 1)``, returning the
-correction term ``log q(eps | x)`` that the likelihood bound needs (zero for uniform noise)."""
+correction term ``log q(eps | x)`` that the likelihood bound needs (zero for uniform noise).
+
+Uniform and variational noise stay inside each pixel's bin, so the model's density bounds the
+likelihood of the discrete image (likelihood mode). Gaussian noise (generation mode) does not:
+``sigma`` says which mode a dequantizer is in (None: likelihood mode).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +31,8 @@ class UniformDequantizer(nn.Module):
     each use their slice of one global draw and see exactly the noise a single process would.
     """
 
+    sigma: float | None = None  # no Gaussian noise: likelihood mode
+
     @staticmethod
     def draw_noise(shape: tuple[int, ...], like: Tensor) -> Tensor:
         return torch.rand(shape, dtype=like.dtype, device=like.device)
@@ -43,6 +51,8 @@ class VariationalDequantizer(nn.Module):
     The couplings' elementwise transform (``coupling``) and ``conditioner`` are named choices,
     as in the bodies (default: affine with Glow's net; Flow++ uses its own coupling flow here).
     """
+
+    sigma: float | None = None  # no Gaussian noise: likelihood mode
 
     def __init__(self, shape: Shape, steps: int = 4, hidden: int = 32, coupling: str = "affine",
                  conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
@@ -72,3 +82,29 @@ class VariationalDequantizer(nn.Module):
         # log d sigmoid(y)/dy = log sigmoid(y) + log sigmoid(-y)
         log_q = log_n - logdet + (F.softplus(-y) + F.softplus(y)).flatten(1).sum(1)
         return (x + torch.sigmoid(y)) / levels, log_q
+
+
+class GaussianDequantizer(nn.Module):
+    """Gaussian noise augmentation (TarFlow: Zhai et al., 2025): ``u = (x + 1/2) / K
+    + sigma * n`` with ``n ~ N(0, I)``, the noise on the bin centre in ``u``'s scale (the image
+    spans [0, 1)). ``log q`` is zero: the model is fitted to the density of the noisy continuous
+    image itself, which is no bound on the discrete image's likelihood (the noise leaves the
+    bin), so this is generation mode; samples are denoised by one Tweedie step with ``sigma``
+    (``ImageFlow.denoise``)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        if not 0 < sigma < math.inf:
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        self.sigma = sigma
+
+    @staticmethod
+    def draw_noise(shape: tuple[int, ...], like: Tensor) -> Tensor:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+    def forward(self, x: Tensor, levels: int, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n = self.draw_noise(x.shape, x) if noise is None else noise
+        return (x + 0.5) / levels + self.sigma * n, x.new_zeros(x.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma:g}"

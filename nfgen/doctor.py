@@ -116,7 +116,7 @@ def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
     ref = next(model.parameters())
     with _seeded(seed, ref.device):
         try:
-            u = model.sample_continuous(n)
+            u = model.sample_continuous(n, denoise=False)  # generation mode: the noisy images it was fitted to
         except RuntimeError as e:
             problems.append(f"sampling failed ({_first_line(e)}); blocks checked on uniform noise")
             u = torch.rand(n, *model.shape, dtype=ref.dtype, device=ref.device)

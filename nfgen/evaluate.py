@@ -1,4 +1,4 @@
-"""Bits per dimension over a data split, with its standard error."""
+"""Bits per dimension over a data split, with its standard error; what the number is called."""
 
 from __future__ import annotations
 
@@ -10,6 +10,38 @@ import torch
 from tqdm import tqdm
 
 from nfgen.model import ImageFlow
+
+
+class NotALikelihoodError(ValueError):
+    """Bits/dim asked of a model trained with Gaussian noise (generation mode), which has none."""
+
+
+def check_likelihood(model: ImageFlow) -> None:
+    """Refuse, in one line saying why, to measure bits/dim of a generation-mode model."""
+    if model.noise_sigma is not None:
+        raise NotALikelihoodError(
+            f"this model was trained with Gaussian noise augmentation (sigma {model.noise_sigma:g}): its density "
+            "is of the noisy continuous image, not a likelihood of the discrete image, so it has no bits/dim; "
+            "train with dequantization.kind uniform or variational to measure bits/dim")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What training's per-image number is called: bits/dim of the discrete image (likelihood
+    mode), or the noisy image's negative log-density in the same units (generation mode),
+    which ``bpd`` would misname. Either way lower is better, and best.pt is chosen by it."""
+
+    tag: str  # TensorBoard tags (train/<tag>, test/<tag>), the progress bar, the checkpoint
+    text: str  # in sentences: "test <text> 3.1234"
+
+
+LIKELIHOOD = Metric("bpd", "bits/dim")
+NOISY_NLL = Metric("noisy_nll", "noisy-image NLL in bits/dim (not a likelihood)")
+
+
+def metric(generation: bool) -> Metric:
+    """The metric of a model in generation mode (Gaussian noise) or likelihood mode."""
+    return NOISY_NLL if generation else LIKELIHOOD
 
 
 @dataclass(frozen=True)
@@ -27,7 +59,8 @@ class BpdResult:
 @torch.no_grad()
 def bpd_values(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
                max_batches: int = 0, progress: bool = False) -> torch.Tensor:
-    """Per-image bits/dim (float64, CPU) over ``batches``; ``max_batches`` > 0 stops early."""
+    """Per-image bits/dim (float64, CPU) over ``batches``; ``max_batches`` > 0 stops early.
+    In generation mode the noisy-image NLL (``Metric``), which training logs."""
     model.eval()
     values = []
     for i, x in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
@@ -50,5 +83,7 @@ def summarize(bpd: torch.Tensor, dims: int) -> BpdResult:
 def evaluate_bpd(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
                  max_batches: int = 0, progress: bool = False) -> BpdResult:
     """Exact bits/dim (the dequantization bound, or its importance-weighted estimate with
-    ``n_samples`` > 1) over every image of ``batches``."""
+    ``n_samples`` > 1) over every image of ``batches``; a generation-mode model is refused
+    (``NotALikelihoodError``): it has no bits/dim."""
+    check_likelihood(model)
     return summarize(bpd_values(model, batches, n_samples, max_batches, progress), model.dims)

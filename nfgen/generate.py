@@ -39,13 +39,15 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
 
 @torch.no_grad()
 def interpolate(model: ImageFlow, x_a: Tensor, x_b: Tensor, steps: int,
-                spherical: bool = False) -> Tensor:
+                spherical: bool = False, denoise: bool | None = None) -> Tensor:
     """Rows ``[x_a, decode(z(t_1)), ..., decode(z(t_steps)), x_b]`` with ``t`` from 0 to 1,
-    interpolating the latent of every scale. Returns uint8 ``[pairs, steps + 2, C, H, W]``."""
+    interpolating the latent of every scale; each decoded point is denoised as the model's
+    samples are (``ImageFlow.denoises``). Returns uint8 ``[pairs, steps + 2, C, H, W]``."""
     za, zb = model.encode(x_a), model.encode(x_b)
+    denoise = model.denoises(denoise)
     rows = [x_a.to(za[0].device)]
     for t in torch.linspace(0, 1, steps).tolist():
         mix = [slerp(a, b, t) if spherical else torch.lerp(a, b, t) for a, b in zip(za, zb)]
-        rows.append(model.decode(mix))
+        rows.append(model.decode(mix, denoise))
     rows.append(x_b.to(za[0].device))
     return torch.stack(rows, dim=1)

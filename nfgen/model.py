@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.config import Config, config_from_dict
-from nfgen.dequantize import UniformDequantizer, VariationalDequantizer
+from nfgen.dequantize import GaussianDequantizer, UniformDequantizer, VariationalDequantizer
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow
@@ -28,7 +28,9 @@ class ImageFlow(nn.Module):
 
     The model keeps the top ``n_bits`` bits of each pixel (Glow trains on 5-bit images), so the
     data has ``K = 2**n_bits`` levels per dimension and all likelihoods are those of the
-    ``n_bits`` image.
+    ``n_bits`` image (likelihood mode: uniform or variational dequantization). With Gaussian noise
+    (generation mode, ``noise_sigma`` set) the model's density is that of the noisy continuous
+    image instead, and samples are denoised by one Tweedie step (``denoise``).
 
     ``channels_last`` (set with the body's squeezes by ``set_channels_last``) hands the body its
     input and latents in channels-last memory order, which oneDNN and cuDNN convolutions run
@@ -54,6 +56,12 @@ class ImageFlow(nn.Module):
     def dims(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def noise_sigma(self) -> float | None:
+        """The std of the Gaussian noise the model was trained on, in ``u``'s scale (generation
+        mode), or None (likelihood mode); asked of the dequantizer."""
+        return getattr(self.dequantizer, "sigma", None)
+
     def _ref(self) -> Tensor:
         return next(self.parameters())
 
@@ -75,13 +83,18 @@ class ImageFlow(nn.Module):
         q = torch.floor(u * self.levels).clamp(0, self.levels - 1)
         return (q * 2 ** (8 - self.n_bits)).to(torch.uint8)
 
-    def _bound(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        """One-draw lower bound on log P(x) in nats, per image (x: integer levels)."""
-        u, log_q = self.dequantizer(x, self.levels, noise)
+    def log_density(self, u: Tensor) -> Tensor:
+        """The model's log-density of continuous images ``u`` (``u``-space, where the image spans
+        [0, 1)), in nats per image: the prior plus every log-det (preprocessing and body)."""
         y, logdet_pre = self.preprocess(u)
         zs, logdet_body = self.body(to_layout(y, self.channels_last))
-        log_p_u = standard_normal_log_prob(zs) + logdet_pre + logdet_body
-        return log_p_u - log_q - self.dims * math.log(self.levels)
+        return standard_normal_log_prob(zs) + logdet_pre + logdet_body
+
+    def _bound(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """One-draw lower bound on log P(x) in nats, per image (x: integer levels); in generation
+        mode the log-density of the noisy image in pixel-level units (``log q`` is zero)."""
+        u, log_q = self.dequantizer(x, self.levels, noise)
+        return self.log_density(u) - log_q - self.dims * math.log(self.levels)
 
     def log_prob(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096,
                  noise: Tensor | None = None) -> Tensor:
@@ -91,9 +104,16 @@ class ImageFlow(nn.Module):
         importance-weighted estimate ``log mean_k exp(bound_k)`` over ``n_samples`` draws,
         evaluated ``max_batch`` rows at a time. ``noise`` fixes the dequantizer's base noise
         (one draw; see ``draw_noise``).
+
+        Generation mode (Gaussian noise): the log-density of one noisy draw ``(x + 1/2 + K sigma n)``
+        in pixel-level units, the training objective; not a likelihood of the discrete image (the
+        noise leaves the pixel's bin), so there is no importance-weighted estimate of one.
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if n_samples > 1 and self.noise_sigma is not None:
+            raise ValueError("n_samples > 1 estimates the likelihood of the discrete image, which a model "
+                             "trained with Gaussian noise does not give; use n_samples=1")
         x = self._reduce(x)
         if n_samples == 1:
             return self._bound(x, noise)
@@ -107,7 +127,8 @@ class ImageFlow(nn.Module):
         return torch.logsumexp(torch.cat(bounds), dim=0) - math.log(n_samples)
 
     def bits_per_dim(self, x: Tensor, n_samples: int = 1, noise: Tensor | None = None) -> Tensor:
-        """Per-image bits per dimension, ``-log P(x) / (D ln 2)``."""
+        """Per-image bits per dimension, ``-log P(x) / (D ln 2)`` (generation mode: the noisy
+        image's negative log-density in the same units; see ``log_prob``)."""
         return -self.log_prob(x, n_samples, noise=noise) / (self.dims * math.log(2))
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -128,26 +149,60 @@ class ImageFlow(nn.Module):
         zs = [to_layout(z, self.channels_last) for z in zs]
         return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
 
-    def decode(self, zs: list[Tensor]) -> Tensor:
-        """uint8 images from latents; ``decode(encode(x)) == x`` for n_bits images."""
-        return self._to_images(self._to_unit(zs))
+    def decode(self, zs: list[Tensor], denoise: bool = False) -> Tensor:
+        """uint8 images from latents; ``decode(encode(x)) == x`` for n_bits images. ``denoise``
+        applies the Tweedie step first (generation mode's samples and interpolations)."""
+        u = self._to_unit(zs)
+        return self._to_images(self.denoise(u) if denoise else u)
+
+    def denoises(self, denoise: bool | None = None) -> bool:
+        """Whether sampling denoises: ``denoise``, or by default in generation mode."""
+        return self.noise_sigma is not None if denoise is None else denoise
+
+    def score(self, u: Tensor, max_batch: int = 64) -> Tensor:
+        """``grad_u log p(u)``, the model's score in ``u``-space, by autograd ``max_batch`` images
+        at a time, in the model's own dtype (autocast off: a bf16 gradient would be too coarse
+        for a step of size sigma^2). Works under ``no_grad`` and ``inference_mode``."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        grads = []
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(u.device.type, enabled=False):
+            for chunk in u.split(max_batch):
+                leaf = chunk.detach().clone().requires_grad_(True)  # a clone: u may be an inference tensor
+                (grad,) = torch.autograd.grad(self.log_density(leaf).sum(), leaf)
+                grads.append(grad)
+        return torch.cat(grads)
+
+    def denoise(self, u: Tensor, sigma: float | None = None, max_batch: int = 64) -> Tensor:
+        """One Tweedie step, ``u + sigma^2 grad_u log p(u)``: for ``u = c + sigma n`` with
+        ``n ~ N(0, I)``, the posterior mean ``E[c | u]`` under the density of the noisy images,
+        which the model learned (Robbins, 1956; Efron, 2011; TarFlow's denoising, Zhai et al.,
+        2025). ``sigma``: the model's own (``noise_sigma``) unless given."""
+        sigma = self.noise_sigma if sigma is None else sigma
+        if sigma is None:
+            raise ValueError("this model was trained without Gaussian noise (likelihood mode): "
+                             "there is no sigma to denoise with; give one")
+        return (u + sigma**2 * self.score(u, max_batch)).detach()
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """``n`` uint8 images, latents drawn from ``N(0, temperature^2 I)``."""
-        return self._to_images(self.sample_continuous(n, temperature, generator))
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               denoise: bool | None = None) -> Tensor:
+        """``n`` uint8 images, latents drawn from ``N(0, temperature^2 I)``; denoised by one
+        Tweedie step in generation mode (``denoise=False``: the raw samples)."""
+        return self._to_images(self.sample_continuous(n, temperature, generator, denoise))
 
     @torch.no_grad()
-    def sample_continuous(self, n: int, temperature: float = 1.0,
-                          generator: torch.Generator | None = None) -> Tensor:
-        """Samples in ``u``-space (before quantisation), for checking probability mass."""
+    def sample_continuous(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+                          denoise: bool | None = None) -> Tensor:
+        """Samples in ``u``-space (before quantisation), for checking probability mass; denoised
+        as ``sample`` says."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         ref = self._ref()
         zs = sample_standard_normal(self.body.latent_shapes, n, temperature, ref.device,
                                     ref.dtype, generator)
-        return self._to_unit(zs)
+        u = self._to_unit(zs)
+        return self.denoise(u) if self.denoises(denoise) else u
 
 
 # Each architecture's builder takes the image shape and the keys of its config section
@@ -172,9 +227,11 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()
+    elif dq.kind == "gaussian":
+        dequantizer = GaussianDequantizer(dq.sigma)
     else:
         options = dataclasses.asdict(dq)
-        del options["kind"]  # which dequantizer; the rest configures the variational one
+        del options["kind"], options["sigma"]  # which dequantizer, gaussian's noise; the rest configures the variational one
         dequantizer = VariationalDequantizer(shape, **options)
     model = ImageFlow(body, preprocess, dequantizer, m.n_bits)
     set_memory_saving(model, t.memory_saving)

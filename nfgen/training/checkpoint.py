@@ -36,7 +36,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # global batches of ``epoch`` already trained on
-    best_bpd: float = math.inf  # lowest test bits/dim so far (what best.pt holds)
+    best_bpd: float = math.inf  # lowest test bits/dim so far (what best.pt holds; generation mode: noisy-image NLL)
     bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, in total
     lr_scale: float = 1.0  # lowered by each rollback after a divergence
     rollbacks: int = 0

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError
-from nfgen.evaluate import bpd_values, summarize
+from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import grid, save_grid
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
@@ -97,6 +97,8 @@ class Trainer:
         self.consecutive_bad = 0  # not saved: a checkpoint is only written after a good step
         self.forward: torch.nn.Module = self.model
         self._stop_signal: int | None = None
+        # bits/dim, or in generation mode the noisy image's NLL: logs and checkpoints name which
+        self.metric = metric(self.model.noise_sigma is not None)
 
     # ----------------------------------------------------------------- state
     @property
@@ -128,6 +130,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "progress": self.progress.to_dict(),
             "rng": rng,
+            "metric": self.metric.tag,  # what the logs and progress.best_bpd measure: bpd | noisy_nll
         }
 
     def resume(self, state: TrainingState, path: Path) -> None:
@@ -276,7 +279,8 @@ class Trainer:
             finally:
                 batches.close()
         result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
-        self.logger.scalars({"test/bpd": result.bpd, "test/bpd_stderr": result.stderr}, self.step)
+        tag = self.metric.tag
+        self.logger.scalars({f"test/{tag}": result.bpd, f"test/{tag}_stderr": result.stderr}, self.step)
         if math.isfinite(result.bpd) and result.bpd < self.progress.best_bpd:
             previous, self.progress.best_bpd = self.progress.best_bpd, result.bpd  # best.pt records it
             if not self._side_save("best.pt"):  # every rank calls it (it waits for rank 0's write)
@@ -353,9 +357,9 @@ class Trainer:
                 images += self.t.batch_size * t.grad_accum  # global images per step
                 rate = images / max(time.perf_counter() - clock, 1e-9)
                 bar.update(1)
-                bar.set_postfix(bpd=f"{bpd:.3f}", img_s=f"{rate:.0f}")
+                bar.set_postfix({self.metric.tag: f"{bpd:.3f}", "img_s": f"{rate:.0f}"})
                 if self.step % t.log_every == 0 or self.step == 1:
-                    self.logger.scalars({"train/bpd": bpd, "train/grad_norm": grad_norm,
+                    self.logger.scalars({f"train/{self.metric.tag}": bpd, "train/grad_norm": grad_norm,
                                          "train/lr": self.scheduler.get_last_lr()[0],
                                          "train/images_per_sec": rate,
                                          "train/skipped_steps": self.progress.bad_steps}, self.step)
@@ -364,7 +368,7 @@ class Trainer:
                 if self.step % t.eval_every == 0 or done:
                     test_bpd = self.evaluate()
                     if self.rank.is_main:
-                        bar.write(f"step {self.step}: test bits/dim {test_bpd:.4f}")
+                        bar.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
                 if self.step % t.sample_every == 0 or done:
                     self.write_samples()
                 if self.consecutive_bad >= t.max_bad_steps:
