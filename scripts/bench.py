@@ -447,9 +447,9 @@ def table(report: dict) -> str:
 def describe_shape(report: dict) -> str:
     s = report["shape"]
     c, h, w = s["image_shape"]
-    lines = [f"shape: {s['arch']} L={s['levels']} levels x K={s['steps']} steps, hidden {s['hidden']}, "
-             f"input {c}x{h}x{w}, batch {s['batch']}, n_bits {s['n_bits']}, coupling {s['coupling']}, "
-             f"permutation {s['permutation']}"]
+    common = ("arch", "image_shape", "batch", "n_bits")
+    section = ", ".join(f"{k} {v}" for k, v in s.items() if k not in common and v not in ({}, None))
+    lines = [f"shape: {s['arch']}, input {c}x{h}x{w}, batch {s['batch']}, n_bits {s['n_bits']}; {section}"]
     for name in ("nfgen", "normflows"):
         if report[name]:
             acted = ", ".join("x".join(map(str, sh)) for sh in report[name]["level_shapes"])
