@@ -209,6 +209,8 @@ def parse_duration(value: float | str | None, what: str = "train.max_time") -> f
     ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""
     if value is None:
         return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
+        value = float(value)  # "600" (a command-line argument): seconds
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         m = _CLOCK.fullmatch(text) or _DURATION.fullmatch(text)

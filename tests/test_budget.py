@@ -46,10 +46,10 @@ class VirtualClock(ManualClock):
 # ------------------------------------------------------------------ parsing
 @pytest.mark.parametrize("value,seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400),
                                            ("10min", 600), ("1d", 86400), ("4:00:00", 14400), (600, 600),
-                                           (0.5, 0.5), (None, None)])
+                                           (0.5, 0.5), ("600", 600), (None, None)])
 def test_max_time_takes_seconds_or_a_duration(value, seconds):
     assert parse_duration(value) == seconds
-    assert config_from_dict({"train": {"max_time": value}}).train.max_time == value
+    assert parse_duration(config_from_dict({"train": {"max_time": value}}).train.max_time) == seconds
 
 
 @pytest.mark.parametrize("value,message", [("10x", "not a duration"), ("", "not a duration"), ("m", "not a duration"),
