@@ -18,9 +18,10 @@ counted.
   with a new share: a job's budget is its own), each ending with the trainer's final evaluation
   (the EMA weights if the config has them) and ``last.pt``. Exact resume makes the chain train
   what one job would. The race sets ``data.*`` to the MNIST files of ``--data`` (no download,
-  no loader workers), ``train.device``, ``train.seed``, and moves periodic evaluation, sample
-  grids and checkpoints out of the way (every 10^9 steps), so both contenders evaluate at the
-  same shares; the x-axis is ``Progress.train_seconds``.
+  no loader workers), ``train.device``, ``train.seed``, moves periodic evaluation, sample grids
+  and checkpoints out of the way (every 10^9 steps), so both contenders evaluate at the same
+  shares, and shrinks the trainer's sample grids to 4 images at T=1; the x-axis is
+  ``Progress.train_seconds``.
 - normflows contender (``--normflows``, ``pip install -e '.[bench]'``): its Glow example's model
   (``scripts/bench.py``'s ``build_normflows_glow``) at L=3, K=8, hidden 128 on MNIST zero-padded
   to 1x32x32, batch 64, Adam at 1e-3, uniform dequantization, its example's step (skip a
@@ -94,7 +95,8 @@ def race_sets(spec: dict) -> list[str]:
     """What the race fixes in an nfgen config (the contender's own ``--set`` come after)."""
     return [f"data.root={spec['data']}", "data.dataset=mnist", "data.download=false", "data.num_workers=0",
             f"train.device={spec['device']}", f"train.seed={spec['seed']}", "train.eval_batches=0",
-            f"train.eval_every={NEVER}", f"train.sample_every={NEVER}", f"train.checkpoint_every={NEVER}"]
+            f"train.eval_every={NEVER}", f"train.sample_every={NEVER}", f"train.checkpoint_every={NEVER}",
+            "train.sample_count=4", "train.sample_temperatures=[1.0]"]  # the race draws its own samples
 
 
 # ------------------------------------------------------------------ the workers (one process each)

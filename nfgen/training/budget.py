@@ -9,11 +9,12 @@ The rule, checked after every step: continue while
 
     elapsed + due now + slowest of the last ``STEP_WINDOW`` steps + ``RESERVE`` x final phase <= budget
 
-and otherwise run the final phase now. Each phase's cost is its latest measurement in this job
+and otherwise run the final phase now. Each phase's cost is its slowest measurement in this job
 (the trainer measures the final phase's parts once before the first step, see
-``Trainer._measure_final_phase``). The reserve covers a final phase slower than measured, the
-window a step slower than the recent ones; a longer stall (another process taking the machine)
-can still overrun, and the trainer then says by how much.
+``Trainer._measure_final_phase``): a stop that overruns a cluster's limit loses the job's work,
+one that comes a step early loses a step. The reserve covers a final phase slower than
+measured, the window a step slower than the recent ones; a longer stall (other processes taking
+the machine) can still overrun, and the trainer then says by how much.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ class Budget:
         return 0.0 if self.started is None else self.clock() - self.started
 
     def record(self, phase: str, seconds: float) -> None:
-        """A measured duration of ``"step"`` or one of ``PHASES``."""
+        """A measured duration of ``"step"`` or one of ``PHASES`` (whose slowest so far counts)."""
         if phase == "step":
             self.steps.append(seconds)
         else:
-            self.cost[phase] = seconds
+            self.cost[phase] = max(self.cost[phase], seconds)
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
