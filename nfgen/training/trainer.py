@@ -156,7 +156,7 @@ class Trainer:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
         self.load_state(state, path)
-        self.seconds_before = state.progress.train_seconds  # a rollback's reload keeps counting on
+        self.seconds_before = state.progress.train_seconds  # here, not in load_state: a rollback keeps the time spent
 
     def load_state(self, state: TrainingState, path: Path) -> None:
         restore_model(self.model, state.model, path)
