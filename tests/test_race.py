@@ -1,0 +1,94 @@
+"""scripts/race.py without the race: its arguments, its figures, its table, and one nfgen worker
+on tiny data (no timed assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import digits, write_mnist
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "race.py"
+
+
+@pytest.fixture(scope="module")
+def race():
+    spec = importlib.util.spec_from_file_location("race", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def mnist(tmp_path) -> Path:
+    write_mnist(tmp_path / "mnist", n_train=40, n_test=16, images=digits(28)[:56])
+    return tmp_path / "mnist"
+
+
+def test_bits_per_real_pixel_charges_padding_to_the_784_real_pixels(race):
+    # A 1x32x32 model at b bits per dim spends b * 1024 bits per image, over 784 real pixels.
+    nats = 1.5 * 1024 * math.log(2)
+    assert race.bits_per_real_pixel(nats) == pytest.approx(1.5 * 1024 / 784)
+
+
+def test_count_nonfinite_counts_samples_not_values(race):
+    draws = iter([torch.tensor([[1.0, math.nan, math.inf], [0.0, 1.0, 2.0]]), torch.tensor([[-math.inf, 0.0, 0.0]])])
+    assert race.count_nonfinite(lambda n: next(draws), n=3, chunk=2) == 2
+
+
+def test_each_set_belongs_to_the_config_before_it(race, capsys):
+    parser = race.make_parser()
+    args = parser.parse_args(["--budget", "1", "--config", "a.yaml", "--set", "x=1", "--set", "y=2", "--config", "b.yaml"])
+    assert args.contenders == [{"kind": "nfgen", "config": "a.yaml", "sets": ["x=1", "y=2"]},
+                               {"kind": "nfgen", "config": "b.yaml", "sets": []}]
+    assert race.label(args.contenders[0]) == "nfgen a.yaml x=1 y=2"
+    assert parser.parse_args(["--normflows"]).contenders == []  # the default list was not changed
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--set", "x=1", "--config", "a.yaml"])
+    assert "comes before any --config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config", "glow_mnist.yaml"], "give --budget"),
+    (["--budget", "10x", "--config", "glow_mnist.yaml"], "--budget: '10x' is not a duration"),
+    (["--budget", "5"], "nothing to race"),
+    (["--budget", "5", "--config", "glow_mnist.yaml", "--set", "model.glow.stepz=2"], "model.glow.stepz"),
+    (["--budget", "5", "--config", "glow_cifar.yaml"], "MNIST images are 1x28x28"),
+])
+def test_bad_input_is_one_line_before_any_contender_runs(race, mnist, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(race, "spawn", lambda spec: pytest.fail("a contender started"))
+    assert race.main([*argv, "--data", str(mnist)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_digits_say_how_to_write_them(race, tmp_path, capsys):
+    assert race.main(["--budget", "5", "--config", "glow_mnist.yaml", "--data", str(tmp_path / "none")]) == 2
+    assert "scripts/make_mnist.py" in capsys.readouterr().err
+
+
+def test_table_lists_each_point_and_the_nonfinite_counts(race):
+    result = {"contender": "nfgen x.yaml", "params": 1234, "skipped_steps": 0, "nonfinite_samples": {"1": 3, "0.7": 0},
+              "points": [{"seconds": 9.6, "step": 10, "bits_per_real_pixel": 2.5}]}
+    text = race.table({"points": 2, "results": [result]})
+    assert "50% of budget" in text and "100% of budget" in text
+    row = text.splitlines()[-1]
+    assert "2.5000 @10s" in row and row.split()[-2:] == ["3", "0"] and "1,234" in row
+
+
+def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp_path):
+    torch.set_default_dtype(torch.float32)
+    spec = {"kind": "nfgen", "config": "glow_mnist.yaml", "data": str(mnist), "budget": 2.0, "points": 2,
+            "device": "cpu", "threads": 1, "seed": 0, "run_dir": str(tmp_path / "run"),
+            "sets": ["model.image_shape=[1,28,28]", "model.glow.levels=2", "model.glow.steps=1", "model.glow.hidden=8",
+                     "train.batch_size=8", "train.sample_count=4"]}
+    result = race.nfgen_worker(spec)
+    points = result["points"]
+    assert len(points) == 2 and 1 <= points[0]["step"] < points[1]["step"]  # the second job resumed the first
+    assert points[0]["seconds"] < points[1]["seconds"]
+    assert all(np.isfinite(p["bits_per_real_pixel"]) for p in points)
+    assert set(result["nonfinite_samples"]) == {"1", "0.7"} and result["params"] > 0
