@@ -191,14 +191,14 @@ def training_stats(model: ImageFlow, cfg: Config, ckpt: Path, n_samples: int = 1
 def score_sets(model: ImageFlow, cfg: Config, ckpt: Path, sets: dict[str, Dataset[torch.Tensor]],
                codecs: Sequence[str] = ("png",), n_samples: int = 1, stats_images: int = 0, batch_size: int = 64,
                progress: bool = False, warn: Callable[[str], None] = print) -> tuple[TrainStats, dict[str, Measured]]:
-    """The training statistics (stored beside ``ckpt``) and every set measured, each with the
-    same seeded dequantization noise."""
-    stats = training_stats(model, cfg, ckpt, n_samples, stats_images, batch_size, progress, warn)
+    """Every set measured, each with the same seeded dequantization noise, then the training
+    statistics (stored beside ``ckpt``): an image of ``sets`` that cannot be decoded stops the
+    work before anything is written."""
     measured = {}
     for name, data in sets.items():
         torch.manual_seed(0)
         measured[name] = measure(model, data, name, codecs, n_samples, batch_size, cfg.data.num_workers, progress)
-    return stats, measured
+    return training_stats(model, cfg, ckpt, n_samples, stats_images, batch_size, progress, warn), measured
 
 
 @dataclass(frozen=True)
