@@ -316,24 +316,14 @@ def score(
         for c in codecs:
             if c not in CODECS:
                 raise ConfigError(f"--codec must be one of {', '.join(CODECS)}, got {c!r}")
-        if ood:
-            if split is not None or folder is not None:
-                raise ConfigError("with --ood, name the in-distribution set with --in (a split or a folder), "
-                                  "not --split/--folder")
-            hist = _image_path(hist or Path("score_hist.png"))
-        else:
-            if in_ is not None or hist is not None:
-                raise ConfigError("--in and --hist go with --ood FOLDER; to score one set give --split or --folder")
-            if split is not None and folder is not None:
-                raise ConfigError("give one of --split or --folder")
-            _split(split or "test")
-        if csv_out is not None and str(csv_out) == "-" and json_out is not None and str(json_out) == "-":
+        wanted, hist = _score_wanted(split, folder, in_, ood, hist)
+        to_stdout = [p for p in (csv_out, json_out) if p is not None and str(p) == "-"]
+        if len(to_stdout) > 1:
             raise ConfigError("--csv and --json cannot both be standard output")
         for path in (csv_out, json_out, hist):
             _fresh(path, overwrite)
         check_device_name(device)
         model, cfg = _trained(ckpt, set_, device)
-        wanted = [in_ or "test", *ood] if ood else [folder if folder is not None else split or "test"]
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
             name, data = _image_set(cfg, model.shape, where)
@@ -345,12 +335,12 @@ def score(
                                      lambda m: typer.echo(m, err=True))
         header = {"checkpoint": str(ckpt), "importance_samples": samples, "n_bits": cfg.model.n_bits,
                   "codecs": codecs, "train_mean_bpd": stats.mean, "scores": score_names(codecs)}
-        if ood:
+        if hist is not None:  # comparing sets: the table (on stderr when stdout carries data), JSON, picture
             in_name = next(iter(measured))
             report = {**header, **ood_report(measured, in_name, stats, codecs, batch_test_size)}
-            typer.echo(format_report(report))
+            typer.echo(format_report(report), err=bool(to_stdout))
             histogram({s: m.columns(stats.mean) for s, m in measured.items()}, in_name, score_names(codecs),
-                      _output(hist, True), f"{ckpt}: {in_name} against {len(ood)} other set(s)")
+                      _output(hist, True), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
             if json_out is not None:
                 with _opened(json_out) as f:
                     f.write(json.dumps(report, indent=2) + "\n")
@@ -358,10 +348,24 @@ def score(
         elif json_out is not None:
             with _opened(json_out) as f:
                 write_rows(measured, stats.mean, f, True, header)
-        if csv_out is not None or not (ood or (json_out is not None and str(json_out) == "-")):
+        if csv_out is not None or (hist is None and not to_stdout):  # one set: CSV on stdout by default
             with _opened(csv_out) as f:
                 write_rows(measured, stats.mean, f, False, header)
 
+
+def _score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,
+                  hist: Path | None) -> tuple[list[str | Path], Path | None]:
+    """The sets ``score`` reads (the in-distribution one first) and, when comparing, the picture."""
+    if ood:
+        if split is not None or folder is not None:
+            raise ConfigError("with --ood, name the in-distribution set with --in (a split or a folder), "
+                              "not --split/--folder")
+        return [in_ or "test", *ood], _image_path(hist or Path("score_hist.png"))
+    if in_ is not None or hist is not None:
+        raise ConfigError("--in and --hist go with --ood FOLDER; to score one set give --split or --folder")
+    if split is not None and folder is not None:
+        raise ConfigError("give one of --split or --folder")
+    return [folder if folder is not None else _split(split or "test")], None
 
 @app.command()
 def check(

@@ -194,6 +194,21 @@ def test_folder_images_are_converted_as_the_training_data(trained, tmp_path):
     assert len(scored["big"]) == 12 and np.isfinite(scored["big"]).all()
 
 
+def test_importance_weighted_scores_use_statistics_of_their_own(trained, tmp_path):
+    write_image_folder(tmp_path / "few", list(trained.real[-30:]), split_dirs=False)
+    stats = trained.ckpt.with_name(trained.ckpt.name + STATS_SUFFIX)
+    bpd = {}
+    for k in (1, 8):
+        result = nfgen("score", "--ckpt", trained.ckpt, "--device", "cpu", "--folder", tmp_path / "few",
+                       "--samples", k, "--stats-images", 40)
+        assert result.exit_code == 0, result.output
+        bpd[k] = np.array([float(r["bpd"]) for r in read_csv(result.stdout)])
+        stored = json.loads(stats.read_text())
+        assert stored["key"]["importance_samples"] == k and stored["n_images"] == 40
+    # log mean exp of 8 bounds is at least their mean: lower bits/dim, image by image on average.
+    assert bpd[8].mean() < bpd[1].mean()
+
+
 # --- bad inputs: one line, nothing written -------------------------------------------------------
 
 def bad_folders(root: Path) -> dict[str, tuple[Path, str]]:
