@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -111,7 +112,7 @@ class TrainStats:
         return float(self.bpd.std(ddof=1)) if len(self.bpd) > 1 else math.nan
 
     def summary(self) -> dict:
-        return {"mean_bpd": self.mean, "std_bpd": self.std, "n_images": len(self.bpd)}
+        return {"mean_bpd": self.mean, "std_bpd": None if math.isnan(self.std) else self.std, "n_images": len(self.bpd)}
 
 
 def stats_path(ckpt: Path) -> Path:
@@ -235,7 +236,7 @@ def batch_typicality(train_mean: float, calibration: np.ndarray, sets: dict[str,
     return BatchTest(batch_size, alpha, draws, epsilon, flagged)
 
 
-def write_rows(measured: dict[str, Measured], train_mean: float, out, as_json: bool, header: dict) -> None:
+def write_rows(measured: dict[str, Measured], train_mean: float, out: TextIO, as_json: bool, header: dict) -> None:
     """One row per image (the set's name first when there are several): CSV, or JSON with the
     ``header``'s fields beside the rows, to the text stream ``out``."""
     several = len(measured) > 1
