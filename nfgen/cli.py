@@ -7,13 +7,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import torch
 import typer
+from torch.utils.data import Dataset
 
+from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
-from nfgen.data import SPLITS, DataError, load_split, make_loader
+from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader
 from nfgen.evaluate import NotALikelihoodError, check_likelihood, evaluate_bpd, metric
 from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import save_grid
@@ -256,6 +258,121 @@ def interpolate(
         save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 
+
+def _image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
+    """A split of the run's data (train, test) or a folder of images, with its name."""
+    if isinstance(where, str) and where in SPLITS:
+        return where, load_split(cfg, where)
+    path = Path(where)
+    return path.name or str(path), load_folder(path, shape)
+
+
+def _fresh(path: Path | None, overwrite: bool) -> Path | None:
+    """An output that must not exist yet (unless --overwrite); created only once the work is done."""
+    if path is not None and str(path) != "-" and path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+    return path
+
+
+@contextmanager
+def _opened(path: Path | None) -> Iterator[TextIO]:
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        yield f
+
+
+@app.command()
+def score(
+    ckpt: Ckpt,
+    split: Annotated[str | None, typer.Option(help="Score a split of the run's data: train or test (the default).")] = None,
+    folder: Annotated[Path | None, typer.Option(help="Or score every image in this folder (recursively).")] = None,
+    in_: Annotated[str | None, typer.Option("--in", help="With --ood: the in-distribution set, a split or a "
+                                            "folder (default test).")] = None,
+    ood: Annotated[list[Path] | None, typer.Option(help="A folder of out-of-distribution images (repeatable): "
+                                                   "report how well each score tells it from --in.")] = None,
+    samples: Annotated[int, typer.Option(help="Dequantization draws per image; > 1 gives the importance-weighted bits/dim.")] = 1,
+    codec: Annotated[list[str] | None, typer.Option(help=f"Lossless codec of the complexity correction (repeatable): "
+                                                    f"{', '.join(CODECS)}.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the per-image rows here (default: standard "
+                                                 "output when scoring one set).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the rows (one set) or the report (--ood) as "
+                                                  "JSON; - for standard output.")] = None,
+    hist: Annotated[Path | None, typer.Option(help="With --ood: the histogram picture (default score_hist.png).")] = None,
+    batch_test_size: Annotated[int, typer.Option(help="Batch size of the batch typicality test (with --ood).")] = 10,
+    stats_images: Annotated[int, typer.Option(help="Training images the typicality statistics use (0: all).")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    device: Device = "auto",
+) -> None:
+    """Anomaly scores of images (higher = more anomalous): bits/dim, complexity-corrected bits/dim,
+    typicality; with --ood, AUROC / AUPR / FPR@95 of each against --in, and a histogram."""
+    from nfgen.ood_metrics import histogram
+    from nfgen.score import format_report, ood_report, score_names, score_sets, write_rows
+
+    with _user_errors():
+        _in_range("--samples", samples, 1, 65536)
+        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        _in_range("--batch-test-size", batch_test_size, 1, 65536)
+        _in_range("--stats-images", stats_images, 0, 2**31)
+        codecs = list(dict.fromkeys(codec or ["png"]))
+        for c in codecs:
+            if c not in CODECS:
+                raise ConfigError(f"--codec must be one of {', '.join(CODECS)}, got {c!r}")
+        wanted, hist = _score_wanted(split, folder, in_, ood, hist)
+        to_stdout = [p for p in (csv_out, json_out) if p is not None and str(p) == "-"]
+        if len(to_stdout) > 1:
+            raise ConfigError("--csv and --json cannot both be standard output")
+        for path in (csv_out, json_out, hist):
+            _fresh(path, overwrite)
+        check_device_name(device)
+        model, cfg = _trained(ckpt, set_, device)
+        check_likelihood(model)  # scores are built on bits/dim: a Gaussian-noise model has none
+        sets: dict[str, Dataset] = {}
+        for where in wanted:  # every image listed and its header read before any work
+            name, data = _image_set(cfg, model.shape, where)
+            while name in sets:
+                name += "+"
+            sets[name] = data
+        stats, measured = score_sets(model, cfg, ckpt, sets, codecs, samples, stats_images,
+                                     batch_size or cfg.train.batch_size, sys.stderr.isatty(),
+                                     lambda m: typer.echo(m, err=True))
+        header = {"checkpoint": str(ckpt), "importance_samples": samples, "n_bits": cfg.model.n_bits,
+                  "codecs": codecs, "train_mean_bpd": stats.mean, "scores": score_names(codecs)}
+        if hist is not None:  # comparing sets: the table (on stderr when stdout carries data), JSON, picture
+            in_name = next(iter(measured))
+            report = {**header, **ood_report(measured, in_name, stats, codecs, batch_test_size)}
+            typer.echo(format_report(report), err=bool(to_stdout))
+            histogram({s: m.columns(stats.mean) for s, m in measured.items()}, in_name, score_names(codecs),
+                      _output(hist, True), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
+            if json_out is not None:
+                with _opened(json_out) as f:
+                    f.write(json.dumps(report, indent=2) + "\n")
+            typer.echo(f"histogram: {hist}", err=True)
+        elif json_out is not None:
+            with _opened(json_out) as f:
+                write_rows(measured, stats.mean, f, True, header)
+        if csv_out is not None or (hist is None and not to_stdout):  # one set: CSV on stdout by default
+            with _opened(csv_out) as f:
+                write_rows(measured, stats.mean, f, False, header)
+
+
+def _score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,
+                  hist: Path | None) -> tuple[list[str | Path], Path | None]:
+    """The sets ``score`` reads (the in-distribution one first) and, when comparing, the picture."""
+    if ood:
+        if split is not None or folder is not None:
+            raise ConfigError("with --ood, name the in-distribution set with --in (a split or a folder), "
+                              "not --split/--folder")
+        return [in_ or "test", *ood], _image_path(hist or Path("score_hist.png"))
+    if in_ is not None or hist is not None:
+        raise ConfigError("--in and --hist go with --ood FOLDER; to score one set give --split or --folder")
+    if split is not None and folder is not None:
+        raise ConfigError("give one of --split or --folder")
+    return [folder if folder is not None else _split(split or "test")], None
 
 @app.command()
 def check(

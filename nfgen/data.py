@@ -292,7 +292,6 @@ def _folder_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: create it, or point data.root at your images")
-    c, h, w = cfg.model.image_shape
     has = {s: (root / s).is_dir() for s in SPLITS}
     if all(has.values()):
         files = _image_files(root / split)
@@ -315,7 +314,26 @@ def _folder_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
         n_test = min(max(round(len(files) * cfg.data.test_fraction), 1), len(files) - 1)
         held_out = set(sorted(files, key=lambda p: _hash_key(p, root))[:n_test])
         files = [p for p in files if (p in held_out) == (split == "test")]
+    return _checked_images(files, cfg.model.image_shape)
+
+
+def load_folder(root: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
+    """Every image under ``root`` (recursively, as ``_image_files`` lists them), converted and
+    resized to ``shape`` exactly as a folder split of that shape is: images of another mode or
+    size become the model's. For scoring images that are not a split of the model's data."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found: give a folder of images")
+    files = _image_files(root)
+    if not files:
+        raise DataError(f"no images in {root} (searched recursively for {', '.join(IMG_EXTENSIONS)}): "
+                        f"give a folder of images")
+    return _checked_images(files, shape)
+
+
+def _checked_images(files: list[Path], shape: tuple[int, int, int]) -> ImageFiles:
     _check_headers(files)
+    c, h, w = shape
     return ImageFiles(files, "L" if c == 1 else "RGB", (h, w))
 
 

@@ -201,6 +201,10 @@ def test_eval_bpd_refuses_a_gaussian_noise_model_in_one_line(gaussian_run):
     assert "Gaussian noise augmentation" in result.output and "not a likelihood of the discrete image" in result.output
     assert "dequantization.kind uniform or variational" in result.output
     assert not out.parent.exists()  # nothing written
+    # nfgen score ranks images by bits/dim too: the same refusal, nothing written.
+    result = cli("score", "--ckpt", run / "checkpoints" / "last.pt", "--split", "test", "--json", out)
+    assert result.exit_code == 1 and "not a likelihood of the discrete image" in result.output, result.output
+    assert not out.parent.exists() and not list(run.glob("checkpoints/*.json"))
 
 
 def test_sample_interpolate_check_and_exact_resume_through_the_cli(gaussian_run, tmp_path):
