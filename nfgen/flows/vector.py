@@ -19,6 +19,9 @@ from nfgen.flows.base import Flow
 
 # m(a) = -1 + softplus(a) is 0 at a = log(e - 1): a planar layer whose w^T u is this has u_hat = 0.
 _IDENTITY_WU = math.log(math.e - 1)
+# The least slope 1 + m tanh' of a planar layer along w: -1 + softplus(a) rounds to -1 below
+# a ~ -37 in float64 (~ -17 in float32), which would make the layer singular.
+MIN_SLOPE = 1e-6
 
 
 class Planar(Flow):
@@ -29,9 +32,11 @@ class Planar(Flow):
 
     Invertibility (appendix A.1): ``u_hat = u + (m(w^T u) - w^T u) w / |w|^2`` with
     ``m(a) = -1 + softplus(a)``, so ``w^T u_hat = m(w^T u) > -1`` for any raw ``u, w``, and as
-    ``0 < tanh' <= 1`` every ``1 + m tanh'`` is positive: ``f`` is a bijection. (In floats
-    softplus underflows to 0 below ``w^T u ~ -745`` in float64, where ``m = -1`` and the layer
-    turns singular at one point; ``w = 0`` is the identity.)
+    ``0 < tanh' <= 1`` every ``1 + m tanh'`` is positive: ``f`` is a bijection. In floats
+    ``-1 + softplus(a)`` rounds to -1 for very negative ``a``, so softplus is floored at
+    ``MIN_SLOPE``: every layer keeps a slope of at least 1e-6 along ``w`` (tested for any raw
+    parameters; ``w^T u_hat`` equals ``m`` to rounding relative to ``|w^T u|``). ``w = 0`` is the
+    identity.
 
     Inverse: along ``w`` the map is the scalar ``a -> a + m tanh(a + b)`` with ``a = w^T z``,
     strictly increasing, and the rest of ``z`` moves by ``u_hat tanh(a + b)``. So the inverse
@@ -62,7 +67,7 @@ class Planar(Flow):
     def constrained(self) -> tuple[Tensor, Tensor]:
         """``u_hat`` and ``m = w^T u_hat`` (> -1, computed as ``m(w^T u)``, not as the dot product)."""
         wu = self.w.dot(self.u)
-        m = -1 + F.softplus(wu)
+        m = -1 + F.softplus(wu).clamp(min=MIN_SLOPE)
         norm2 = self.w.dot(self.w)
         safe = torch.where(norm2 > 0, norm2, torch.ones_like(norm2))  # w = 0: no correction (and no 0/0)
         u_hat = self.u + torch.where(norm2 > 0, (m - wu) / safe, torch.zeros_like(norm2)) * self.w
