@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -206,6 +207,7 @@ def ring_run(tmp_path_factory):
 
 
 RING_MARGIN = 0.15  # nats: the bound after 400 steps must be this close to the quadrature log Z
+EIGHT_GAUSSIANS_MARGIN = 0.2  # nats: the test log-likelihood after 400 steps, below the true density's
 
 
 def test_a_short_ring_fit_lowers_the_reverse_kl_and_bounds_log_z(ring_run):
@@ -214,7 +216,7 @@ def test_a_short_ring_fit_lowers_the_reverse_kl_and_bounds_log_z(ring_run):
     assert "ELBO" in output and s["steps"] == 400 and s["skipped_steps"] == 0
     # Never above the truth by more than its Monte Carlo error (3 standard errors); close to it.
     assert s["elbo"] <= s["log_z_quadrature"] + 3 * s["elbo_stderr"]
-    assert s["reverse_kl"] < RING_MARGIN
+    assert s["reverse_kl"] < RING_MARGIN  # seeds 0-2 measured 0.038, 0.037, 0.022
     assert abs(s["log_z_importance"] - s["log_z_quadrature"]) < 0.05
     # The untrained flow (the same seed's initialisation) was far worse: training lowered the KL.
     torch.manual_seed(0)
@@ -231,7 +233,7 @@ def test_the_pictures_are_written_with_their_size_and_not_blank(ring_run):
     for name, size in (("density.png", (480, 144)), ("training.png", (400, 152))):
         with Image.open(run / "figures" / name) as im:
             assert im.size == size, name
-            pixels = torch.tensor(list(im.convert("L").getdata()), dtype=torch.float64)
+            pixels = torch.from_numpy(np.asarray(im.convert("L"))).double().flatten()
         assert pixels.std() > 20 and len(pixels.unique()) > 50, name  # drawn, not one flat colour
     tb = list((run / "tb").glob("events.out.tfevents.*"))
     assert tb and tb[0].stat().st_size > 10_000  # scalars and the two pictures
@@ -247,8 +249,9 @@ def test_a_short_likelihood_fit_of_eight_gaussians_nears_the_true_density(tmp_pa
     result = nfgen("density2d", "--config", config, "--run-dir", tmp_path / "run", "--no-progress")
     assert result.exit_code == 0, result.output
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    # The gap, true minus model log-likelihood on the same test points, estimates KL(p || q) >= 0.
-    assert -3 * s["gap_stderr"] < s["gap"] < 0.15
+    # The gap, true minus model log-likelihood on the same test points, estimates KL(p || q) >= 0
+    # (seeds 0-2 measured 0.086, 0.090, 0.109, each +-0.007).
+    assert -3 * s["gap_stderr"] < s["gap"] < EIGHT_GAUSSIANS_MARGIN
     assert abs(s["true_test_log_likelihood"] - s["test_log_likelihood"] - s["gap"]) < 1e-6
 
 

@@ -157,6 +157,7 @@ class _Training:
         """The density figure (target, learned, samples) and the training curve."""
         self.model.eval()
         n, box = self.cfg.eval.grid, self.target.box
+        bins = max(10, n // 4)  # histograms on a coarser grid: a few samples per cell are mostly noise
         points, _ = grid_points(box, n)
         learned = point_log_probs(self.model, points).exp().view(n, n)
         with self._forked():
@@ -173,11 +174,11 @@ class _Training:
             density = self.target.log_density(points).exp().view(n, n)
             title = f"true density ({self.target.name})"
             reference = float(self.target.log_density(self.target.test).double().mean())
-        else:
-            data = self.target.batch(self.cfg.eval.samples, torch.Generator().manual_seed(self.t.seed + 3))
-            density = histogram_density(data, box, n)
+        else:  # data are cheap: enough of them that the histogram's maximum, the colour scale, is stable
+            data = self.target.batch(max(self.cfg.eval.samples, 200_000), torch.Generator().manual_seed(self.t.seed + 3))
+            density = histogram_density(data, box, bins)
             title = f"data ({self.target.name}, histogram)"
-        fig = density_figure(density, learned, histogram_density(drawn, box, n), box, title, sample_title)
+        fig = density_figure(density, learned, histogram_density(drawn, box, bins), box, title, sample_title)
         return fig, training_figure(self.history, self.cfg.objective, reference)
 
     def write_pictures(self, final: bool) -> list[Path]:
