@@ -233,7 +233,7 @@ def test_the_pictures_are_written_with_their_size_and_not_blank(ring_run):
     for name, size in (("density.png", (480, 144)), ("training.png", (400, 152))):
         with Image.open(run / "figures" / name) as im:
             assert im.size == size, name
-            pixels = torch.from_numpy(np.asarray(im.convert("L"))).double().flatten()
+            pixels = torch.tensor(np.array(im.convert("L")), dtype=torch.float64).flatten()
         assert pixels.std() > 20 and len(pixels.unique()) > 50, name  # drawn, not one flat colour
     tb = list((run / "tb").glob("events.out.tfevents.*"))
     assert tb and tb[0].stat().st_size > 10_000  # scalars and the two pictures
