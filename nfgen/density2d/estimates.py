@@ -22,6 +22,11 @@ from nfgen.density2d.targets import EnergyTarget, SampleTarget
 CHUNK = 65_536  # points per batch for evaluations that need no gradient
 
 
+def chunk_sizes(n: int, size: int = CHUNK) -> list[int]:
+    """``n`` split into batches of at most ``size``."""
+    return [size] * (n // size) + ([n % size] if n % size else [])
+
+
 def grid_points(box: float, n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, float]:
     """The centres ``[n * n, 2]`` of an ``n x n`` grid of cells over ``[-box, box]^2`` (row
     ``i`` holds ``z2`` = the ``i``-th cell from the bottom, column ``j`` ``z1``), and a cell's area."""
@@ -68,10 +73,10 @@ def _mean_stderr(v: Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def log_weights(model: Density2D, target: EnergyTarget, n: int, generator: torch.Generator) -> Tensor:
+def log_weights(model: Density2D, target: EnergyTarget, n: int, generator: torch.Generator | None = None) -> Tensor:
     """``log p~(x) - log q(x)`` for ``n`` flow samples ``x ~ q``."""
     out = []
-    for size in [CHUNK] * (n // CHUNK) + ([n % CHUNK] if n % CHUNK else []):
+    for size in chunk_sizes(n):
         x, log_q = model.sample(size, generator)
         out.append(target.log_unnormalized(x) - log_q)
     return torch.cat(out).double()

@@ -29,6 +29,7 @@ from nfgen.density2d.config import Density2DConfig
 from nfgen.density2d.estimates import (
     Quadrature,
     QuadratureError,
+    chunk_sizes,
     energy_estimates,
     grid_points,
     log_weights,
@@ -162,7 +163,7 @@ class _Training:
         learned = point_log_probs(self.model, points).exp().view(n, n)
         with self._forked():
             torch.manual_seed(self.t.seed + 2)
-            drawn = torch.cat([self.model.sample(c)[0].cpu() for c in _chunks(self.cfg.eval.samples)])
+            drawn = torch.cat([self.model.sample(c)[0].cpu() for c in chunk_sizes(self.cfg.eval.samples)])
         sample_title = f"flow samples ({len(drawn):,}, histogram)"
         reference = None
         if isinstance(self.target, EnergyTarget):
@@ -258,10 +259,6 @@ class _Training:
         self.logger.scalars({k: v for k, v in numbers.items() if isinstance(v, float) and math.isfinite(v)}, self.step)
         _write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _chunks(n: int, size: int = 65_536) -> list[int]:
-    return [size] * (n // size) + ([n % size] if n % size else [])
 
 
 def _write_text(path: Path, text: str) -> None:
