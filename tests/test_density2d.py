@@ -238,6 +238,9 @@ def test_the_pictures_are_written_with_their_size_and_not_blank(ring_run):
     tb = list((run / "tb").glob("events.out.tfevents.*"))
     assert tb and tb[0].stat().st_size > 10_000  # scalars and the two pictures
     assert (run / "checkpoints" / "last.pt").is_file()
+    # The image commands refuse it by name, not with a puzzling config error.
+    result = nfgen("sample", "--ckpt", run / "checkpoints" / "last.pt", "--out", run / "x.png")
+    assert result.exit_code == 1 and "holds a 2-D flow of `nfgen density2d`" in result.output
 
 
 def test_a_short_likelihood_fit_of_eight_gaussians_nears_the_true_density(tmp_path):
