@@ -52,7 +52,7 @@ class _OneLineErrors(typer.core.TyperGroup):
 
 
 app = typer.Typer(
-    help="Train and use normalizing-flow image generators (Glow, RealNVP).",
+    help="Train and use normalizing-flow image generators (Glow, RealNVP), and 2-D flows you can look at.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
 
@@ -401,6 +401,32 @@ def check(
     typer.echo(format_report(report))
     typer.echo(verdict(report))
     raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+def density2d(
+    config: Annotated[str, typer.Option(help="YAML config: a path, or a shipped name such as ring_planar.yaml.")],
+    set_: Sets = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default runs/<name>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Start over in a run folder that holds a run.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Fit a 2-D flow to a target density (reverse KL) or to points (likelihood); write pictures and numbers."""
+    from nfgen.density2d.config import load_config as load_2d
+    from nfgen.density2d.train import train_density2d
+
+    with _user_errors():
+        cfg = load_2d(config, set_)
+        folder = Path(run_dir or cfg.run_dir or Path("runs") / cfg.name)
+        s = train_density2d(cfg, folder, overwrite=overwrite, progress=progress)
+        if s["objective"] == "energy":
+            typer.echo(f"done: log Z {s['log_z_quadrature']:.4f} (quadrature); ELBO {s['elbo']:.4f} ± {s['elbo_stderr']:.4f}, "
+                       f"importance-weighted {s['log_z_importance']:.4f} ± {s['log_z_importance_stderr']:.4f}; "
+                       f"reverse KL {s['reverse_kl']:.4f}; pictures in {folder / 'figures'}")
+        else:
+            true = f" (true density: {s['true_test_log_likelihood']:.4f})" if "true_test_log_likelihood" in s else ""
+            typer.echo(f"done: test log-likelihood {s['test_log_likelihood']:.4f} ± {s['test_log_likelihood_stderr']:.4f}"
+                       f"{true}; pictures in {folder / 'figures'}")
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type: part of this module's API)
     MAX_DEPTH,
     ConfigError,
@@ -22,6 +20,7 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type: par
     _section_type,
     apply_overrides,
     parse_override,
+    read_yaml,
 )
 
 
@@ -302,10 +301,8 @@ class Config:
         return plain(dataclasses.asdict(self))
 
 
-# Seeds feed torch's 64-bit generators after small arithmetic (seed * 100_003 + epoch); a config
-# file is a few hundred bytes.
+# Seeds feed torch's 64-bit generators after small arithmetic (seed * 100_003 + epoch).
 MAX_SEED = 2**32 - 1
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored: bool = False) -> dict[str, Any]:
@@ -483,24 +480,7 @@ def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (a path, or the bare name of a shipped one) and apply overrides."""
-    path = resolve_config_path(path)
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path} is {path.stat().st_size} bytes, not a config (a YAML file of a few "
-                              "hundred bytes); give the config file")
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a text file (not UTF-8); give a YAML config") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    data = read_yaml(resolve_config_path(path))
     # Old flat model options are moved into the arch's section before --set applies, so a flat
     # override (--set model.steps=8) replaces the file's value instead of clashing with it.
     data = apply_overrides(_migrate_model(data), overrides or [])

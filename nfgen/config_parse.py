@@ -10,6 +10,7 @@ import difflib
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
@@ -19,9 +20,11 @@ class ConfigError(ValueError):
     """A configuration that cannot work, with a message meant for the user."""
 
 
-# Integers beyond int64 overflow in torch; a config is sections of plain keys, a few levels deep.
+# Integers beyond int64 overflow in torch; a config is sections of plain keys, a few levels deep,
+# in a file of a few hundred bytes.
 MAX_INT = 2**62
 MAX_DEPTH = 8
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _suggest(key: str, valid: list[str], nested: dict[str, str] | None = None) -> str:
@@ -187,4 +190,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {text!r}: '{k}' is not a section")
             node = child
         node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; every way the file can be wrong is a ``ConfigError``."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is {path.stat().st_size} bytes, not a config (a YAML file of a few "
+                              "hundred bytes); give the config file")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8); give a YAML config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -28,8 +28,10 @@ def randomize(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
 
 
 def round_trip_tol(flow: torch.nn.Module) -> float:
-    """The loosest round-trip tolerance any transform inside states (``inverse_tol``)."""
-    return max([ROUND_TRIP_TOL] + [m.inverse_tol for m in flow.modules() if isinstance(m, ElementwiseTransform)])
+    """The loosest round-trip tolerance any transform or layer inside states (``inverse_tol``:
+    elementwise transforms, and flows with a numerical inverse such as the planar layer)."""
+    stated = [m.inverse_tol for m in flow.modules() if isinstance(m, (ElementwiseTransform, Flow)) and hasattr(m, "inverse_tol")]
+    return max([ROUND_TRIP_TOL] + stated)
 
 
 def check_round_trip(flow: Flow, x: Tensor, context: Tensor | None = None, tol: float = ROUND_TRIP_TOL) -> None:

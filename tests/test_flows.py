@@ -17,12 +17,13 @@ from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
 from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow, glow_step
-from nfgen.flows.nets import CONDITIONERS, ResidualBlock, glow_net, make_conditioner, resnet
+from nfgen.flows.nets import CONDITIONERS, ResidualBlock, glow_net, make_conditioner, mlp, resnet
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import Squeeze
 from nfgen.flows.tarflow import AutoregressiveBlock, Patchify, build_tarflow
 from nfgen.flows.transforms import TRANSFORMS, make_transform
+from nfgen.flows.vector import OnVectors, Planar, Radial
 from nfgen.priors import LearnedGaussian, SplitPrior
 
 for _module in pkgutil.iter_modules(nfgen.flows.__path__):  # every module that registers a transform
@@ -55,6 +56,24 @@ LAYERS = {
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer(name, device):
     check_flow(randomize(LAYERS[name]()).to(device), torch.randn(2, C, H, W, device=device))
+
+
+VECTORS = {  # flows over [B, D] vectors (nfgen density2d): (factory, D)
+    "planar": (lambda: Planar(2), 2),
+    "planar_5d": (lambda: Planar(5), 5),
+    "radial": (lambda: Radial(2), 2),
+    "radial_3d": (lambda: Radial(3), 3),
+    "planar_radial_stack": (lambda: Sequential(Planar(2), Radial(2), Inverse(Planar(2))), 2),
+    "couplings_on_vectors": (lambda: OnVectors(Sequential(glow_step(2, mlp(8, 1), "affine", "conv1x1_lu"),
+                                                          glow_step(2, mlp(8, 1), "spline", "reverse"))), 2),
+    "couplings_on_vectors_3d": (lambda: OnVectors(glow_step(3, mlp(8, 1), "logistic_mixture", "shuffle")), 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VECTORS))
+def test_vector_layer(name, device):
+    make, dim = VECTORS[name]
+    check_flow(randomize(make()).to(device), torch.randn(3, dim, device=device))
 
 
 MASKS = {

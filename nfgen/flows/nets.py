@@ -128,4 +128,33 @@ def resnet(hidden: int, blocks: int) -> NetFactory:
     return build
 
 
+class PerPixelMLP(nn.Module):
+    """A multilayer perceptron applied to the channels of every pixel (1x1 convolutions as
+    ``nn.Linear`` on the last axis); on vectors seen as ``[B, D, 1, 1]`` images, a plain MLP."""
+
+    def __init__(self, c_in: int, c_out: int, hidden: int, blocks: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(c_in, hidden), nn.SiLU()]  # smooth: a 2-D density has no kinks
+        for _ in range(blocks):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        last = nn.Linear(hidden, c_out)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.movedim(1, -1)).movedim(-1, 1)
+
+
+@register_conditioner("mlp")
+def mlp(hidden: int, blocks: int = 2) -> NetFactory:
+    """An MLP on each pixel's channels: ``Linear -> SiLU -> [Linear -> SiLU] x blocks -> zero
+    Linear``. The conditioner of 2-D flows (``nfgen density2d``); on images it sees no neighbours."""
+
+    def build(c_in: int, c_out: int) -> nn.Module:
+        return PerPixelMLP(c_in, c_out, hidden, blocks)
+
+    return build
+
+
 from nfgen.flows import attention  # noqa: E402,F401  (registers Flow++'s conditioner)

@@ -188,6 +188,9 @@ def remove_temp_files(folder: Path, targets: tuple[str, ...]) -> list[Path]:
 
 
 def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
+    if state.get("kind") == "density2d":  # the same file format, another kind of model
+        raise CheckpointError(f"{path} holds a 2-D flow of `nfgen density2d`, not an image model; "
+                              "its pictures and numbers are in its run folder")
     try:
         return config_from_dict(state["config"], drop_ignored=True)  # old nfgen stored options its arch ignored
     except (ConfigError, KeyError) as e:
