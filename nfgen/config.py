@@ -21,6 +21,8 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type: par
     apply_overrides,
     parse_override,
     read_yaml,
+    resolve_path,
+    shipped_names,
 )
 
 
@@ -492,15 +494,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "configs"
 
 
 def shipped_configs() -> list[str]:
-    return sorted(p.name for p in SHIPPED.glob("*.yaml"))
+    return shipped_names(SHIPPED)
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    for name in (p.name, f"{p.name}.yaml"):
-        if p.parent == Path(".") and (SHIPPED / name).exists():
-            return SHIPPED / name
-    raise ConfigError(f"config {str(path)!r} not found; give a path or one of: {', '.join(shipped_configs())}")
-
+    return resolve_path(path, SHIPPED)

@@ -213,3 +213,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def shipped_names(folder: Path) -> list[str]:
+    """The YAML configs shipped in ``folder``."""
+    return sorted(p.name for p in folder.glob("*.yaml"))
+
+
+def resolve_path(path: str | Path, folder: Path) -> Path:
+    """A path, or the bare name of a config shipped in ``folder`` (``name`` or ``name.yaml``)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for name in (p.name, f"{p.name}.yaml"):
+        if p.parent == Path(".") and (folder / name).exists():
+            return folder / name
+    raise ConfigError(f"config {str(path)!r} not found; give a path or one of: {', '.join(shipped_names(folder))}")

@@ -179,6 +179,31 @@ def flops_per_image(fn: Callable[[], object], n_images: int) -> float:
     return counter.get_total_flops() / n_images
 
 
+def step_flops_per_image(fn: Callable[[], object], n_images: int) -> float:
+    """FLOPs of one whole training step, forward and backward, per image (run eagerly)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / n_images
+
+
+def matmul_flops_per_s(device: torch.device, threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The float32 rate of an ``n x n`` matrix product on this device at ``threads`` threads: the
+    ceiling a training step's FLOP rate is compared with."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:  # the first two warm up
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
 def random_images(n: int, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8)
 
@@ -225,6 +250,8 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
         saved = saved_activation_bytes(lambda: model(xd).float().mean(), model)
     return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
             "forward_flops_per_image": flops_per_image(lambda: model(xd), args.batch),
+            "step_flops_per_image": step_flops_per_image(
+                lambda: train_step(model, model, optimizer, [(x, None)], cfg.train, device), args.batch),
             "level_shapes": [list(lv.out_shape) for lv in model.body.levels],
             "last_loss": last[-1].bpd, "updates_skipped": sum(not r.applied for r in last)}
 
@@ -308,6 +335,7 @@ def normflows_train(args: argparse.Namespace, cfg: Config, device: torch.device)
     saved = saved_activation_bytes(lambda: model.forward_kld(u), model)
     return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
             "forward_flops_per_image": flops_per_image(lambda: model.forward_kld(u), args.batch),
+            "step_flops_per_image": step_flops_per_image(lambda: model.forward_kld(u).backward(), args.batch),
             "level_shapes": acted_on, "last_loss": last[-1][0], "updates_skipped": sum(not f for _, f in last)}
 
 
@@ -388,6 +416,7 @@ def summarize(train: dict, sample: dict, mem_kind: str) -> dict:
     return {
         "params": train["params"],
         "forward_flops_per_image": train["forward_flops_per_image"],
+        "train_step_flops_per_image": train["step_flops_per_image"],
         "sample_flops_per_image": sample["flops_per_image"],
         "train_images_per_s": train["images_per_s"],
         "train_images_per_s_repeats": train["images_per_s_repeats"],
@@ -425,6 +454,8 @@ ROWS = [
     ("params", "parameters", "", "{:,}"),
     ("forward_flops_per_image", "forward MFLOPs / image", "lower", "{:,.2f}"),
     ("sample_flops_per_image", "sample MFLOPs / image", "lower", "{:,.2f}"),
+    ("train_step_flops_per_image", "train step MFLOPs / image (fwd + bwd)", "lower", "{:,.2f}"),
+    ("train_fraction_of_matmul", "train FLOP/s as a fraction of matmul's", "higher", "{:.3f}"),
 ]
 
 
@@ -546,6 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         "normflows_compiled": args.compile_normflows,
         "loadavg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+    # The ceiling: a float32 matrix product on the same device and threads, measured in this run.
+    report["matmul_gflops"] = matmul_flops_per_s(device, args.threads) / 1e9
+    for name in ("nfgen", "normflows"):
+        if report[name]:
+            r = report[name]
+            r["train_fraction_of_matmul"] = (r["train_images_per_s"] * r["train_step_flops_per_image"]
+                                             / (report["matmul_gflops"] * 1e9))
     if args.compare_normflows:
         ours, theirs = report["nfgen"], report["normflows"]
         report["ratios"] = {key: ours[key] / theirs[key] if theirs[key] else None for key, *_ in ROWS}
@@ -553,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_shape(report))
     print(f"device {report['device']}, torch {report['torch']}, {args.threads} threads; "
           f"memory is {'CUDA max_memory_allocated' if mem_kind != 'rss' else 'peak RSS'} per phase process; "
-          f"median of {args.rounds} x {args.repeats} repeats, each round after {args.warmup} warm-up calls")
+          f"median of {args.rounds} x {args.repeats} repeats, each round after {args.warmup} warm-up calls; "
+          f"float32 2048x2048 matmul here: {report['matmul_gflops']:.1f} GFLOP/s")
     print(table(report))
     warn = busy_warning(report, args.threads)
     if warn:

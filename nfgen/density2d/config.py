@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nfgen.config import MAX_SEED, check_device_name
-from nfgen.config_parse import MAX_DEPTH, ConfigError, _build, _depth, apply_overrides, read_yaml
+from nfgen.config_parse import (
+    MAX_DEPTH,
+    ConfigError,
+    _build,
+    _depth,
+    apply_overrides,
+    read_yaml,
+    resolve_path,
+    shipped_names,
+)
 from nfgen.density2d.expression import ExpressionError, compile_energy
 from nfgen.density2d.targets import TARGET_NAMES, is_energy
 
@@ -144,18 +153,12 @@ def config_from_dict(data: dict[str, Any]) -> Density2DConfig:
 
 
 def shipped_configs() -> list[str]:
-    return sorted(p.name for p in SHIPPED.glob("*.yaml"))
+    return shipped_names(SHIPPED)
 
 
 def resolve_config_path(path: str | Path) -> Path:
     """A path, or the bare name of a shipped 2-D config (``ring_planar`` or ``ring_planar.yaml``)."""
-    p = Path(path)
-    if p.exists():
-        return p
-    for name in (p.name, f"{p.name}.yaml"):
-        if p.parent == Path(".") and (SHIPPED / name).exists():
-            return SHIPPED / name
-    raise ConfigError(f"config {str(path)!r} not found; give a path or one of: {', '.join(shipped_configs())}")
+    return resolve_path(path, SHIPPED)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Density2DConfig:
