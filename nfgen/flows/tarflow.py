@@ -114,15 +114,15 @@ class AutoregressiveBlock(Flow):
         c = self.max_log_scale
         return mu, c * torch.tanh(raw / c)
 
-    def _params(self, t: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _params(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, alpha)`` for every token: position ``i``'s come from the output at ``i - 1``."""
-        out = self.net(t, self._pos().to(t.dtype), context)
+        out = self.net(t, self._pos().to(t.dtype))
         out = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
         return self._affine(out, t.dtype)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         t = self._tokens(x)
-        mu, alpha = self._params(t, None)
+        mu, alpha = self._params(t)
         z = (t - mu) * torch.exp(-alpha)
         return self._image(z, x), -alpha.flatten(1).sum(1)
 
@@ -143,7 +143,7 @@ class AutoregressiveBlock(Flow):
 
     def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
         """``min_scale``: the smallest ``|dz/dx| = exp(-alpha)`` at ``x``."""
-        _, alpha = self._params(self._tokens(x), None)
+        _, alpha = self._params(self._tokens(x))
         return {"min_scale": torch.exp(-alpha).min().item()}
 
 
