@@ -7,18 +7,18 @@ says what would be valid, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type: part of this module's API)
+from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, parse_duration: part of this module's API)
     MAX_DEPTH,
     ConfigError,
     _build,
     _depth,
     _section_type,
     apply_overrides,
+    parse_duration,
     parse_override,
     read_yaml,
     resolve_path,
@@ -251,34 +251,6 @@ class TrainConfig:
     on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
-
-
-MAX_TIME_LIMIT = 366 * 24 * 3600  # a year: larger is a typo (a number of milliseconds?)
-_DURATION = re.compile(r"(?:(?P<d>\d+(?:\.\d*)?)d)?(?:(?P<h>\d+(?:\.\d*)?)h)?"
-                       r"(?:(?P<m>\d+(?:\.\d*)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
-_CLOCK = re.compile(r"(?P<h>\d+):(?P<m>[0-5]\d):(?P<s>[0-5]\d)")  # Slurm's --time H:MM:SS
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(value: float | str | None, what: str = "train.max_time") -> float | None:
-    """Seconds from a number of seconds or a duration such as ``90s``, ``10m``, ``2h``, ``1h30m``,
-    ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
-        value = float(value)  # "600" (a command-line argument): seconds
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        m = _CLOCK.fullmatch(text) or _DURATION.fullmatch(text)
-        if not text or m is None or not any(m.groupdict().values()):
-            raise ConfigError(f"{what}: {value!r} is not a duration; give seconds (600) or e.g. 90s, 10m, "
-                              "2h, 1h30m, 4:00:00")
-        seconds = sum(float(v) * _UNITS[k] for k, v in m.groupdict().items() if v)
-    else:
-        seconds = float(value)
-    _check(0 < seconds <= MAX_TIME_LIMIT,
-           f"{what} must be above 0 and at most {MAX_TIME_LIMIT // 86400} days, got {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True)

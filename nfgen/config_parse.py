@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -229,3 +230,31 @@ def resolve_path(path: str | Path, folder: Path) -> Path:
         if p.parent == Path(".") and (folder / name).exists():
             return folder / name
     raise ConfigError(f"config {str(path)!r} not found; give a path or one of: {', '.join(shipped_names(folder))}")
+
+
+MAX_TIME_LIMIT = 366 * 24 * 3600  # a year: larger is a typo (a number of milliseconds?)
+_DURATION = re.compile(r"(?:(?P<d>\d+(?:\.\d*)?)d)?(?:(?P<h>\d+(?:\.\d*)?)h)?"
+                       r"(?:(?P<m>\d+(?:\.\d*)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d*)?)s)?")
+_CLOCK = re.compile(r"(?P<h>\d+):(?P<m>[0-5]\d):(?P<s>[0-5]\d)")  # Slurm's --time H:MM:SS
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: float | str | None, what: str = "train.max_time") -> float | None:
+    """Seconds from a number of seconds or a duration such as ``90s``, ``10m``, ``2h``, ``1h30m``,
+    ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", value):
+        value = float(value)  # "600" (a command-line argument): seconds
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        m = _CLOCK.fullmatch(text) or _DURATION.fullmatch(text)
+        if not text or m is None or not any(m.groupdict().values()):
+            raise ConfigError(f"{what}: {value!r} is not a duration; give seconds (600) or e.g. 90s, 10m, "
+                              "2h, 1h30m, 4:00:00")
+        seconds = sum(float(v) * _UNITS[k] for k, v in m.groupdict().items() if v)
+    else:
+        seconds = float(value)
+    if not 0 < seconds <= MAX_TIME_LIMIT:
+        raise ConfigError(f"{what} must be above 0 and at most {MAX_TIME_LIMIT // 86400} days, got {value!r}")
+    return seconds
