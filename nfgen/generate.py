@@ -27,6 +27,14 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None
     save_image(to_float(images).cpu(), str(path), nrow=nrow, padding=2)
 
 
+def class_rows(num_classes: int, count: int) -> tuple[Tensor, int]:
+    """Labels for a grid of about ``count`` samples with one row per class: row ``k`` holds
+    ``count // num_classes`` (at least 1) samples of class ``k``. Returns the labels (int64, in
+    grid order) and the row length, ``nrow`` for ``grid`` / ``save_grid``."""
+    per_class = max(1, count // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_class), per_class
+
+
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     """Spherical interpolation per sample, treating each latent as one vector."""
     fa, fb = a.flatten(1), b.flatten(1)

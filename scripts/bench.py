@@ -56,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nfgen import build_model, load_config
 from nfgen.config import Config, validate
 from nfgen.training.memory import saved_activation_bytes
-from nfgen.training.step import autocast, initialize, make_forward, make_optimizer, train_step
+from nfgen.training.step import MicroBatch, autocast, initialize, make_forward, make_optimizer, train_step
 
 DIFFERENCES = """\
 Same shape, different details (why the parameter counts differ):
@@ -239,7 +239,7 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
     last = []
 
     def step() -> None:
-        last.append(train_step(forward, model, optimizer, [(x, None)], cfg.train, device))
+        last.append(train_step(forward, model, optimizer, [MicroBatch(x)], cfg.train, device))
 
     timing = measure(step, args.batch, args, device)
     peak = memory_mark(device)
@@ -251,7 +251,7 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
     return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
             "forward_flops_per_image": flops_per_image(lambda: model(xd), args.batch),
             "step_flops_per_image": step_flops_per_image(
-                lambda: train_step(model, model, optimizer, [(x, None)], cfg.train, device), args.batch),
+                lambda: train_step(model, model, optimizer, [MicroBatch(x)], cfg.train, device), args.batch),
             "level_shapes": [list(lv.out_shape) for lv in model.body.levels],
             "last_loss": last[-1].bpd, "updates_skipped": sum(not r.applied for r in last)}
 

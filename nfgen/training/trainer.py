@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
+from nfgen.data import Labelled, split_batch
 from nfgen.evaluate import bpd_values, metric, summarize
-from nfgen.generate import grid, save_grid
+from nfgen.generate import class_rows, grid, save_grid
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.budget import Budget, format_seconds
@@ -37,7 +38,15 @@ from nfgen.training.checkpoint import (
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
+from nfgen.training.step import (
+    MicroBatch,
+    cpu_has_native_bf16,
+    initialize,
+    lr_factor,
+    make_forward,
+    make_optimizer,
+    train_step,
+)
 from nfgen.training.writes import SideWrites
 
 
@@ -73,10 +82,14 @@ class Trainer:
 
     ``train.max_time`` is a wall-clock budget for this job (``nfgen.training.budget``), read on
     ``clock`` (seconds; tests pass a virtual one).
+
+    A class-conditional model (``model.num_classes`` > 0) takes ``Labelled`` data sets, both
+    with the model's classes; each image's label travels with it through the shuffle, the
+    ranks' slices and evaluation, and the class names go into every checkpoint.
     """
 
     def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, *, model: ImageFlow,
-                 train_set: Dataset[torch.Tensor], test_set: Dataset[torch.Tensor], progress_bar: bool = True,
+                 train_set: Dataset, test_set: Dataset, progress_bar: bool = True,
                  rank: Rank | None = None, writes: SideWrites | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.t, self.run_dir, self.logger = cfg, cfg.train, run_dir, logger
@@ -96,6 +109,7 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self.class_names = _class_names(model, train_set, test_set)
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
         self.progress = Progress()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
@@ -145,6 +159,7 @@ class Trainer:
             "progress": self.progress.to_dict(),
             "rng": rng,
             "metric": self.metric.tag,  # what the logs and progress.best_bpd measure: bpd | noisy_nll
+            "class_names": self.class_names,  # label k names class_names[k]; None: unconditional
         }
 
     def resume(self, state: TrainingState, path: Path) -> None:
@@ -154,6 +169,11 @@ class Trainer:
         continues the saved average with the new decay, and a run without an average starts one
         from its current weights at the next update."""
         reached = state.progress.step
+        if state.class_names is not None and state.class_names != self.class_names:
+            # Same count, other names (a class folder renamed, added and removed): the labels
+            # would silently mean other classes than the ones the model learnt.
+            raise CheckpointError(f"{path} was trained on the classes {', '.join(state.class_names)}, but the data "
+                                  f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
         if self.t.max_steps <= reached:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
@@ -224,10 +244,10 @@ class Trainer:
         return torch.randperm(len(self.train_set),
                               generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.progress.epoch))
 
-    def _train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless ``(images, noise)`` micro-batches in a per-epoch order fixed by (seed, epoch),
-        starting where a resumed run left off, so resuming replays exactly the same data. Each
-        rank takes its slice of every global batch, and of one global noise draw."""
+    def _train_batches(self) -> Iterator[MicroBatch]:
+        """Endless micro-batches in a per-epoch order fixed by (seed, epoch), starting where a
+        resumed run left off, so resuming replays exactly the same data. Each rank takes its
+        slice of every global batch (each image with its label), and of one global noise draw."""
         big, small, r = self.t.batch_size, self.local_batch, self.rank.rank
         while True:
             order = self._epoch_order()
@@ -239,10 +259,11 @@ class Trainer:
             # dequantization noise of every later step.
             batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(self.progress.epoch)))
             try:
-                for x in batches:
+                for batch in batches:
                     self.progress.batch_in_epoch += 1
+                    x, labels = split_batch(batch)
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
-                    yield x, noise
+                    yield MicroBatch(x, noise, labels)
             finally:
                 batches.close()  # shut the workers down now, also when this generator is closed
             self.progress.epoch += 1
@@ -253,20 +274,21 @@ class Trainer:
         then wrap for data parallelism and compilation."""
         if self.step == 0:
             first = self._epoch_order()[: self.t.batch_size].tolist()
-            x = torch.stack([self.train_set[i] for i in first]).to(self.device)
-            initialize(self.model, x, self.model.draw_noise(len(first)))
+            x, labels = split_batch(default_collate([self.train_set[i] for i in first]))  # as a loader batches them
+            initialize(self.model, x.to(self.device), self.model.draw_noise(len(first)),
+                       None if labels is None else labels.to(self.device))
         if self.rank.distributed:
             self.forward = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **distributed.no_buffer_sync())
         self.forward = make_forward(self.forward, self.t)
 
-    def _test_batches(self) -> Iterator[torch.Tensor]:
+    def _test_batches(self) -> Iterator:
         r = self.rank
         return iterate(self._loader(Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))))
 
     # ------------------------------------------------------------------ loop
-    def run_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    def run_step(self, micro_batches: list[MicroBatch]) -> tuple[float, float]:
         """One update over ``grad_accum`` micro-batches; a non-finite loss or gradient skips
         the update (the step still counts). Returns (train bits/dim, gradient norm)."""
         no_sync = self.forward.no_sync if isinstance(self.forward, DistributedDataParallel) else None
@@ -316,21 +338,33 @@ class Trainer:
     def _write_samples(self) -> None:
         out = self.run_dir / "samples"
         model = self.eval_model.eval()
+        labels, nrow = self._sample_labels()
         with self._forked_rng():
             for temperature in self.t.sample_temperatures:
                 torch.manual_seed(self.t.seed + 2)  # same noise each time: watch one set evolve
                 try:
-                    images = model.sample(self.t.sample_count, temperature)
+                    images = self._sample(model, temperature, labels)
                 except FloatingPointError:
                     continue  # an early, unstable model; the next grid will try again
-                self.logger.image(f"samples/temperature_{temperature:g}", grid(images), self.step)
+                self.logger.image(f"samples/temperature_{temperature:g}", grid(images, nrow), self.step)
                 path = out / f"step{self.step:07d}_t{temperature:g}.png"
 
                 def write(images: torch.Tensor = images, path: Path = path) -> None:
                     out.mkdir(parents=True, exist_ok=True)
-                    save_grid(images, path)
+                    save_grid(images, path, nrow)
 
                 self.writes.attempt("sample grid", path, write)
+
+    def _sample_labels(self) -> tuple[torch.Tensor | None, int | None]:
+        """A conditional model's grid has one row per class (``class_rows``); else no labels,
+        and the default square grid."""
+        if not self.class_names:
+            return None, None
+        labels, nrow = class_rows(len(self.class_names), self.t.sample_count)
+        return labels.to(self.device), nrow
+
+    def _sample(self, model: ImageFlow, temperature: float, labels: torch.Tensor | None) -> torch.Tensor:
+        return model.sample(self.t.sample_count if labels is None else len(labels), temperature, labels=labels)
 
     def _recover_from_divergence(self) -> None:
         """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
@@ -396,19 +430,21 @@ class Trainer:
                 model.eval()
                 for _ in range(min(n, 2)):
                     start = clock()
-                    x = next(batches, None)
-                    if x is None:
+                    batch = next(batches, None)
+                    if batch is None:
                         break
-                    model.bits_per_dim(x)
+                    x, labels = split_batch(batch)
+                    model.bits_per_dim(x, labels=labels)
                     times.append(clock() - start)
             finally:
                 batches.close()
             self.budget.record("eval", times[0] + (n - 1) * times[-1] if times else 0.0)
             if self.rank.is_main:
                 with self.budget.timed("samples"):
+                    labels, _ = self._sample_labels()
                     for temperature in t.sample_temperatures:
                         with contextlib.suppress(FloatingPointError):
-                            model.sample(t.sample_count, temperature)
+                            self._sample(model, temperature, labels)
                 with self.budget.timed("save"):
                     torch.save(self.state(), io.BytesIO())
 
@@ -477,3 +513,24 @@ class Trainer:
             batches.close()  # stops DataLoader workers now, not whenever the generator is collected
             bar.close()
         return test_bpd
+
+
+def _class_names(model: ImageFlow, train_set: Dataset, test_set: Dataset) -> list[str] | None:
+    """The classes of a conditional model's data (both splits ``Labelled`` with as many classes
+    as the model has, the same in both); None for an unconditional model, which takes images."""
+    k = model.num_classes
+    sets = {"training": train_set, "test": test_set}
+    if k == 0:
+        labelled = [name for name, s in sets.items() if isinstance(s, Labelled)]
+        if labelled:
+            raise ConfigError(f"the {labelled[0]} data has labels but the model is unconditional "
+                              "(model.num_classes 0); give it images only")
+        return None
+    for name, s in sets.items():
+        if not isinstance(s, Labelled) or len(s.class_names) != k:
+            found = f"{len(s.class_names)} classes" if isinstance(s, Labelled) else "no labels"
+            raise ConfigError(f"the model has {k} classes (model.num_classes) but the {name} data has {found}")
+    if train_set.class_names != test_set.class_names:
+        raise ConfigError("the training and test data name their classes differently "
+                          f"({', '.join(train_set.class_names)} vs {', '.join(test_set.class_names)})")
+    return train_set.class_names
