@@ -174,6 +174,13 @@ class ModelConfig:
     n_bits: int = 8  # Glow's CelebA-HQ results use 5-bit images: fewer levels, easier detail
     preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP and Flow++: logit
     logit_alpha: float = 0.05  # RealNVP's alpha for CIFAR-10 (Flow++ too)
+    # Class-conditional (0: unconditional). A label is embedded once, class_dim wide; every latent
+    # gets a class-conditional Gaussian prior, and with class_in_body the body's layers see the
+    # embedding too (couplings' nets as class_dim constant channels; TarFlow's blocks, added to tokens).
+    num_classes: int = 0
+    class_dim: int = 16
+    class_in_body: bool = True
+    label_dropout: float = 0.0  # training labels swapped for the null class; > 0 makes guidance possible
     # The active architecture's section; the others stay unset (None).
     glow: GlowConfig | None = None
     realnvp: RealNVPConfig | None = None
@@ -385,6 +392,11 @@ def validate(cfg: Config) -> Config:
     _check(1 <= m.n_bits <= 8, f"model.n_bits must be in 1..8, got {m.n_bits}")
     _check(0 <= m.logit_alpha < 0.5, f"model.logit_alpha must be in [0, 0.5), got {m.logit_alpha}")
     m.options.validate(f"model.{m.arch}", tuple(m.image_shape), t.memory_saving)
+    _check(0 <= m.num_classes <= 100_000, f"model.num_classes must be in 0..100000 (0: unconditional), got {m.num_classes}")
+    _check(1 <= m.class_dim <= 4096, f"model.class_dim must be in 1..4096, got {m.class_dim}")
+    _check(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
+    _check(m.num_classes > 0 or m.label_dropout == 0,
+           "model.label_dropout needs a class-conditional model (model.num_classes > 0)")
     _validate_noise(dq, m)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
     _check_couplings("dequantization", dq, memory_saving=False)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nfgen.config import Config, config_from_dict
 from nfgen.dequantize import GaussianDequantizer, UniformDequantizer, VariationalDequantizer
 from nfgen.flows.base import Flow, set_memory_saving
+from nfgen.flows.conditioning import ClassEmbedding, ClassPrior, Guided
 from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow
 from nfgen.flows.multiscale import MultiScaleFlow
@@ -35,14 +36,50 @@ class ImageFlow(nn.Module):
     ``channels_last`` (set with the body's squeezes by ``set_channels_last``) hands the body its
     input and latents in channels-last memory order, which oneDNN and cuDNN convolutions run
     faster on; the numbers are the same.
+
+    Class-conditional (``classes`` given): every call takes ``labels`` ``[B]``, embedded once; each
+    latent has a class-conditional prior (``ClassPrior``), and a body built with the embedding's
+    size as ``context_dim`` (``class_in_body``) gets the embedding as its context. Label
+    ``num_classes`` is the null class, which training with ``label_dropout`` teaches the
+    unconditional density (``drop_labels``), for classifier-free guidance at sampling.
     """
 
-    def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module, n_bits: int = 8) -> None:
+    def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module, n_bits: int = 8,
+                 classes: ClassEmbedding | None = None, class_in_body: bool = False, label_dropout: float = 0.0) -> None:
         super().__init__()
         if not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be in 1..8, got {n_bits}")
         self.body, self.preprocess, self.dequantizer, self.n_bits = body, preprocess, dequantizer, n_bits
         self.channels_last = False
+        self.classes = classes
+        self.class_priors = None if classes is None else nn.ModuleList(
+            ClassPrior(s[0], classes.table.embedding_dim) for s in body.latent_shapes)
+        self.class_in_body, self.label_dropout = classes is not None and class_in_body, label_dropout
+
+    @property
+    def num_classes(self) -> int:
+        """0 for an unconditional model."""
+        return 0 if self.classes is None else self.classes.num_classes
+
+    def context(self, labels: Tensor | None, n: int) -> Tensor | None:
+        """The class embedding of ``labels`` ``[n]`` (None for an unconditional model, which
+        ignores labels)."""
+        if self.classes is None:
+            return None
+        if labels is None:
+            raise ValueError(f"this model is class-conditional ({self.num_classes} classes): give labels")
+        if tuple(labels.shape) != (n,):
+            raise ValueError(f"expected {n} labels, got shape {list(labels.shape)}")
+        return self.classes(labels)
+
+    def drop_labels(self, labels: Tensor, draws: Tensor | None = None) -> Tensor:
+        """Labels with each swapped for the null class at the rate ``label_dropout`` (training for
+        guidance); ``draws`` are the uniform numbers deciding it (drawn here if not given, so
+        data-parallel ranks can share one draw)."""
+        if self.classes is None or not self.label_dropout:
+            return labels
+        draws = torch.rand(labels.shape, device=labels.device) if draws is None else draws.to(labels.device)
+        return torch.where(draws < self.label_dropout, torch.full_like(labels, self.classes.null), labels)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,22 +120,40 @@ class ImageFlow(nn.Module):
         q = torch.floor(u * self.levels).clamp(0, self.levels - 1)
         return (q * 2 ** (8 - self.n_bits)).to(torch.uint8)
 
-    def log_density(self, u: Tensor) -> Tensor:
-        """The model's log-density of continuous images ``u`` (``u``-space, where the image spans
-        [0, 1)), in nats per image: the prior plus every log-det (preprocessing and body)."""
-        y, logdet_pre = self.preprocess(u)
-        zs, logdet_body = self.body(to_layout(y, self.channels_last))
-        return standard_normal_log_prob(zs) + logdet_pre + logdet_body
+    def _body_context(self, context: Tensor | Guided | None) -> Tensor | Guided | None:
+        return context if self.class_in_body else None
 
-    def _bound(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+    def _latents(self, zs: list[Tensor], context: Tensor | Guided | None) -> tuple[list[Tensor], Tensor]:
+        """The body's latents standardised by the class priors (unchanged when unconditional)."""
+        logdet = zs[0].new_zeros(zs[0].shape[0])
+        if self.class_priors is None:
+            return zs, logdet
+        out = []
+        for prior, z in zip(self.class_priors, zs):
+            z, ld = prior(z, context)
+            out.append(z)
+            logdet = logdet + ld
+        return out, logdet
+
+    def log_density(self, u: Tensor, context: Tensor | None = None) -> Tensor:
+        """The model's log-density of continuous images ``u`` (``u``-space, where the image spans
+        [0, 1)), in nats per image: the prior plus every log-det (preprocessing and body);
+        ``context``: the class embedding of a conditional model (``context(labels, n)``)."""
+        y, logdet_pre = self.preprocess(u)
+        zs, logdet_body = self.body(to_layout(y, self.channels_last), self._body_context(context))
+        zs, logdet_prior = self._latents(zs, context)
+        return standard_normal_log_prob(zs) + logdet_pre + logdet_body + logdet_prior
+
+    def _bound(self, x: Tensor, noise: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         """One-draw lower bound on log P(x) in nats, per image (x: integer levels); in generation
         mode the log-density of the noisy image in pixel-level units (``log q`` is zero)."""
         u, log_q = self.dequantizer(x, self.levels, noise)
-        return self.log_density(u) - log_q - self.dims * math.log(self.levels)
+        return self.log_density(u, context) - log_q - self.dims * math.log(self.levels)
 
     def log_prob(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096,
-                 noise: Tensor | None = None) -> Tensor:
-        """Per-image log P(x) in nats of the discrete ``n_bits`` image.
+                 noise: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        """Per-image log P(x) in nats of the discrete ``n_bits`` image (a conditional model:
+        log P(x | y) for ``labels`` y).
 
         ``n_samples=1``: the dequantization lower bound with one noise draw. More: the
         importance-weighted estimate ``log mean_k exp(bound_k)`` over ``n_samples`` draws,
@@ -114,52 +169,92 @@ class ImageFlow(nn.Module):
         if n_samples > 1 and self.noise_sigma is not None:
             raise ValueError("n_samples > 1 estimates the likelihood of the discrete image, which a model "
                              "trained with Gaussian noise does not give; use n_samples=1")
+        context = self.context(labels, x.shape[0])
         x = self._reduce(x)
         if n_samples == 1:
-            return self._bound(x, noise)
+            return self._bound(x, noise, context)
         if noise is not None:
             raise ValueError("noise can only be given for a single draw (n_samples=1)")
         per_chunk = max(1, max_batch // x.shape[0])
         bounds = []
         for start in range(0, n_samples, per_chunk):
             k = min(per_chunk, n_samples - start)
-            bounds.append(self._bound(x.repeat(k, 1, 1, 1)).view(k, x.shape[0]))
+            c = None if context is None else context.repeat(k, 1)
+            bounds.append(self._bound(x.repeat(k, 1, 1, 1), context=c).view(k, x.shape[0]))
         return torch.logsumexp(torch.cat(bounds), dim=0) - math.log(n_samples)
 
-    def bits_per_dim(self, x: Tensor, n_samples: int = 1, noise: Tensor | None = None) -> Tensor:
+    def log_prob_classes(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096) -> Tensor:
+        """``[B, K]``: log P(x | y) for every class y, each with the same dequantization draws
+        (common random numbers: differences between classes are not noise). ``n_samples > 1``:
+        importance-weighted, as ``log_prob``."""
+        if self.classes is None:
+            raise ValueError("this model is unconditional: it has no per-class likelihoods")
+        if n_samples > 1 and self.noise_sigma is not None:
+            raise ValueError("n_samples > 1 needs a likelihood-mode model (see log_prob)")
+        b, k = x.shape[0], self.num_classes
+        levels = self._reduce(x)
+        per_chunk = max(1, max_batch // b)
+        bounds = []  # [draws, B, K]
+        for start in range(0, n_samples, per_chunk):
+            s = min(per_chunk, n_samples - start)
+            rows = levels.repeat(s, 1, 1, 1)
+            noise = self.draw_noise(rows.shape[0])
+            per_class = [self._bound(rows, noise, self.context(torch.full((rows.shape[0],), y, dtype=torch.long,
+                                                                          device=rows.device), rows.shape[0]))
+                         for y in range(k)]
+            bounds.append(torch.stack(per_class, 1).view(s, b, k))
+        return torch.logsumexp(torch.cat(bounds), dim=0) - math.log(n_samples)
+
+    def log_prob_marginal(self, x: Tensor, n_samples: int = 1, max_batch: int = 4096) -> Tensor:
+        """log P(x) = log mean_y P(x | y) under a uniform class prior (per image, nats): each
+        class's estimate is unbiased in P, so their mean is too, and its log a lower bound."""
+        return torch.logsumexp(self.log_prob_classes(x, n_samples, max_batch), 1) - math.log(self.num_classes)
+
+    def bits_per_dim(self, x: Tensor, n_samples: int = 1, noise: Tensor | None = None,
+                     labels: Tensor | None = None) -> Tensor:
         """Per-image bits per dimension, ``-log P(x) / (D ln 2)`` (generation mode: the noisy
         image's negative log-density in the same units; see ``log_prob``)."""
-        return -self.log_prob(x, n_samples, noise=noise) / (self.dims * math.log(2))
+        return -self.log_prob(x, n_samples, noise=noise, labels=labels) / (self.dims * math.log(2))
 
-    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Per-image training loss (bits/dim, one draw): what DDP and torch.compile wrap."""
-        return self.bits_per_dim(x, noise=noise)
+    def forward(self, x: Tensor, noise: Tensor | None = None, labels: Tensor | None = None,
+                drop: Tensor | None = None) -> Tensor:
+        """Per-image training loss (bits/dim, one draw): what DDP and torch.compile wrap. In
+        training mode a conditional model's labels go through ``drop_labels`` (with ``drop``)."""
+        if self.training and labels is not None:
+            labels = self.drop_labels(labels, drop)
+        return self.bits_per_dim(x, noise=noise, labels=labels)
 
     def draw_noise(self, n: int) -> Tensor:
         """Base noise for ``n`` images, drawn as a single call of the model would draw it."""
         return self.dequantizer.draw_noise((n, *self.shape), self._ref())
 
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """Latents of images, dequantised deterministically at the centre of each bin."""
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> list[Tensor]:
+        """Latents of images, dequantised deterministically at the centre of each bin (a
+        conditional model: given their ``labels``, standardised by the class priors)."""
+        context = self.context(labels, x.shape[0])
         y, _ = self.preprocess((self._reduce(x) + 0.5) / self.levels)
-        return self.body(to_layout(y, self.channels_last))[0]
+        zs = self.body(to_layout(y, self.channels_last), self._body_context(context))[0]
+        return self._latents(zs, context)[0]
 
-    def _to_unit(self, zs: list[Tensor]) -> Tensor:
+    def _to_unit(self, zs: list[Tensor], context: Tensor | Guided | None = None) -> Tensor:
         """Latents -> ``u``-space (before quantisation)."""
         zs = [to_layout(z, self.channels_last) for z in zs]
-        return self.preprocess.inverse(self.body.inverse(zs)[0])[0]
+        if self.class_priors is not None:
+            zs = [prior.inverse(z, context)[0] for prior, z in zip(self.class_priors, zs)]
+        return self.preprocess.inverse(self.body.inverse(zs, self._body_context(context))[0])[0]
 
-    def decode(self, zs: list[Tensor], denoise: bool = False) -> Tensor:
-        """uint8 images from latents; ``decode(encode(x)) == x`` for n_bits images. ``denoise``
-        applies the Tweedie step first (generation mode's samples and interpolations)."""
-        u = self._to_unit(zs)
-        return self._to_images(self.denoise(u) if denoise else u)
+    def decode(self, zs: list[Tensor], denoise: bool = False, labels: Tensor | None = None) -> Tensor:
+        """uint8 images from latents; ``decode(encode(x, y), labels=y) == x`` for n_bits images.
+        ``denoise`` applies the Tweedie step first (generation mode's samples and interpolations)."""
+        context = self.context(labels, zs[0].shape[0])
+        u = self._to_unit(zs, context)
+        return self._to_images(self.denoise(u, context=context) if denoise else u)
 
     def denoises(self, denoise: bool | None = None) -> bool:
         """Whether sampling denoises: ``denoise``, or by default in generation mode."""
         return self.noise_sigma is not None if denoise is None else denoise
 
-    def score(self, u: Tensor, max_batch: int = 64) -> Tensor:
+    def score(self, u: Tensor, max_batch: int = 64, context: Tensor | None = None) -> Tensor:
         """``grad_u log p(u)``, the model's score in ``u``-space, by autograd ``max_batch`` images
         at a time, in the model's own dtype (autocast off: a bf16 gradient would be too coarse
         for a step of size sigma^2). Works under ``no_grad`` and ``inference_mode``."""
@@ -167,13 +262,16 @@ class ImageFlow(nn.Module):
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         grads = []
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(u.device.type, enabled=False):
-            for chunk in u.split(max_batch):
+            contexts = [None] * len(u.split(max_batch)) if context is None else context.split(max_batch)
+            for chunk, c in zip(u.split(max_batch), contexts):
                 leaf = chunk.detach().clone().requires_grad_(True)  # a clone: u may be an inference tensor
-                (grad,) = torch.autograd.grad(self.log_density(leaf).sum(), leaf)
+                c = None if c is None else c.detach().clone()
+                (grad,) = torch.autograd.grad(self.log_density(leaf, c).sum(), leaf)
                 grads.append(grad)
         return torch.cat(grads)
 
-    def denoise(self, u: Tensor, sigma: float | None = None, max_batch: int = 64) -> Tensor:
+    def denoise(self, u: Tensor, sigma: float | None = None, max_batch: int = 64,
+                context: Tensor | None = None) -> Tensor:
         """One Tweedie step, ``u + sigma^2 grad_u log p(u)``: for ``u = c + sigma n`` with
         ``n ~ N(0, I)``, the posterior mean ``E[c | u]`` under the density of the noisy images,
         which the model learned (Robbins, 1956; Efron, 2011; TarFlow's denoising, Zhai et al.,
@@ -182,31 +280,60 @@ class ImageFlow(nn.Module):
         if sigma is None:
             raise ValueError("this model was trained without Gaussian noise (likelihood mode): "
                              "there is no sigma to denoise with; give one")
-        return (u + sigma**2 * self.score(u, max_batch)).detach()
+        return (u + sigma**2 * self.score(u, max_batch, context)).detach()
+
+    def guided(self, labels: Tensor, guidance: float, annealed: bool = False) -> Tensor | Guided:
+        """The context for sampling ``labels`` with classifier-free guidance weight ``guidance``:
+        ``(1 + w) f(x, y) - w f(x, null)`` in every conditional layer (w = 0: the plain class)."""
+        context = self.context(labels, labels.shape[0])
+        if guidance == 0:
+            return context
+        if not self.label_dropout:
+            raise ValueError("guidance needs a model trained with model.label_dropout > 0: this one's null "
+                             "class never saw data")
+        null = self.classes(torch.full_like(labels, self.classes.null))
+        return Guided(context, null, float(guidance), annealed)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-               denoise: bool | None = None) -> Tensor:
+               denoise: bool | None = None, labels: Tensor | None = None, guidance: float = 0.0,
+               annealed: bool = False) -> Tensor:
         """``n`` uint8 images, latents drawn from ``N(0, temperature^2 I)``; denoised by one
-        Tweedie step in generation mode (``denoise=False``: the raw samples)."""
-        return self._to_images(self.sample_continuous(n, temperature, generator, denoise))
+        Tweedie step in generation mode (``denoise=False``: the raw samples). A conditional model
+        samples the classes ``labels`` ``[n]`` (the null class, ``num_classes``: the unconditional
+        model), with classifier-free guidance of weight ``guidance`` (see ``guided``)."""
+        return self._to_images(self.sample_continuous(n, temperature, generator, denoise, labels, guidance, annealed))
 
     @torch.no_grad()
     def sample_continuous(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-                          denoise: bool | None = None) -> Tensor:
+                          denoise: bool | None = None, labels: Tensor | None = None, guidance: float = 0.0,
+                          annealed: bool = False) -> Tensor:
         """Samples in ``u``-space (before quantisation), for checking probability mass; denoised
-        as ``sample`` says."""
+        and conditioned as ``sample`` says."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if self.classes is None and (labels is not None or guidance):
+            raise ValueError("this model is unconditional: labels and guidance need a model trained with "
+                             "model.num_classes > 0")
+        context = None
+        if self.classes is not None:
+            if labels is None:
+                raise ValueError(f"this model is class-conditional ({self.num_classes} classes): give labels")
+            if tuple(labels.shape) != (n,):
+                raise ValueError(f"expected {n} labels, got shape {list(labels.shape)}")
+            context = self.guided(labels, guidance, annealed)
         ref = self._ref()
         zs = sample_standard_normal(self.body.latent_shapes, n, temperature, ref.device,
                                     ref.dtype, generator)
-        u = self._to_unit(zs)
-        return self.denoise(u) if self.denoises(denoise) else u
+        u = self._to_unit(zs, context)
+        if not self.denoises(denoise):
+            return u
+        return self.denoise(u, context=None if labels is None else self.context(labels, n))
 
 
 # Each architecture's builder takes the image shape and the keys of its config section
-# (``model.glow``, ...) as keyword arguments.
+# (``model.glow``, ...) as keyword arguments, and ``context_dim``: the size of the class embedding
+# its conditional layers see (0: unconditional).
 ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
     "glow": build_glow,
     "realnvp": build_realnvp,
@@ -223,7 +350,8 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
         config = config_from_dict(dict(config))
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
-    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **dataclasses.asdict(m.options))
+    context_dim = m.class_dim if m.num_classes and m.class_in_body else 0
+    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **dataclasses.asdict(m.options), context_dim=context_dim)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()
@@ -233,7 +361,8 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
         options = dataclasses.asdict(dq)
         del options["kind"], options["sigma"]  # which dequantizer, gaussian's noise; the rest configures the variational one
         dequantizer = VariationalDequantizer(shape, **options)
-    model = ImageFlow(body, preprocess, dequantizer, m.n_bits)
+    classes = ClassEmbedding(m.num_classes, m.class_dim) if m.num_classes else None
+    model = ImageFlow(body, preprocess, dequantizer, m.n_bits, classes, m.class_in_body, m.label_dropout)
     set_memory_saving(model, t.memory_saving)
     set_channels_last(model, t.channels_last)
     return model

@@ -60,10 +60,11 @@ class LearnedGaussian(Flow):
 class SplitPrior(Coupling):
     """Glow's learned conditional prior for a factored-out half: a zero-initialised conv of the
     kept half gives the mean and log-std of the other half. That is exactly an affine channel
-    coupling whose net is one zero conv, applied just before the split."""
+    coupling whose net is one zero conv, applied just before the split. In a class-conditional
+    body the net also sees the class embedding (``context_channels``)."""
 
     stem = "split_prior"
     numbered = False
 
-    def __init__(self, channels: int) -> None:
-        super().__init__(ChannelMask(channels), ZeroConv2d, Affine())  # its net: one zero conv
+    def __init__(self, channels: int, context_channels: int = 0) -> None:
+        super().__init__(ChannelMask(channels), ZeroConv2d, Affine(), context_channels)  # its net: one zero conv

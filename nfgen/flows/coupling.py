@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.flows.base import Flow, Rebuilt
+from nfgen.flows.conditioning import Guided, conditioned
 from nfgen.flows.nets import NetFactory
 from nfgen.flows.transforms import ElementwiseTransform, make_transform
 
@@ -132,8 +133,9 @@ class Coupling(Flow):
     The net's ``transformed_channels * P`` output channels (``P = transform.params_per_dim``)
     are grouped parameter-major: channel ``p * C_t + c`` is parameter ``p`` of transformed
     channel ``c`` (so an affine coupling's first ``C_t`` channels are its shifts, as before the
-    transforms were split out). ``context_channels`` lets a conditional flow (variational
-    dequantization) feed extra features to the net.
+    transforms were split out). ``context_channels`` lets a conditional flow feed extra
+    features to the net: the image's for variational dequantization, or a class embedding
+    (broadcast over space) in a class-conditional body.
     """
 
     stem = "coupling"
@@ -157,10 +159,18 @@ class Coupling(Flow):
     def describe(self) -> str:
         return f"Coupling: {self.transform.name}, {self.mask.kind}"
 
-    def _params(self, cond: Tensor, context: Tensor | None) -> Tensor:
-        """The transform's parameters ``[B, C_t, H, W, P]`` from the conditioning part."""
+    def _params(self, cond: Tensor, context: Tensor | Guided | None) -> Tensor:
+        """The transform's parameters ``[B, C_t, H, W, P]`` from the conditioning part (and the
+        context: features ``[B, C_c, H, W]``, or a vector ``[B, C_c]`` such as a class embedding,
+        seen as constant channels; under guidance, the class's and the null class's mixed)."""
+        return conditioned(lambda c: self._net_params(cond, c), context)
+
+    def _net_params(self, cond: Tensor, context: Tensor | None) -> Tensor:
         h = self.mask.net_input(cond)
-        h = h if context is None else torch.cat([h, context], dim=1)
+        if context is not None:
+            if context.dim() == 2:
+                context = context[:, :, None, None].expand(-1, -1, *h.shape[2:])
+            h = torch.cat([h, context.to(h.dtype)], dim=1)
         h = self.net(h).to(cond.dtype)  # nets may run in bf16 (amp); the flow's maths does not
         return h.unflatten(1, (self.transform.params_per_dim, self.mask.transformed_channels)).movedim(1, -1)
 

@@ -20,7 +20,7 @@ def build_flowpp(shape: Shape, levels: int = 2, channel: Sequence[int] = (0, 2),
                  split: bool = False, hidden: int = 96, blocks: int = 10, conditioner: str = "attention",
                  coupling: str = "logistic_mixture", permutation: str = "conv1x1_lu",
                  coupling_options: Mapping[str, Any] | None = None,
-                 conditioner_options: Mapping[str, Any] | None = None) -> MultiScaleFlow:
+                 conditioner_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> MultiScaleFlow:
     """Level ``i`` (a squeeze first, from the second level on): ``channel[i]`` couplings with
     channel masks, then ``checkerboard[i]`` with checkerboard masks, parities alternating; each
     coupling follows an actnorm and an invertible 1x1 convolution (the paper's ``Norm,
@@ -30,7 +30,8 @@ def build_flowpp(shape: Shape, levels: int = 2, channel: Sequence[int] = (0, 2),
 
     Couplings use the registered transform ``coupling`` (Flow++: ``logistic_mixture`` with 32
     components) and conditioner (Flow++: gated convolutions with self-attention, 96 wide, 10
-    blocks). The keyword names are those of the config's ``model.flowpp`` section."""
+    blocks). The keyword names are those of the config's ``model.flowpp`` section; ``context_dim``
+    is the size of the class embedding the couplings' nets see (0: unconditional)."""
     if len(channel) != levels or len(checkerboard) != levels:
         raise ValueError(f"channel and checkerboard give couplings per level: {levels} numbers each, "
                          f"got {list(channel)} and {list(checkerboard)}")
@@ -40,7 +41,7 @@ def build_flowpp(shape: Shape, levels: int = 2, channel: Sequence[int] = (0, 2),
         transform = make_transform(coupling, **(coupling_options or {}))
         # A single channel has nothing to mix: its 1x1 conv would only repeat actnorm's scale.
         mixer = [channel_mixer(channels, permutation)] if channels > 1 else []
-        return Sequential(ActNorm(channels), *mixer, Coupling(mask, net, transform))
+        return Sequential(ActNorm(channels), *mixer, Coupling(mask, net, transform, context_dim))
 
     c, h, w = shape
     built = []

@@ -25,25 +25,27 @@ def channel_mixer(channels: int, kind: str) -> Flow:
 
 
 def glow_step(channels: int, net: NetFactory, coupling: str = "affine", permutation: str = "conv1x1_lu",
-              coupling_options: Mapping[str, Any] | None = None) -> Flow:
-    """One step of flow: actnorm -> 1x1 conv (or permutation) -> channel coupling."""
+              coupling_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> Flow:
+    """One step of flow: actnorm -> 1x1 conv (or permutation) -> channel coupling (whose net also
+    sees a ``context_dim`` context, if any)."""
     return Sequential(
         ActNorm(channels),
         channel_mixer(channels, permutation),
-        Coupling(ChannelMask(channels), net, make_transform(coupling, **(coupling_options or {}))),
+        Coupling(ChannelMask(channels), net, make_transform(coupling, **(coupling_options or {})), context_dim),
     )
 
 
 def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str = "affine",
                permutation: str = "conv1x1_lu", split_prior: str = "learned", learn_top: bool = True,
                conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
-               conditioner_options: Mapping[str, Any] | None = None) -> MultiScaleFlow:
+               conditioner_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> MultiScaleFlow:
     """``levels`` x [squeeze -> ``steps`` steps of flow -> split], no split after the last.
 
     Couplings use the registered elementwise transform ``coupling`` (with ``coupling_options``)
     and the registered ``conditioner`` of width ``hidden`` and depth ``blocks`` (Glow's own net
     has one hidden 1x1 layer), with its extra ``conditioner_options``. The keyword names are
-    those of the config's ``model.glow`` section. Memory saving and channels-last are applied to
+    those of the config's ``model.glow`` section; ``context_dim`` is the size of the class
+    embedding the couplings and split priors see (0: unconditional). Memory saving and channels-last are applied to
     the built model (``set_memory_saving``, ``set_channels_last``), not chosen here."""
     net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
     c, h, w = shape
@@ -52,10 +54,10 @@ def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str
         in_shape = (c, h, w)
         c, h, w = 4 * c, h // 2, w // 2
         flows: list[Flow] = [Squeeze()]
-        flows += [glow_step(c, net, coupling, permutation, coupling_options) for _ in range(steps)]
+        flows += [glow_step(c, net, coupling, permutation, coupling_options, context_dim) for _ in range(steps)]
         last = i == levels - 1
         if not last and split_prior == "learned":
-            flows.append(SplitPrior(c))
+            flows.append(SplitPrior(c, context_dim))
         if last and learn_top:
             flows.append(LearnedGaussian((c, h, w)))
         built.append(Level(Sequential(*flows), in_shape, (c, h, w), split=not last))

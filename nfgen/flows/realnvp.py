@@ -16,7 +16,7 @@ from nfgen.flows.transforms import make_transform
 def build_realnvp(shape: Shape, levels: int, steps: int = 3, hidden: int = 64, blocks: int = 8,
                   coupling: str = "affine", conditioner: str = "resnet",
                   coupling_options: Mapping[str, Any] | None = None,
-                  conditioner_options: Mapping[str, Any] | None = None) -> MultiScaleFlow:
+                  conditioner_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> MultiScaleFlow:
     """Each scale but the last: ``steps`` checkerboard couplings, squeeze, ``steps`` channel
     couplings, split. The last scale: ``steps + 1`` checkerboard couplings (the paper: 3, 3, 4).
     Parities alternate so every dimension is transformed.
@@ -24,11 +24,12 @@ def build_realnvp(shape: Shape, levels: int, steps: int = 3, hidden: int = 64, b
     Couplings use the registered elementwise transform ``coupling`` (with ``coupling_options``)
     and the registered ``conditioner`` of width ``hidden`` and depth ``blocks`` (RealNVP's: a
     resnet of ``blocks`` residual blocks), with its extra ``conditioner_options``. The keyword
-    names are those of the config's ``model.realnvp`` section."""
+    names are those of the config's ``model.realnvp`` section; ``context_dim`` is the size of the
+    class embedding the couplings' nets see (0: unconditional)."""
     net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
 
     def make_coupling(mask: ChannelMask | CheckerboardMask) -> Coupling:
-        return Coupling(mask, net, make_transform(coupling, **(coupling_options or {})))
+        return Coupling(mask, net, make_transform(coupling, **(coupling_options or {})), context_dim)
 
     c, h, w = shape
     built = []

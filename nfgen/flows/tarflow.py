@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfgen.flows.base import Flow, Sequential
+from nfgen.flows.conditioning import Guided
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
 from nfgen.flows.transformer import CausalTransformer, KVCache
 from nfgen.priors import LearnedGaussian
@@ -69,6 +70,11 @@ class AutoregressiveBlock(Flow):
     over the whole prefix: the reference the cache is tested against). A parallel Jacobi
     fixed-point inverse was tried and dropped: on a trained model it needed 13 of 16 iterations
     and sampled 5.9x slower than the cache on a CPU (README, "TarFlow").
+
+    Class-conditional (``context_dim > 0``): a linear map of the class embedding is added to every
+    token (the paper adds a per-block class embedding). Under guidance (a ``Guided`` context) the
+    shift and log-scale of token ``i`` are ``(1 + w_i) f(y) - w_i f(null)``, each stream with its
+    own key/value cache, ``w_i`` annealed over the tokens if asked.
     """
 
     stem = "block"
@@ -76,7 +82,8 @@ class AutoregressiveBlock(Flow):
     cheap_inverse: ClassVar[bool] = False  # memory saving checkpoints it instead of inverting it
 
     def __init__(self, channels: int, size: tuple[int, int], width: int, layers: int, heads: int,
-                 reverse: bool = False, scale: str = "affine", max_log_scale: float = 4.0, mlp_ratio: int = 4) -> None:
+                 reverse: bool = False, scale: str = "affine", max_log_scale: float = 4.0, mlp_ratio: int = 4,
+                 context_dim: int = 0) -> None:
         super().__init__()
         if scale not in ("affine", "additive"):
             raise ValueError(f"scale must be affine or additive, got {scale!r}")
@@ -87,6 +94,7 @@ class AutoregressiveBlock(Flow):
         self.pos = nn.Parameter(torch.randn(self.tokens, width) * 0.02)  # learned, one per patch position
         out = 2 * channels if scale == "affine" else channels
         self.net = CausalTransformer(channels, out, width, layers, heads, mlp_ratio)
+        self.class_proj = nn.Linear(context_dim, width) if context_dim else None
 
     def describe(self) -> str:
         order = "reversed" if self.reverse else "raster"
@@ -114,36 +122,51 @@ class AutoregressiveBlock(Flow):
         c = self.max_log_scale
         return mu, c * torch.tanh(raw / c)
 
-    def _params(self, t: Tensor) -> tuple[Tensor, Tensor]:
+    def _class(self, context: Tensor | None) -> Tensor | None:
+        """The class embedding's projection added to every token (None: unconditional)."""
+        return None if self.class_proj is None or context is None else self.class_proj(context)
+
+    def _params(self, t: Tensor, context: Tensor | Guided | None = None) -> tuple[Tensor, Tensor]:
         """``(mu, alpha)`` for every token: position ``i``'s come from the output at ``i - 1``."""
-        out = self.net(t, self._pos().to(t.dtype))
+        if isinstance(context, Guided):
+            cond, null = self._params(t, context.cond), self._params(t, context.null)
+            w = t.new_tensor([context.weight_at(i - 1, self.tokens) for i in range(self.tokens)])[:, None]
+            return cond[0] + w * (cond[0] - null[0]), cond[1] + w * (cond[1] - null[1])
+        out = self.net(t, self._pos().to(t.dtype), self._class(context))
         out = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
         return self._affine(out, t.dtype)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | Guided | None = None) -> tuple[Tensor, Tensor]:
         t = self._tokens(x)
-        mu, alpha = self._params(t)
+        mu, alpha = self._params(t, context)
         z = (t - mu) * torch.exp(-alpha)
         return self._image(z, x), -alpha.flatten(1).sum(1)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, context: Tensor | Guided | None = None) -> tuple[Tensor, Tensor]:
         t = self._tokens(z)
         pos = self._pos().to(t.dtype)
         xs, alphas = [t[:, 0]], [torch.zeros_like(t[:, 0])]
-        cache = KVCache(self.tokens)
+        # One stream per context (two under guidance), each with its own cache.
+        contexts = [context.cond, context.null] if isinstance(context, Guided) else [context]
+        streams = [(self._class(c), KVCache(self.tokens)) for c in contexts]
         for i in range(self.tokens - 1):
-            if self.kv_cache:
-                out = self.net.step(xs[i][:, None], pos[i : i + 1], i, cache)[:, 0]
-            else:
-                out = self.net(torch.stack(xs, 1), pos[: i + 1])[:, -1]
-            mu, alpha = self._affine(out, t.dtype)
+            params = []
+            for c, cache in streams:
+                if self.kv_cache:
+                    out = self.net.step(xs[i][:, None], pos[i : i + 1], i, cache, c)[:, 0]
+                else:
+                    out = self.net(torch.stack(xs, 1), pos[: i + 1], c)[:, -1]
+                params.append(self._affine(out, t.dtype))
+            mu, alpha = params[0]
+            if isinstance(context, Guided):
+                mu, alpha = context.mix(params[0], params[1], context.weight_at(i, self.tokens))
             xs.append(t[:, i + 1] * torch.exp(alpha) + mu)
             alphas.append(alpha)
         return self._image(torch.stack(xs, 1), z), torch.stack(alphas, 1).flatten(1).sum(1)
 
     def diagnostics(self, x: Tensor, context: Tensor | None = None) -> dict[str, float]:
         """``min_scale``: the smallest ``|dz/dx| = exp(-alpha)`` at ``x``."""
-        _, alpha = self._params(self._tokens(x))
+        _, alpha = self._params(self._tokens(x), context)
         return {"min_scale": torch.exp(-alpha).min().item()}
 
 
@@ -157,11 +180,13 @@ def set_kv_cache(module: nn.Module, on: bool) -> None:
 
 
 def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequence[int] = (8,), width: int = 768,
-                  heads: int = 12, mlp_ratio: int = 4, scale: str = "affine", max_log_scale: float = 4.0) -> MultiScaleFlow:
+                  heads: int = 12, mlp_ratio: int = 4, scale: str = "affine", max_log_scale: float = 4.0,
+                  context_dim: int = 0) -> MultiScaleFlow:
     """Patchify, then ``blocks`` autoregressive blocks alternating direction. ``layers`` is one
     count for every block, or one per block: STARFlow's deep-shallow design is ``[8, 2, 2, 2]``
     (one deep block, then shallow ones). The latent is the patchified image. The keyword names are
-    those of the config's ``model.tarflow`` section."""
+    those of the config's ``model.tarflow`` section; ``context_dim`` is the size of the class
+    embedding every block sees (0: unconditional)."""
     layers = list(layers)
     if len(layers) == 1:
         layers *= blocks
@@ -173,7 +198,7 @@ def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequenc
     d, size = c * patch * patch, (h // patch, w // patch)
     flows: list[Flow] = [Patchify(patch)] + [
         AutoregressiveBlock(d, size, width, n, heads, reverse=k % 2 == 1, scale=scale, max_log_scale=max_log_scale,
-                            mlp_ratio=mlp_ratio)
+                            mlp_ratio=mlp_ratio, context_dim=context_dim)
         for k, n in enumerate(layers)
     ]
     if scale == "additive":
