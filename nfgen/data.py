@@ -140,7 +140,7 @@ def load_split(cfg: Config, split: str) -> Dataset:
         images, labels, names = _folder_split(cfg, split)
     else:
         images, labels, names = _torchvision_split(cfg, split == "train")
-    k = _num_classes(cfg)
+    k = cfg.model.num_classes
     if k == 0:
         return images
     assert labels is not None  # check_data_matches_model: a conditional model's folder has data.labels
@@ -165,10 +165,6 @@ def class_names(cfg: Config) -> list[str]:
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: create it, or point data.root at your images")
     return _split_classes(root) if all((root / s).is_dir() for s in SPLITS) else _class_folders(root)
-
-
-def _num_classes(cfg: Config) -> int:
-    return getattr(cfg.model, "num_classes", 0)
 
 
 def _listed(names: list[str], most: int = 5) -> str:

@@ -110,6 +110,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
         self.class_names = _class_names(model, train_set, test_set)
+        self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
         self.progress = Progress()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
@@ -263,7 +264,10 @@ class Trainer:
                     self.progress.batch_in_epoch += 1
                     x, labels = split_batch(batch)
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
-                    yield MicroBatch(x, noise, labels)
+                    # Label dropout's draws too are one global draw, sliced: N ranks drop the
+                    # labels one process would. None (no draw) when nothing is dropped.
+                    drop = torch.rand(big, device=self.device)[r * small:(r + 1) * small] if self._drops else None
+                    yield MicroBatch(x, noise, labels, drop)
             finally:
                 batches.close()  # shut the workers down now, also when this generator is closed
             self.progress.epoch += 1
