@@ -31,7 +31,7 @@ from urllib.error import URLError
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -125,6 +125,12 @@ def split_batch(batch: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Ten
         return batch, None
     images, labels = batch
     return images, labels
+
+
+def take(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Items ``indices`` of a data set batched as a loader batches them, as ``(images, labels)``
+    (``split_batch``): uint8 ``[n, C, H, W]`` and int64 ``[n]`` (None without labels)."""
+    return split_batch(default_collate([dataset[int(i)] for i in indices]))
 
 
 def load_split(cfg: Config, split: str) -> Dataset:

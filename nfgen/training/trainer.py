@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
-from nfgen.data import Labelled, split_batch
+from nfgen.data import Labelled, split_batch, take
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import class_rows, grid, save_grid
 from nfgen.model import ImageFlow
@@ -278,7 +278,7 @@ class Trainer:
         then wrap for data parallelism and compilation."""
         if self.step == 0:
             first = self._epoch_order()[: self.t.batch_size].tolist()
-            x, labels = split_batch(default_collate([self.train_set[i] for i in first]))  # as a loader batches them
+            x, labels = take(self.train_set, first)
             initialize(self.model, x.to(self.device), self.model.draw_noise(len(first)),
                        None if labels is None else labels.to(self.device))
         if self.rank.distributed:
