@@ -9,7 +9,7 @@ with torchvision transforms doing the pixel work. Every user-facing problem is a
 Labels: an unconditional model (``model.num_classes`` 0) gets images only; a conditional one
 gets ``Labelled`` items ``(image, label)``. MNIST's classes are its digits, CIFAR-10's its ten
 names, a folder's (``data.labels: true``) its class subfolders, sorted, as torchvision's
-``ImageFolder`` reads them.
+``ImageFolder`` reads them (``nfgen.labels``: ``Labelled`` and its batches).
 
 Data that would load but be wrong is refused, not trained on: MNIST files whose headers do not
 match their sizes, or whose splits are swapped or copies; CIFAR-10 files failing their md5;
@@ -25,22 +25,20 @@ import math
 import os
 import pickle
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from nfgen.config import Config, check_data_matches_model
 from nfgen.image_modes import SUPPORTED, ModeError, to_mode
+from nfgen.labels import CIFAR10_CLASSES, MNIST_CLASSES, Labelled
 
 SPLITS = ("train", "test")
-MNIST_CLASSES = [str(d) for d in range(10)]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 class DataError(Exception):
@@ -100,37 +98,6 @@ class ImageFiles(Dataset[torch.Tensor]):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path} ({e}): fix or delete the file") from None
         return self.transform(img)
-
-
-class Labelled(Dataset[tuple[torch.Tensor, int]]):
-    """Images with their classes: item ``i`` is ``(images[i], int(labels[i]))``, so a loader's
-    batch is ``[uint8 images [B, C, H, W], int64 labels [B]]`` and any index list (a shuffle, a
-    rank's shard) keeps each image with its label. ``class_names[k]`` names label ``k``."""
-
-    def __init__(self, images: Dataset[torch.Tensor], labels: torch.Tensor, class_names: list[str]) -> None:
-        if len(labels) != len(images):  # type: ignore[arg-type]
-            raise ValueError(f"{len(labels)} labels for {len(images)} images")  # type: ignore[arg-type]
-        self.images, self.labels, self.class_names = images, labels.long(), list(class_names)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-
-def split_batch(batch: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A loader's batch as ``(images, labels)``: labels ``None`` for a data set without them."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    images, labels = batch
-    return images, labels
-
-
-def take(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Items ``indices`` of a data set batched as a loader batches them, as ``(images, labels)``
-    (``split_batch``): uint8 ``[n, C, H, W]`` and int64 ``[n]`` (None without labels)."""
-    return split_batch(default_collate([dataset[int(i)] for i in indices]))
 
 
 def load_split(cfg: Config, split: str) -> Dataset:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from nfgen.data import split_batch
+from nfgen.labels import split_batch
 from nfgen.model import ImageFlow
 
 

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from nfgen.complexity import compressed_bits
 from nfgen.config import Config
-from nfgen.data import DataError, ImageFiles, Labelled, load_split, make_loader, split_batch
+from nfgen.data import DataError, ImageFiles, load_split, make_loader
+from nfgen.labels import Labelled, split_batch
 from nfgen.model import ImageFlow
 from nfgen.ood_metrics import format_table, separation
 

@@ -16,7 +16,8 @@ from datasets import CIFAR10_CLASSES, digits, skip_cifar10_md5, write_cifar10, w
 from PIL import Image
 
 from nfgen.config import ConfigError, config_from_dict
-from nfgen.data import DataError, Labelled, class_names, load_split, make_loader, split_batch
+from nfgen.data import DataError, class_names, load_split, make_loader
+from nfgen.labels import Labelled, split_batch
 from nfgen.model import build_model
 from nfgen.training.checkpoint import (
     CheckpointError,

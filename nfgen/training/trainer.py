@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
-from nfgen.data import Labelled, split_batch, take
 from nfgen.evaluate import bpd_values, metric, summarize
-from nfgen.generate import class_rows, grid, save_grid
+from nfgen.generate import grid, sample_grid, save_grid
+from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.budget import Budget, format_seconds
@@ -38,15 +38,7 @@ from nfgen.training.checkpoint import (
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import (
-    MicroBatch,
-    cpu_has_native_bf16,
-    initialize,
-    lr_factor,
-    make_forward,
-    make_optimizer,
-    train_step,
-)
+from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
 
 
@@ -109,7 +101,7 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
-        self.class_names = _class_names(model, train_set, test_set)
+        self.class_names = check_classes(model.num_classes, train_set, test_set)
         self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
         self.progress = Progress()
@@ -342,33 +334,21 @@ class Trainer:
     def _write_samples(self) -> None:
         out = self.run_dir / "samples"
         model = self.eval_model.eval()
-        labels, nrow = self._sample_labels()
         with self._forked_rng():
             for temperature in self.t.sample_temperatures:
                 torch.manual_seed(self.t.seed + 2)  # same noise each time: watch one set evolve
                 try:
-                    images = self._sample(model, temperature, labels)
+                    images, nrow = sample_grid(model, self.t.sample_count, temperature)  # conditional: a row per class
                 except FloatingPointError:
                     continue  # an early, unstable model; the next grid will try again
                 self.logger.image(f"samples/temperature_{temperature:g}", grid(images, nrow), self.step)
                 path = out / f"step{self.step:07d}_t{temperature:g}.png"
 
-                def write(images: torch.Tensor = images, path: Path = path) -> None:
+                def write(images: torch.Tensor = images, path: Path = path, nrow: int | None = nrow) -> None:
                     out.mkdir(parents=True, exist_ok=True)
                     save_grid(images, path, nrow)
 
                 self.writes.attempt("sample grid", path, write)
-
-    def _sample_labels(self) -> tuple[torch.Tensor | None, int | None]:
-        """A conditional model's grid has one row per class (``class_rows``); else no labels,
-        and the default square grid."""
-        if not self.class_names:
-            return None, None
-        labels, nrow = class_rows(len(self.class_names), self.t.sample_count)
-        return labels.to(self.device), nrow
-
-    def _sample(self, model: ImageFlow, temperature: float, labels: torch.Tensor | None) -> torch.Tensor:
-        return model.sample(self.t.sample_count if labels is None else len(labels), temperature, labels=labels)
 
     def _recover_from_divergence(self) -> None:
         """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
@@ -445,10 +425,9 @@ class Trainer:
             self.budget.record("eval", times[0] + (n - 1) * times[-1] if times else 0.0)
             if self.rank.is_main:
                 with self.budget.timed("samples"):
-                    labels, _ = self._sample_labels()
                     for temperature in t.sample_temperatures:
                         with contextlib.suppress(FloatingPointError):
-                            self._sample(model, temperature, labels)
+                            sample_grid(model, t.sample_count, temperature)
                 with self.budget.timed("save"):
                     torch.save(self.state(), io.BytesIO())
 
@@ -518,23 +497,3 @@ class Trainer:
             bar.close()
         return test_bpd
 
-
-def _class_names(model: ImageFlow, train_set: Dataset, test_set: Dataset) -> list[str] | None:
-    """The classes of a conditional model's data (both splits ``Labelled`` with as many classes
-    as the model has, the same in both); None for an unconditional model, which takes images."""
-    k = model.num_classes
-    sets = {"training": train_set, "test": test_set}
-    if k == 0:
-        labelled = [name for name, s in sets.items() if isinstance(s, Labelled)]
-        if labelled:
-            raise ConfigError(f"the {labelled[0]} data has labels but the model is unconditional "
-                              "(model.num_classes 0); give it images only")
-        return None
-    for name, s in sets.items():
-        if not isinstance(s, Labelled) or len(s.class_names) != k:
-            found = f"{len(s.class_names)} classes" if isinstance(s, Labelled) else "no labels"
-            raise ConfigError(f"the model has {k} classes (model.num_classes) but the {name} data has {found}")
-    if train_set.class_names != test_set.class_names:
-        raise ConfigError("the training and test data name their classes differently "
-                          f"({', '.join(train_set.class_names)} vs {', '.join(test_set.class_names)})")
-    return train_set.class_names
