@@ -33,6 +33,7 @@ class DataConfig:
     download: bool = True  # torchvision data sets only; a folder is never downloaded
     test_fraction: float = 0.1  # folder without train/ and test/ subfolders: held-out share
     num_workers: int = 2
+    labels: bool = False  # folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)
 
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
@@ -451,6 +452,13 @@ def check_data_matches_model(cfg: Config) -> Config:
                f"CIFAR-10 images are 3x32x32; model.image_shape is {list(m.image_shape)}")
     _check(c in (1, 3) or d.dataset != "folder",
            f"an image folder gives 1 (grey) or 3 (RGB) channels, model.image_shape has {c}")
+    k = m.num_classes
+    _check(k in (0, 10) or d.dataset == "folder",
+           f"{'MNIST' if d.dataset == 'mnist' else 'CIFAR-10'} has 10 classes; model.num_classes is {k}: set it to 10 "
+           "(or 0 for an unconditional model)")
+    _check(k == 0 or d.labels or d.dataset != "folder",
+           f"model.num_classes is {k} but data.labels is false: set data.labels: true, with each class's images "
+           "in a subfolder of the image folder (or model.num_classes: 0 for an unconditional model)")
     return cfg
 
 

@@ -1,9 +1,15 @@
-"""Data sets as uint8 image tensors ``[C, H, W]`` (values 0..255, no labels), and their loaders.
+"""Data sets as uint8 image tensors ``[C, H, W]`` (values 0..255), with their class labels for a
+class-conditional model, and their loaders.
 
 Wraps ``torchvision.datasets.MNIST`` and ``CIFAR10`` (their own on-disk formats and downloads)
 and a folder of the user's images (any of ``torchvision.datasets.folder.IMG_EXTENSIONS``),
 with torchvision transforms doing the pixel work. Every user-facing problem is a
 ``DataError`` with a one-line message that says what to do.
+
+Labels: an unconditional model (``model.num_classes`` 0) gets images only; a conditional one
+gets ``Labelled`` items ``(image, label)``. MNIST's classes are its digits, CIFAR-10's its ten
+names, a folder's (``data.labels: true``) its class subfolders, sorted, as torchvision's
+``ImageFolder`` reads them (``nfgen.labels``: ``Labelled`` and its batches).
 
 Data that would load but be wrong is refused, not trained on: MNIST files whose headers do not
 match their sizes, or whose splits are swapped or copies; CIFAR-10 files failing their md5;
@@ -30,6 +36,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from nfgen.config import Config, check_data_matches_model
 from nfgen.image_modes import SUPPORTED, ModeError, to_mode
+from nfgen.labels import CIFAR10_CLASSES, MNIST_CLASSES, Labelled
 
 SPLITS = ("train", "test")
 
@@ -93,19 +100,51 @@ class ImageFiles(Dataset[torch.Tensor]):
         return self.transform(img)
 
 
-def load_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
-    """The "train" or "test" split of ``cfg.data``, each item a uint8 tensor of shape
-    ``cfg.model.image_shape``. Raises ``DataError`` (or ``ConfigError`` if the data set cannot
-    produce that shape)."""
+def load_split(cfg: Config, split: str) -> Dataset:
+    """The "train" or "test" split of ``cfg.data``: for an unconditional model each item a uint8
+    tensor of shape ``cfg.model.image_shape``; for a class-conditional one (``model.num_classes``
+    > 0) a ``Labelled`` data set of ``(image, label)`` items with its ``class_names``, as many as
+    the model has classes. Raises ``DataError`` (or ``ConfigError`` if the data set cannot
+    produce that shape or those classes)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
     check_data_matches_model(cfg)
     if cfg.data.dataset == "folder":
-        return _folder_split(cfg, split)
-    return _torchvision_split(cfg, split == "train")
+        images, labels, names = _folder_split(cfg, split)
+    else:
+        images, labels, names = _torchvision_split(cfg, split == "train")
+    k = cfg.model.num_classes
+    if k == 0:
+        return images
+    assert labels is not None  # check_data_matches_model: a conditional model's folder has data.labels
+    if len(names) != k:
+        raise DataError(f"model.num_classes is {k} but the image folder {cfg.data.root} has {len(names)} class "
+                        f"folders ({_listed(names)}): set model.num_classes: {len(names)}")
+    return Labelled(images, labels, names)
 
 
-def _torchvision_split(cfg: Config, train: bool) -> Dataset[torch.Tensor]:
+def class_names(cfg: Config) -> list[str]:
+    """The names of ``cfg.data``'s classes, label ``k`` named ``[k]``: MNIST's digits, CIFAR-10's
+    names, an image folder's class subfolders (``data.labels: true``; else a ``DataError``),
+    without reading any image."""
+    if cfg.data.dataset == "mnist":
+        return list(MNIST_CLASSES)
+    if cfg.data.dataset == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if not cfg.data.labels:
+        raise DataError(f"the image folder {cfg.data.root} has no labels (data.labels is false): set "
+                        "data.labels: true, with one subfolder of images per class")
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} not found: create it, or point data.root at your images")
+    return _split_classes(root) if all((root / s).is_dir() for s in SPLITS) else _class_folders(root)
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "") if names else "none"
+
+
+def _torchvision_split(cfg: Config, train: bool) -> tuple[Dataset[torch.Tensor], torch.Tensor, list[str]]:
     d = cfg.data
     root = Path(d.root)
     if d.dataset == "mnist":
@@ -150,7 +189,15 @@ def _torchvision_split(cfg: Config, train: bool) -> Dataset[torch.Tensor]:
         ) from None
     if missing:
         check(where)  # what was just downloaded
-    return ImagesOnly(base)
+    names = MNIST_CLASSES if d.dataset == "mnist" else CIFAR10_CLASSES
+    labels = torch.as_tensor(base.targets, dtype=torch.long)
+    bad = labels[(labels < 0) | (labels >= len(names))]
+    if len(bad):
+        # A damaged labels file (MNIST's IDX has no checksum) would train a conditional model on
+        # wrong classes, or fail deep inside its class embedding.
+        raise DataError(f"{name} files under {where} hold label {int(bad[0])}, but {name}'s classes are "
+                        f"0..{len(names) - 1}: delete them and download again (data.download: true)")
+    return ImagesOnly(base), labels, names
 
 
 # MNIST's IDX files as torchvision reads them (uncompressed), per split: (images, labels).
@@ -288,15 +335,66 @@ def _hash_key(path: Path, root: Path) -> bytes:
     return hashlib.sha256(path.relative_to(root).as_posix().encode()).digest()
 
 
-def _folder_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
+def _class_folders(folder: Path) -> list[str]:
+    """``folder``'s classes as torchvision's ``ImageFolder`` reads them: its immediate subfolders
+    (through symbolic links; hidden ones skipped, as ``_image_files`` skips them), sorted."""
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    except OSError as e:
+        raise DataError(f"cannot list folder {folder} ({e.strerror}): fix its permissions") from None
+    if not names:
+        raise DataError(f"{folder} has no class subfolders, but data.labels is true: put each class's images "
+                        f"in its own subfolder ({folder}/<class>/...), or set data.labels: false")
+    return names
+
+
+def _split_classes(root: Path) -> list[str]:
+    """The classes of a folder with train/ and test/: both must have the same class folders,
+    else a label would mean one class in training and another in evaluation."""
+    train, test = (_class_folders(root / s) for s in SPLITS)
+    if train != test:
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        parts = [f"only in {s}/: {_listed(v)}" for s, v in (("train", only_train), ("test", only_test)) if v]
+        raise DataError(f"{root}/train and {root}/test have different class folders ({'; '.join(parts)}): "
+                        "give both the same class subfolders")
+    return train
+
+
+def _labels_of(files: list[Path], folder: Path, names: list[str]) -> torch.Tensor:
+    """Each file's class: the index of the class folder of ``folder`` it lies under. Every class
+    must hold an image, and no image may lie directly in ``folder``."""
+    index = {n: i for i, n in enumerate(names)}
+    labels = []
+    for path in files:
+        parts = path.relative_to(folder).parts
+        if len(parts) == 1:
+            raise DataError(f"{path} lies directly in {folder}, but data.labels: true reads each image's class "
+                            f"from its subfolder: move the images into class subfolders ({folder}/<class>/), "
+                            f"or set data.labels: false")
+        labels.append(index[parts[0]])
+    labels_t = torch.tensor(labels, dtype=torch.long)
+    empty = [n for i, n in enumerate(names) if not bool((labels_t == i).any())]
+    if empty:
+        raise DataError(f"class folder {folder / empty[0]} holds no images ({len(empty)} class folder(s) are "
+                        f"empty): add images ({', '.join(IMG_EXTENSIONS)}) or remove the folder")
+    return labels_t
+
+
+def _folder_split(cfg: Config, split: str) -> tuple[ImageFiles, torch.Tensor | None, list[str]]:
+    """The split's files, and with ``data.labels`` their classes and the class names."""
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: create it, or point data.root at your images")
     has = {s: (root / s).is_dir() for s in SPLITS}
+    labels, names = None, []
     if all(has.values()):
         files = _image_files(root / split)
         if not files:
             raise DataError(f"no images in {root / split}: add images ({', '.join(IMG_EXTENSIONS)})")
+        if cfg.data.labels:
+            names = _split_classes(root)
+            labels = _labels_of(files, root / split, names)
     elif any(has.values()):
         there, missing = ("train", "test") if has["train"] else ("test", "train")
         raise DataError(
@@ -310,11 +408,16 @@ def _folder_split(cfg: Config, split: str) -> Dataset[torch.Tensor]:
                 f"{len(files)} images in {root} (searched recursively for {', '.join(IMG_EXTENSIONS)}): "
                 f"a train and a test split need at least 2"
             )
+        if cfg.data.labels:  # of every file, before the split: a class may be absent from the test split
+            names = _class_folders(root)
+            labels = _labels_of(files, root, names)
         # round(n * fraction) files, at least 1 and leaving at least 1, lowest hashes held out.
         n_test = min(max(round(len(files) * cfg.data.test_fraction), 1), len(files) - 1)
         held_out = set(sorted(files, key=lambda p: _hash_key(p, root))[:n_test])
-        files = [p for p in files if (p in held_out) == (split == "test")]
-    return _checked_images(files, cfg.model.image_shape)
+        keep = [(p in held_out) == (split == "test") for p in files]
+        files = [p for p, k in zip(files, keep) if k]
+        labels = labels[torch.tensor(keep)] if labels is not None else None
+    return _checked_images(files, cfg.model.image_shape), labels, names
 
 
 def load_folder(root: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
@@ -351,10 +454,11 @@ def _check_headers(files: list[Path]) -> None:
                             f"without guessing: save it as 8-bit grey or RGB (e.g. PNG)")
 
 
-def make_loader(dataset: Dataset[torch.Tensor], batch_size: int, shuffle: bool, num_workers: int,
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
                 pin_memory: bool, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> DataLoader[torch.Tensor]:
-    """A ``torch.utils.data.DataLoader`` of uint8 batches ``[B, C, H, W]``. A seeded ``generator``
+                drop_last: bool = False) -> DataLoader:
+    """A ``torch.utils.data.DataLoader`` of uint8 batches ``[B, C, H, W]`` (of a ``Labelled``
+    data set: ``[images, labels]``, see ``split_batch``). A seeded ``generator``
     fixes the shuffle order (and the workers' seeds); workers persist between epochs."""
     n = len(dataset)  # type: ignore[arg-type]
     if drop_last and n < batch_size:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
+from nfgen.labels import split_batch
 from nfgen.model import ImageFlow
 
 
@@ -57,16 +58,18 @@ class BpdResult:
 
 
 @torch.no_grad()
-def bpd_values(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
+def bpd_values(model: ImageFlow, batches: Iterable, n_samples: int = 1,
                max_batches: int = 0, progress: bool = False) -> torch.Tensor:
-    """Per-image bits/dim (float64, CPU) over ``batches``; ``max_batches`` > 0 stops early.
-    In generation mode the noisy-image NLL (``Metric``), which training logs."""
+    """Per-image bits/dim (float64, CPU) over ``batches`` (of images, or of ``[images, labels]``
+    for a class-conditional model: then ``-log p(x | y)`` with the true labels); ``max_batches``
+    > 0 stops early. In generation mode the noisy-image NLL (``Metric``), which training logs."""
     model.eval()
     values = []
-    for i, x in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
+    for i, batch in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
         if max_batches and i >= max_batches:
             break
-        values.append(model.bits_per_dim(x, n_samples=n_samples).double().cpu())
+        x, labels = split_batch(batch)
+        values.append(model.bits_per_dim(x, n_samples=n_samples, labels=labels).double().cpu())
     return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
 
 
@@ -80,7 +83,7 @@ def summarize(bpd: torch.Tensor, dims: int) -> BpdResult:
     return BpdResult(mean, stderr, mean * dims * math.log(2), n, int((~torch.isfinite(bpd)).sum()))
 
 
-def evaluate_bpd(model: ImageFlow, batches: Iterable[torch.Tensor], n_samples: int = 1,
+def evaluate_bpd(model: ImageFlow, batches: Iterable, n_samples: int = 1,
                  max_batches: int = 0, progress: bool = False) -> BpdResult:
     """Exact bits/dim (the dequantization bound, or its importance-weighted estimate with
     ``n_samples`` > 1) over every image of ``batches``; a generation-mode model is refused

@@ -27,6 +27,24 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None
     save_image(to_float(images).cpu(), str(path), nrow=nrow, padding=2)
 
 
+def class_rows(num_classes: int, count: int) -> tuple[Tensor, int]:
+    """Labels for a grid of about ``count`` samples with one row per class: row ``k`` holds
+    ``count // num_classes`` (at least 1) samples of class ``k``. Returns the labels (int64, in
+    grid order) and the row length, ``nrow`` for ``grid`` / ``save_grid``."""
+    per_class = max(1, count // num_classes)
+    return torch.arange(num_classes).repeat_interleave(per_class), per_class
+
+
+def sample_grid(model: ImageFlow, count: int, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, int | None]:
+    """Samples for a grid and its row length: ``count`` of them (``nrow`` None: the default
+    square grid), or for a class-conditional model one row per class (``class_rows``)."""
+    if not model.num_classes:
+        return model.sample(count, temperature, generator), None
+    labels, nrow = class_rows(model.num_classes, count)
+    return model.sample(len(labels), temperature, generator, labels=labels), nrow
+
+
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     """Spherical interpolation per sample, treating each latent as one vector."""
     fa, fb = a.flatten(1), b.flatten(1)

@@ -1,7 +1,8 @@
 """Anomaly scores of images under a trained flow; higher is more anomalous for every score.
 
 - ``bpd``: bits/dim, ``-log2 p(x) / D`` (the dequantization bound, or its importance-weighted
-  estimate). A poor score alone: flows give simple images from another data set more likelihood
+  estimate; of a class-conditional model the marginal ``p(x) = mean_y p(x | y)``, as an image
+  to score has no known class). A poor score alone: flows give simple images from another data set more likelihood
   than their own test set (Nalisnick et al., 2019, "Do deep generative models know what they
   don't know?").
 - ``corrected_<codec>``: ``bpd(x) - L(x) / D``, with ``L(x)`` the bits of ``x`` losslessly
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from nfgen.complexity import compressed_bits
 from nfgen.config import Config
 from nfgen.data import DataError, ImageFiles, load_split, make_loader
+from nfgen.labels import Labelled, split_batch
 from nfgen.model import ImageFlow
 from nfgen.ood_metrics import format_table, separation
 
@@ -70,10 +72,21 @@ def _names(dataset: Dataset) -> list[str]:
     base, index = dataset, None
     if isinstance(dataset, Subset):
         base, index = dataset.dataset, list(dataset.indices)
+    if isinstance(base, Labelled):
+        base = base.images
     index = index if index is not None else list(range(len(dataset)))  # type: ignore[arg-type]
     if isinstance(base, ImageFiles):
         return [str(base.files[i]) for i in index]
     return [str(i) for i in index]
+
+
+def bits_per_dim(model: ImageFlow, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
+    """Per-image bits/dim as the scores use them: of a class-conditional model the marginal
+    ``-log2 mean_y p(x | y) / D`` (``ImageFlow.log_prob_marginal``, K passes), since an image to
+    be scored (from another data set, say) has no class of the model's."""
+    if model.num_classes:
+        return -model.log_prob_marginal(x, n_samples) / (model.dims * math.log(2))
+    return model.bits_per_dim(x, n_samples=n_samples)
 
 
 @torch.no_grad()
@@ -84,8 +97,9 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
     bpd, bits = [], {c: [] for c in codecs}
-    for x in tqdm(loader, desc=what, disable=not progress, leave=False):
-        bpd.append(model.bits_per_dim(x, n_samples=n_samples).double().cpu().numpy())
+    for batch in tqdm(loader, desc=what, disable=not progress, leave=False):
+        x, _ = split_batch(batch)  # a split's labels are not used: see bits_per_dim
+        bpd.append(bits_per_dim(model, x, n_samples).double().cpu().numpy())
         for c in codecs:
             bits[c].append(compressed_bits(x, model.n_bits, c) / model.dims)
     values = np.concatenate(bpd)

@@ -10,7 +10,7 @@ import torch
 
 import nfgen
 from nfgen.config import load_config, shipped_configs
-from nfgen.training.step import initialize, make_optimizer, train_step
+from nfgen.training.step import MicroBatch, initialize, make_optimizer, train_step
 
 # Flow++ at the paper's size costs ~40 GFLOPs per image forward (attention over 1,024 pixels in
 # every block): its training steps here use the same config at a fraction of the width and depth.
@@ -64,7 +64,7 @@ def test_shipped_config_trains(name):
     first = dataclasses.replace(cfg.train, lr=cfg.train.lr / max(1, cfg.train.warmup_steps))
     optimizer = make_optimizer(model.parameters(), first)
     for _ in range(2):
-        result = train_step(model, model, optimizer, [(x, None)], cfg.train, torch.device("cpu"))
+        result = train_step(model, model, optimizer, [MicroBatch(x)], cfg.train, torch.device("cpu"))
         assert result.applied and math.isfinite(result.bpd)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 

@@ -82,6 +82,7 @@ class TrainingState:
     scheduler: dict[str, Any]
     progress: Progress
     rng: dict[str, Any]
+    class_names: list[str] | None = None  # a conditional model's classes; None: unconditional, or not kept
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -171,7 +172,8 @@ def training_state(state: dict[str, Any], path: str | Path = "checkpoint") -> Tr
     if not (py_ok and _is_byte_tensor(rng.get("torch"))
             and isinstance(cuda, list) and all(_is_byte_tensor(t) for t in cuda)):
         raise CheckpointError(f"{path}: 'rng' does not hold valid random generator states")
-    return TrainingState(model, ema, opt, sched, progress, rng)
+    names = class_names_of(state, config_of(state, path), path) if state.get("class_names") is not None else None
+    return TrainingState(model, ema, opt, sched, progress, rng, names)
 
 
 def remove_temp_files(folder: Path, targets: tuple[str, ...]) -> list[Path]:
@@ -197,6 +199,23 @@ def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
 
+def class_names_of(state: dict[str, Any], cfg: Config, path: str | Path = "checkpoint") -> list[str]:
+    """The names of a checkpoint's classes, label ``k`` named ``[k]``, checked against its config
+    (``cfg``, from ``config_of``): one distinct non-empty name per class of ``model.num_classes``,
+    none for an unconditional model. A conditional model's checkpoint written before class names
+    were kept names its classes by number ("0", "1", ...)."""
+    k = cfg.model.num_classes
+    names = state.get("class_names")
+    if names is None:
+        return [str(i) for i in range(k)]
+    if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
+        raise CheckpointError(f"{path}: 'class_names' is not a list of distinct non-empty names")
+    if len(names) != k:
+        raise CheckpointError(f"{path} names {len(names)} classes but its model has {k} (model.num_classes): "
+                              "the file is damaged or was edited")
+    return names
+
+
 def restore_model(model: ImageFlow, weights: dict[str, Any], path: str | Path = "checkpoint") -> None:
     expected, given = model.state_dict(), weights
     missing = [k for k in expected if k not in given]
@@ -216,6 +235,7 @@ def model_from_checkpoint(path: str | Path, ema: bool = True,
     and ``ema`` is true, as they are what training evaluated and sampled."""
     state = load_checkpoint(path)
     cfg = config_of(state, path)
+    class_names_of(state, cfg, path)  # checked now: the verbs that map names to labels read them later
     model = build_model(cfg)
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
     restore_model(model, weights, path)

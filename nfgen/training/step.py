@@ -6,12 +6,26 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from nfgen.config import TrainConfig
 from nfgen.model import ImageFlow
+
+
+class MicroBatch(NamedTuple):
+    """What one forward pass of training gets: uint8 images ``[B, C, H, W]``, the dequantization
+    base noise (None: the model draws it), the images' classes (int64 ``[B]``; None for an
+    unconditional model) and the uniform draws deciding label dropout (None: the model draws
+    them; ``ImageFlow.drop_labels``). A plain ``(images, noise)`` pair is a micro-batch without
+    labels."""
+
+    images: Tensor
+    noise: Tensor | None = None
+    labels: Tensor | None = None
+    drop: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -64,26 +78,27 @@ def make_forward(model: nn.Module, t: TrainConfig) -> nn.Module:
     return torch.compile(model) if t.compile else model
 
 
-def initialize(model: ImageFlow, x: Tensor, noise: Tensor | None = None) -> None:
+def initialize(model: ImageFlow, x: Tensor, noise: Tensor | None = None, labels: Tensor | None = None) -> None:
     """Actnorm's data-dependent initialisation, run once on the first (global) batch."""
     model.train()
     with torch.no_grad():
-        model(x, noise)
+        model(x, noise, labels=labels)
 
 
 def train_step(forward: Callable[..., Tensor], model: ImageFlow, optimizer: torch.optim.Optimizer,
-               micro_batches: list[tuple[Tensor, Tensor | None]], t: TrainConfig,
+               micro_batches: list[MicroBatch], t: TrainConfig,
                device: torch.device, no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
                ) -> StepResult:
-    """Accumulate gradients over ``(images, noise)`` micro-batches, clip, and update unless the
-    loss or the gradient is non-finite. ``no_sync`` (DDP) skips all-reduces but on the last."""
+    """Accumulate gradients over micro-batches, clip, and update unless the loss or the
+    gradient is non-finite. ``no_sync`` (DDP) skips all-reduces but on the last."""
     model.train()
     total = 0.0
     n = len(micro_batches)
-    for i, (x, noise) in enumerate(micro_batches):
+    for i, (x, noise, labels, drop) in enumerate(MicroBatch(*mb) for mb in micro_batches):
         sync = no_sync is None or i == n - 1
+        labels = None if labels is None else labels.to(device, non_blocking=True)
         with contextlib.nullcontext() if sync else no_sync(), autocast(device, t.amp):
-            bpd = forward(x.to(device, non_blocking=True), noise).float().mean()
+            bpd = forward(x.to(device, non_blocking=True), noise, labels=labels, drop=drop).float().mean()
         (bpd / n).backward()
         total += bpd.item() / n
     clip = t.grad_clip if t.grad_clip > 0 else math.inf

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.evaluate import bpd_values, metric, summarize
-from nfgen.generate import grid, save_grid
+from nfgen.generate import grid, sample_grid, save_grid
+from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.budget import Budget, format_seconds
@@ -37,7 +38,7 @@ from nfgen.training.checkpoint import (
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
-from nfgen.training.step import cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
+from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
 
 
@@ -73,10 +74,14 @@ class Trainer:
 
     ``train.max_time`` is a wall-clock budget for this job (``nfgen.training.budget``), read on
     ``clock`` (seconds; tests pass a virtual one).
+
+    A class-conditional model (``model.num_classes`` > 0) takes ``Labelled`` data sets, both
+    with the model's classes; each image's label travels with it through the shuffle, the
+    ranks' slices and evaluation, and the class names go into every checkpoint.
     """
 
     def __init__(self, cfg: Config, run_dir: Path, logger: RunLogger, *, model: ImageFlow,
-                 train_set: Dataset[torch.Tensor], test_set: Dataset[torch.Tensor], progress_bar: bool = True,
+                 train_set: Dataset, test_set: Dataset, progress_bar: bool = True,
                  rank: Rank | None = None, writes: SideWrites | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.t, self.run_dir, self.logger = cfg, cfg.train, run_dir, logger
@@ -96,6 +101,8 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self.class_names = check_classes(model.num_classes, train_set, test_set)
+        self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
         self.progress = Progress()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
@@ -145,6 +152,7 @@ class Trainer:
             "progress": self.progress.to_dict(),
             "rng": rng,
             "metric": self.metric.tag,  # what the logs and progress.best_bpd measure: bpd | noisy_nll
+            "class_names": self.class_names,  # label k names class_names[k]; None: unconditional
         }
 
     def resume(self, state: TrainingState, path: Path) -> None:
@@ -154,6 +162,11 @@ class Trainer:
         continues the saved average with the new decay, and a run without an average starts one
         from its current weights at the next update."""
         reached = state.progress.step
+        if state.class_names is not None and state.class_names != self.class_names:
+            # Same count, other names (a class folder renamed, added and removed): the labels
+            # would silently mean other classes than the ones the model learnt.
+            raise CheckpointError(f"{path} was trained on the classes {', '.join(state.class_names)}, but the data "
+                                  f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
         if self.t.max_steps <= reached:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
@@ -224,10 +237,10 @@ class Trainer:
         return torch.randperm(len(self.train_set),
                               generator=torch.Generator().manual_seed(self.t.seed * 100_003 + self.progress.epoch))
 
-    def _train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless ``(images, noise)`` micro-batches in a per-epoch order fixed by (seed, epoch),
-        starting where a resumed run left off, so resuming replays exactly the same data. Each
-        rank takes its slice of every global batch, and of one global noise draw."""
+    def _train_batches(self) -> Iterator[MicroBatch]:
+        """Endless micro-batches in a per-epoch order fixed by (seed, epoch), starting where a
+        resumed run left off, so resuming replays exactly the same data. Each rank takes its
+        slice of every global batch (each image with its label), and of one global noise draw."""
         big, small, r = self.t.batch_size, self.local_batch, self.rank.rank
         while True:
             order = self._epoch_order()
@@ -239,10 +252,14 @@ class Trainer:
             # dequantization noise of every later step.
             batches = iterate(self._loader(self.train_set, mine, torch.Generator().manual_seed(self.progress.epoch)))
             try:
-                for x in batches:
+                for batch in batches:
                     self.progress.batch_in_epoch += 1
+                    x, labels = split_batch(batch)
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
-                    yield x, noise
+                    # Label dropout's draws too are one global draw, sliced: N ranks drop the
+                    # labels one process would. None (no draw) when nothing is dropped.
+                    drop = torch.rand(big, device=self.device)[r * small:(r + 1) * small] if self._drops else None
+                    yield MicroBatch(x, noise, labels, drop)
             finally:
                 batches.close()  # shut the workers down now, also when this generator is closed
             self.progress.epoch += 1
@@ -253,20 +270,21 @@ class Trainer:
         then wrap for data parallelism and compilation."""
         if self.step == 0:
             first = self._epoch_order()[: self.t.batch_size].tolist()
-            x = torch.stack([self.train_set[i] for i in first]).to(self.device)
-            initialize(self.model, x, self.model.draw_noise(len(first)))
+            x, labels = take(self.train_set, first)
+            initialize(self.model, x.to(self.device), self.model.draw_noise(len(first)),
+                       None if labels is None else labels.to(self.device))
         if self.rank.distributed:
             self.forward = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **distributed.no_buffer_sync())
         self.forward = make_forward(self.forward, self.t)
 
-    def _test_batches(self) -> Iterator[torch.Tensor]:
+    def _test_batches(self) -> Iterator:
         r = self.rank
         return iterate(self._loader(Subset(self.test_set, range(r.rank, len(self.test_set), r.world_size))))
 
     # ------------------------------------------------------------------ loop
-    def run_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    def run_step(self, micro_batches: list[MicroBatch]) -> tuple[float, float]:
         """One update over ``grad_accum`` micro-batches; a non-finite loss or gradient skips
         the update (the step still counts). Returns (train bits/dim, gradient norm)."""
         no_sync = self.forward.no_sync if isinstance(self.forward, DistributedDataParallel) else None
@@ -320,15 +338,15 @@ class Trainer:
             for temperature in self.t.sample_temperatures:
                 torch.manual_seed(self.t.seed + 2)  # same noise each time: watch one set evolve
                 try:
-                    images = model.sample(self.t.sample_count, temperature)
+                    images, nrow = sample_grid(model, self.t.sample_count, temperature)  # conditional: a row per class
                 except FloatingPointError:
                     continue  # an early, unstable model; the next grid will try again
-                self.logger.image(f"samples/temperature_{temperature:g}", grid(images), self.step)
+                self.logger.image(f"samples/temperature_{temperature:g}", grid(images, nrow), self.step)
                 path = out / f"step{self.step:07d}_t{temperature:g}.png"
 
-                def write(images: torch.Tensor = images, path: Path = path) -> None:
+                def write(images: torch.Tensor = images, path: Path = path, nrow: int | None = nrow) -> None:
                     out.mkdir(parents=True, exist_ok=True)
-                    save_grid(images, path)
+                    save_grid(images, path, nrow)
 
                 self.writes.attempt("sample grid", path, write)
 
@@ -396,10 +414,11 @@ class Trainer:
                 model.eval()
                 for _ in range(min(n, 2)):
                     start = clock()
-                    x = next(batches, None)
-                    if x is None:
+                    batch = next(batches, None)
+                    if batch is None:
                         break
-                    model.bits_per_dim(x)
+                    x, labels = split_batch(batch)
+                    model.bits_per_dim(x, labels=labels)
                     times.append(clock() - start)
             finally:
                 batches.close()
@@ -408,7 +427,7 @@ class Trainer:
                 with self.budget.timed("samples"):
                     for temperature in t.sample_temperatures:
                         with contextlib.suppress(FloatingPointError):
-                            model.sample(t.sample_count, temperature)
+                            sample_grid(model, t.sample_count, temperature)
                 with self.budget.timed("save"):
                     torch.save(self.state(), io.BytesIO())
 
@@ -477,3 +496,4 @@ class Trainer:
             batches.close()  # stops DataLoader workers now, not whenever the generator is collected
             bar.close()
         return test_bpd
+
