@@ -1,9 +1,10 @@
 """Anomaly scores of images under a trained flow; higher is more anomalous for every score.
 
 - ``bpd``: bits/dim, ``-log2 p(x) / D`` (the dequantization bound, or its importance-weighted
-  estimate). A poor score alone: flows give simple images from another data set more likelihood
-  than their own test set (Nalisnick et al., 2019, "Do deep generative models know what they
-  don't know?").
+  estimate); for a class-conditional model the marginal ``p(x) = mean_y p(x | y)`` (a uniform
+  class prior), since an image to be scored has no label to trust. A poor score alone: flows
+  give simple images from another data set more likelihood than their own test set (Nalisnick
+  et al., 2019, "Do deep generative models know what they don't know?").
 - ``corrected_<codec>``: ``bpd(x) - L(x) / D``, with ``L(x)`` the bits of ``x`` losslessly
   compressed by ``codec`` (``nfgen.complexity``), Serrà et al. (2020), "Input complexity and
   out-of-distribution detection with likelihood-based generative models".
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from nfgen.complexity import compressed_bits
 from nfgen.config import Config
-from nfgen.data import DataError, ImageFiles, load_split, make_loader
+from nfgen.data import DataError, ImageFiles, Labelled, load_split, make_loader, split_batch
 from nfgen.model import ImageFlow
 from nfgen.ood_metrics import format_table, separation
 
@@ -70,6 +71,8 @@ def _names(dataset: Dataset) -> list[str]:
     base, index = dataset, None
     if isinstance(dataset, Subset):
         base, index = dataset.dataset, list(dataset.indices)
+    if isinstance(base, Labelled):
+        base = base.images
     index = index if index is not None else list(range(len(dataset)))  # type: ignore[arg-type]
     if isinstance(base, ImageFiles):
         return [str(base.files[i]) for i in index]
@@ -80,12 +83,14 @@ def _names(dataset: Dataset) -> list[str]:
 def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs: Sequence[str] = ("png",),
             n_samples: int = 1, batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Measured:
     """Bits/dim (``n_samples`` dequantization draws) and each codec's ``L(x)/D`` of every image
-    of ``dataset``, in order. A non-finite bits/dim is a ``FloatingPointError`` naming ``what``."""
+    of ``dataset``, in order (a class-conditional model's marginal bits/dim, ignoring any labels:
+    see the module's docstring). A non-finite bits/dim is a ``FloatingPointError`` naming ``what``."""
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
     bpd, bits = [], {c: [] for c in codecs}
-    for x in tqdm(loader, desc=what, disable=not progress, leave=False):
-        bpd.append(model.bits_per_dim(x, n_samples=n_samples).double().cpu().numpy())
+    for batch in tqdm(loader, desc=what, disable=not progress, leave=False):
+        x, _ = split_batch(batch)
+        bpd.append(_bits_per_dim(model, x, n_samples).double().cpu().numpy())
         for c in codecs:
             bits[c].append(compressed_bits(x, model.n_bits, c) / model.dims)
     values = np.concatenate(bpd)
@@ -94,6 +99,12 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
         raise FloatingPointError(f"{bad} of {len(values)} images of {what} gave a non-finite bits/dim; "
                                  "the model is numerically broken on them")
     return Measured(_names(dataset), values, {c: np.concatenate(v) for c, v in bits.items()})
+
+
+def _bits_per_dim(model: ImageFlow, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+    if model.num_classes:
+        return -model.log_prob_marginal(x, n_samples) / (model.dims * math.log(2))
+    return model.bits_per_dim(x, n_samples=n_samples)
 
 
 @dataclass(frozen=True)
