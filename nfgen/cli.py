@@ -159,6 +159,9 @@ def _conditional_only(model: ImageFlow, what: str) -> None:
         raise ConfigError(f"{what} needs a class-conditional model (model.num_classes > 0); this one is unconditional")
 
 
+SAMPLES_PER_CLASS = 8  # a conditional model's default grid: a row of 8 per class
+
+
 def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int | None,
                    guidance: float, annealed: bool) -> tuple[torch.Tensor | None, int | None]:
     """A conditional model's grid labels (a row per ``--label``, or per class) and row length;
@@ -201,9 +204,6 @@ def train(
         if is_main_process():
             typer.echo(f"done: test {metric(cfg.dequantization.kind == 'gaussian').text} {bpd:.4f}; "
                        f"checkpoints in {folder / 'checkpoints'}")
-
-
-SAMPLES_PER_CLASS = 8  # a conditional model's default grid: a row of 8 per class
 
 
 @app.command()
