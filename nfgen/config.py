@@ -452,7 +452,7 @@ def check_data_matches_model(cfg: Config) -> Config:
                f"CIFAR-10 images are 3x32x32; model.image_shape is {list(m.image_shape)}")
     _check(c in (1, 3) or d.dataset != "folder",
            f"an image folder gives 1 (grey) or 3 (RGB) channels, model.image_shape has {c}")
-    k = getattr(m, "num_classes", 0)
+    k = m.num_classes
     _check(k in (0, 10) or d.dataset == "folder",
            f"{'MNIST' if d.dataset == 'mnist' else 'CIFAR-10'} has 10 classes; model.num_classes is {k}: set it to 10 "
            "(or 0 for an unconditional model)")

@@ -31,7 +31,7 @@ from urllib.error import URLError
 
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -127,6 +127,12 @@ def split_batch(batch: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Ten
     return images, labels
 
 
+def take(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Items ``indices`` of a data set batched as a loader batches them, as ``(images, labels)``
+    (``split_batch``): uint8 ``[n, C, H, W]`` and int64 ``[n]`` (None without labels)."""
+    return split_batch(default_collate([dataset[int(i)] for i in indices]))
+
+
 def load_split(cfg: Config, split: str) -> Dataset:
     """The "train" or "test" split of ``cfg.data``: for an unconditional model each item a uint8
     tensor of shape ``cfg.model.image_shape``; for a class-conditional one (``model.num_classes``
@@ -140,7 +146,7 @@ def load_split(cfg: Config, split: str) -> Dataset:
         images, labels, names = _folder_split(cfg, split)
     else:
         images, labels, names = _torchvision_split(cfg, split == "train")
-    k = _num_classes(cfg)
+    k = cfg.model.num_classes
     if k == 0:
         return images
     assert labels is not None  # check_data_matches_model: a conditional model's folder has data.labels
@@ -165,10 +171,6 @@ def class_names(cfg: Config) -> list[str]:
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: create it, or point data.root at your images")
     return _split_classes(root) if all((root / s).is_dir() for s in SPLITS) else _class_folders(root)
-
-
-def _num_classes(cfg: Config) -> int:
-    return getattr(cfg.model, "num_classes", 0)
 
 
 def _listed(names: list[str], most: int = 5) -> str:

@@ -1,10 +1,10 @@
 """Anomaly scores of images under a trained flow; higher is more anomalous for every score.
 
 - ``bpd``: bits/dim, ``-log2 p(x) / D`` (the dequantization bound, or its importance-weighted
-  estimate); for a class-conditional model the marginal ``p(x) = mean_y p(x | y)`` (a uniform
-  class prior), since an image to be scored has no label to trust. A poor score alone: flows
-  give simple images from another data set more likelihood than their own test set (Nalisnick
-  et al., 2019, "Do deep generative models know what they don't know?").
+  estimate; of a class-conditional model the marginal ``p(x) = mean_y p(x | y)``, as an image
+  to score has no known class). A poor score alone: flows give simple images from another data set more likelihood
+  than their own test set (Nalisnick et al., 2019, "Do deep generative models know what they
+  don't know?").
 - ``corrected_<codec>``: ``bpd(x) - L(x) / D``, with ``L(x)`` the bits of ``x`` losslessly
   compressed by ``codec`` (``nfgen.complexity``), Serrà et al. (2020), "Input complexity and
   out-of-distribution detection with likelihood-based generative models".
@@ -79,18 +79,26 @@ def _names(dataset: Dataset) -> list[str]:
     return [str(i) for i in index]
 
 
+def bits_per_dim(model: ImageFlow, x: torch.Tensor, n_samples: int = 1) -> torch.Tensor:
+    """Per-image bits/dim as the scores use them: of a class-conditional model the marginal
+    ``-log2 mean_y p(x | y) / D`` (``ImageFlow.log_prob_marginal``, K passes), since an image to
+    be scored (from another data set, say) has no class of the model's."""
+    if model.num_classes:
+        return -model.log_prob_marginal(x, n_samples) / (model.dims * math.log(2))
+    return model.bits_per_dim(x, n_samples=n_samples)
+
+
 @torch.no_grad()
 def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs: Sequence[str] = ("png",),
             n_samples: int = 1, batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Measured:
     """Bits/dim (``n_samples`` dequantization draws) and each codec's ``L(x)/D`` of every image
-    of ``dataset``, in order (a class-conditional model's marginal bits/dim, ignoring any labels:
-    see the module's docstring). A non-finite bits/dim is a ``FloatingPointError`` naming ``what``."""
+    of ``dataset``, in order. A non-finite bits/dim is a ``FloatingPointError`` naming ``what``."""
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
     bpd, bits = [], {c: [] for c in codecs}
     for batch in tqdm(loader, desc=what, disable=not progress, leave=False):
-        x, _ = split_batch(batch)
-        bpd.append(_bits_per_dim(model, x, n_samples).double().cpu().numpy())
+        x, _ = split_batch(batch)  # a split's labels are not used: see bits_per_dim
+        bpd.append(bits_per_dim(model, x, n_samples).double().cpu().numpy())
         for c in codecs:
             bits[c].append(compressed_bits(x, model.n_bits, c) / model.dims)
     values = np.concatenate(bpd)
@@ -99,12 +107,6 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
         raise FloatingPointError(f"{bad} of {len(values)} images of {what} gave a non-finite bits/dim; "
                                  "the model is numerically broken on them")
     return Measured(_names(dataset), values, {c: np.concatenate(v) for c, v in bits.items()})
-
-
-def _bits_per_dim(model: ImageFlow, x: torch.Tensor, n_samples: int) -> torch.Tensor:
-    if model.num_classes:
-        return -model.log_prob_marginal(x, n_samples) / (model.dims * math.log(2))
-    return model.bits_per_dim(x, n_samples=n_samples)
 
 
 @dataclass(frozen=True)

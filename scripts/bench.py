@@ -223,6 +223,11 @@ def plain_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     return opt_cls(params, lr=first_lr(cfg), weight_decay=t.weight_decay)
 
 
+def random_labels(model: torch.nn.Module, n: int, device: torch.device) -> torch.Tensor | None:
+    """Uniform random classes for a class-conditional model (None for an unconditional one)."""
+    return torch.randint(0, model.num_classes, (n,), device=device) if model.num_classes else None
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -232,14 +237,15 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model.parameters(), dataclasses.replace(cfg.train, lr=first_lr(cfg)))  # the trainer's own
     x = random_images(args.batch, tuple(cfg.model.image_shape))
+    labels = random_labels(model, args.batch, device)
     reset_cuda_peak(device)
     base = memory_mark(device)
-    initialize(model, x.to(device))  # actnorm's data-dependent init, as the trainer does first
+    initialize(model, x.to(device), labels=labels)  # actnorm's data-dependent init, as the trainer does first
     forward = make_forward(model, cfg.train)
     last = []
 
     def step() -> None:
-        last.append(train_step(forward, model, optimizer, [MicroBatch(x)], cfg.train, device))
+        last.append(train_step(forward, model, optimizer, [MicroBatch(x, labels=labels)], cfg.train, device))
 
     timing = measure(step, args.batch, args, device)
     peak = memory_mark(device)
@@ -247,11 +253,11 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
         print_profile(step, device)
     xd = x.to(device)
     with autocast(device, cfg.train.amp):
-        saved = saved_activation_bytes(lambda: model(xd).float().mean(), model)
+        saved = saved_activation_bytes(lambda: model(xd, labels=labels).float().mean(), model)
     return {**timing, "base": base, "peak": peak, "params": n_params(model), "saved_mib": saved / MiB,
-            "forward_flops_per_image": flops_per_image(lambda: model(xd), args.batch),
+            "forward_flops_per_image": flops_per_image(lambda: model(xd, labels=labels), args.batch),
             "step_flops_per_image": step_flops_per_image(
-                lambda: train_step(model, model, optimizer, [MicroBatch(x)], cfg.train, device), args.batch),
+                lambda: train_step(model, model, optimizer, [MicroBatch(x, labels=labels)], cfg.train, device), args.batch),
             "level_shapes": [list(lv.out_shape) for lv in model.body.levels],
             "last_loss": last[-1].bpd, "updates_skipped": sum(not r.applied for r in last)}
 
@@ -259,14 +265,17 @@ def nfgen_train(args: argparse.Namespace, cfg: Config, device: torch.device) -> 
 def nfgen_sample(args: argparse.Namespace, cfg: Config, device: torch.device) -> dict:
     model = build_model(cfg).to(device)
     # Initialise actnorm on a few images only, so this phase's peak is sampling's own.
-    initialize(model, random_images(min(args.batch, 8), tuple(cfg.model.image_shape)).to(device))
+    n_init = min(args.batch, 8)
+    initialize(model, random_images(n_init, tuple(cfg.model.image_shape)).to(device),
+               labels=random_labels(model, n_init, device))
     model.eval()
+    labels = random_labels(model, args.batch, device)
     reset_cuda_peak(device)
     base = memory_mark(device)
-    timing = measure(lambda: model.sample(args.batch, args.temperature), args.batch, args, device)
+    timing = measure(lambda: model.sample(args.batch, args.temperature, labels=labels), args.batch, args, device)
     peak = memory_mark(device)
-    return {**timing, "base": base, "peak": peak,
-            "flops_per_image": flops_per_image(lambda: model.sample(args.batch, args.temperature), args.batch)}
+    return {**timing, "base": base, "peak": peak, "flops_per_image": flops_per_image(
+        lambda: model.sample(args.batch, args.temperature, labels=labels), args.batch)}
 
 
 # ------------------------------------------------------------------ normflows phases

@@ -1,25 +1,41 @@
 """Two processes under torchrun (gloo, CPU) compute what one process computes on the same
 global batch: same data slices, same noise, identical actnorm init, averaged gradients. The two
 processes also run memory saving, whose parameter gradients reach DDP's all-reduce through
-autograd like any other."""
+autograd like any other. A class-conditional run keeps each image's label with it in the ranks'
+slices, and the ranks drop the labels (label dropout) that one process drops."""
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from archs import tiny_model
 from datasets import digits, write_image_folder
+from PIL import Image
 
 
-@pytest.mark.parametrize("arch", ["glow", "flowpp", "tarflow"])  # RealNVP adds no code path of its own here
-def test_two_process_run_matches_single_process(tmp_path, arch):
-    write_image_folder(tmp_path / "data", list(digits(8)[:56]), split_dirs=True, n_test=8)
+def _write_classes(root, images: np.ndarray, n_test: int, k: int) -> None:
+    """Image i in class folder ``i % k`` of train/ (the last ``n_test`` in test/)."""
+    for i, im in enumerate(images):
+        folder = root / ("test" if i >= len(images) - n_test else "train") / f"c{i % k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"{i:04d}.png")
+
+
+# RealNVP adds no code path of its own here; classes: a class-conditional run with label dropout
+@pytest.mark.parametrize("arch, classes", [("glow", 0), ("flowpp", 0), ("tarflow", 0), ("glow", 3)])
+def test_two_process_run_matches_single_process(tmp_path, arch, classes):
+    if classes:
+        _write_classes(tmp_path / "data", digits(8)[:56], n_test=8, k=classes)
+    else:
+        write_image_folder(tmp_path / "data", list(digits(8)[:56]), split_dirs=True, n_test=8)
+    conditional = {"num_classes": classes, "label_dropout": 0.25} if classes else {}
     cfg = {
         "name": "ddp",
-        "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0},
-        "model": {**tiny_model(arch, (1, 8, 8), width=16), "n_bits": 5},
+        "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0, "labels": classes > 0},
+        "model": {**tiny_model(arch, (1, 8, 8), width=16), "n_bits": 5, **conditional},
         "dequantization": {"kind": "variational", "steps": 2, "hidden": 8},
         "train": {"device": "cpu", "batch_size": 16, "max_steps": 5, "warmup_steps": 2, "seed": 3,
                   "grad_accum": 2, "log_every": 1, "eval_every": 5, "sample_every": 100,

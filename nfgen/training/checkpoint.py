@@ -204,7 +204,7 @@ def class_names_of(state: dict[str, Any], cfg: Config, path: str | Path = "check
     (``cfg``, from ``config_of``): one distinct non-empty name per class of ``model.num_classes``,
     none for an unconditional model. A conditional model's checkpoint written before class names
     were kept names its classes by number ("0", "1", ...)."""
-    k = getattr(cfg.model, "num_classes", 0)
+    k = cfg.model.num_classes
     names = state.get("class_names")
     if names is None:
         return [str(i) for i in range(k)]

@@ -17,12 +17,15 @@ from nfgen.model import ImageFlow
 
 class MicroBatch(NamedTuple):
     """What one forward pass of training gets: uint8 images ``[B, C, H, W]``, the dequantization
-    base noise (None: the model draws it) and the images' classes (int64 ``[B]``; None for an
-    unconditional model). A plain ``(images, noise)`` pair is a micro-batch without labels."""
+    base noise (None: the model draws it), the images' classes (int64 ``[B]``; None for an
+    unconditional model) and the uniform draws deciding label dropout (None: the model draws
+    them; ``ImageFlow.drop_labels``). A plain ``(images, noise)`` pair is a micro-batch without
+    labels."""
 
     images: Tensor
     noise: Tensor | None = None
     labels: Tensor | None = None
+    drop: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,11 @@ def train_step(forward: Callable[..., Tensor], model: ImageFlow, optimizer: torc
     model.train()
     total = 0.0
     n = len(micro_batches)
-    for i, (x, noise, labels) in enumerate(MicroBatch(*mb) for mb in micro_batches):
+    for i, (x, noise, labels, drop) in enumerate(MicroBatch(*mb) for mb in micro_batches):
         sync = no_sync is None or i == n - 1
         labels = None if labels is None else labels.to(device, non_blocking=True)
         with contextlib.nullcontext() if sync else no_sync(), autocast(device, t.amp):
-            bpd = forward(x.to(device, non_blocking=True), noise, labels=labels).float().mean()
+            bpd = forward(x.to(device, non_blocking=True), noise, labels=labels, drop=drop).float().mean()
         (bpd / n).backward()
         total += bpd.item() / n
     clip = t.grad_clip if t.grad_clip > 0 else math.inf

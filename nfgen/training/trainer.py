@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
-from nfgen.data import Labelled, split_batch
+from nfgen.data import Labelled, split_batch, take
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import class_rows, grid, save_grid
 from nfgen.model import ImageFlow
@@ -110,6 +110,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
         self.class_names = _class_names(model, train_set, test_set)
+        self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
         self.progress = Progress()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
@@ -263,7 +264,10 @@ class Trainer:
                     self.progress.batch_in_epoch += 1
                     x, labels = split_batch(batch)
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
-                    yield MicroBatch(x, noise, labels)
+                    # Label dropout's draws too are one global draw, sliced: N ranks drop the
+                    # labels one process would. None (no draw) when nothing is dropped.
+                    drop = torch.rand(big, device=self.device)[r * small:(r + 1) * small] if self._drops else None
+                    yield MicroBatch(x, noise, labels, drop)
             finally:
                 batches.close()  # shut the workers down now, also when this generator is closed
             self.progress.epoch += 1
@@ -274,7 +278,7 @@ class Trainer:
         then wrap for data parallelism and compilation."""
         if self.step == 0:
             first = self._epoch_order()[: self.t.batch_size].tolist()
-            x, labels = split_batch(default_collate([self.train_set[i] for i in first]))  # as a loader batches them
+            x, labels = take(self.train_set, first)
             initialize(self.model, x.to(self.device), self.model.draw_noise(len(first)),
                        None if labels is None else labels.to(self.device))
         if self.rank.distributed:
