@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
-from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader
+from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader, take
 from nfgen.evaluate import (
     BpdResult,
     NotALikelihoodError,
@@ -361,7 +361,7 @@ def interpolate(
             idx, labels = torch.cat([first, second]), data.labels[first]
         else:
             idx = torch.randperm(len(data), generator=generator)[: 2 * pairs]
-        x = torch.stack([_image(data[int(i)]) for i in idx])
+        x, _ = take(data, idx.tolist())
         rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical, labels=labels)
         save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
@@ -425,11 +425,6 @@ def _item_names(data: Dataset) -> list[str]:
     """Each item's name: its file for a folder of images, else its index in the split."""
     files = getattr(getattr(data, "images", data), "files", None)
     return [str(f) for f in files] if files is not None else [str(i) for i in range(len(data))]  # type: ignore[arg-type]
-
-
-def _image(item: torch.Tensor | tuple[torch.Tensor, int]) -> torch.Tensor:
-    """A data set item's image (a labelled item is ``(image, label)``)."""
-    return item[0] if isinstance(item, tuple) else item
 
 
 def _image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
