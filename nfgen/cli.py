@@ -159,13 +159,11 @@ def _conditional_only(model: ImageFlow, what: str) -> None:
         raise ConfigError(f"{what} needs a class-conditional model (model.num_classes > 0); this one is unconditional")
 
 
-SAMPLES_PER_CLASS = 8  # a conditional model's default grid: a row of 8 per class
-
-
-def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int | None,
+def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int,
                    guidance: float, annealed: bool) -> tuple[torch.Tensor | None, int | None]:
-    """A conditional model's grid labels (a row per ``--label``, or per class) and row length;
-    ``(None, None)`` for an unconditional model. Every mismatch of options and model refused."""
+    """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
+    across the rows as training's grids are) and row length; ``(None, None)`` for an
+    unconditional model. Every mismatch of options and model refused."""
     if not model.num_classes:
         if given or guidance or annealed:
             flag = "--label" if given else "--guidance" if guidance else "--annealed"
@@ -178,7 +176,7 @@ def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[
         raise ConfigError(f"--annealed grows the guidance weight over TarFlow's tokens; this model is "
                           f"{cfg.model.arch}, whose guidance has no tokens: drop --annealed")
     rows = [_label(v, names) for v in given] if given else list(range(model.num_classes))
-    per_row = SAMPLES_PER_CLASS if n is None else max(1, n // len(rows))
+    per_row = max(1, n // len(rows))  # every class: training's grid (``class_rows``)
     return label_rows(rows, per_row), per_row
 
 
@@ -209,8 +207,8 @@ def train(
 @app.command()
 def sample(
     ckpt: Ckpt,
-    n: Annotated[int | None, typer.Option(help="Number of samples (default 64; a class-conditional model: 8 per "
-                                          "class, or N split evenly across the rows).")] = None,
+    n: Annotated[int, typer.Option(help="Number of samples (a class-conditional model: split evenly across its "
+                                   "rows, at least one each).")] = 64,
     temperature: Annotated[float, typer.Option(help="Latent std (Glow shows 0.7).")] = 1.0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -229,8 +227,8 @@ def sample(
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
     with _user_errors():
-        if n is not None:
-            _in_range("--n", n, 1, 65536)
+        _in_range("--n", n, 1, 65536)
+        _in_range("--nrow", n if nrow is None else nrow, 1, n)
         _in_range("--seed", seed, 0, MAX_SEED)
         if not 0 < temperature <= 100:  # also false for nan
             raise ConfigError(f"--temperature must be a number in (0, 100], got {temperature}")
@@ -242,9 +240,8 @@ def sample(
         check_device_name(device)
         model, cfg, names = _trained_classes(ckpt, None, device)
         labels, per_row = _sample_labels(model, cfg, names, label or [], n, guidance, annealed)
-        count = len(labels) if labels is not None else 64 if n is None else n
+        count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
-        _in_range("--nrow", count if nrow is None else nrow, 1, count)
         _output(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None

@@ -93,14 +93,16 @@ def png(path: Path) -> np.ndarray:
 # sample
 
 
-def test_default_grid_has_a_row_of_eight_per_class(runs, tmp_path):
-    result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "s.png")
+def test_default_grid_has_a_row_per_class(runs, tmp_path):
+    result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "s.png")  # --n 64: 21 per class
     assert result.exit_code == 0, result.output
-    assert "24 samples" in result.output and "3 rows of 8 (classes one, two, zero)" in result.output
-    assert png(tmp_path / "s.png").shape == (3 * 10 + 2, 8 * 10 + 2)  # 8x8 images, 2 px padding
+    assert "63 samples" in result.output and "3 rows of 21 (classes one, two, zero)" in result.output
+    assert png(tmp_path / "s.png").shape == (3 * 10 + 2, 21 * 10 + 2)  # 8x8 images, 2 px padding
     result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "t.png", "--n", 7)  # 7 // 3 per class
     assert result.exit_code == 0 and "3 rows of 2" in result.output
     assert png(tmp_path / "t.png").shape == (3 * 10 + 2, 2 * 10 + 2)
+    result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "u.png", "--n", 2)  # at least one each
+    assert result.exit_code == 0 and "3 samples" in result.output and "3 rows of 1" in result.output
 
 
 def test_labels_by_name_or_number_sample_those_classes(runs, tmp_path):
