@@ -15,12 +15,20 @@ from torch.utils.data import Dataset
 
 from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
-from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader
-from nfgen.evaluate import NotALikelihoodError, check_likelihood, evaluate_bpd, metric
+from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader, take
+from nfgen.evaluate import (
+    BpdResult,
+    NotALikelihoodError,
+    check_likelihood,
+    class_log_probs,
+    conditional_bpd,
+    evaluate_bpd,
+    metric,
+)
 from nfgen.generate import interpolate as interpolate_images
-from nfgen.generate import save_grid
+from nfgen.generate import label_rows, same_class_pairs, save_grid
 from nfgen.model import ImageFlow
-from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
+from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
 from nfgen.training.distributed import is_main_process
 from nfgen.training.run import run_dir_for
 from nfgen.training.run import train as train_run
@@ -117,13 +125,59 @@ def _output(path: Path, overwrite: bool) -> Path:
 
 def _trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
     """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
-    model, cfg, _ = model_from_checkpoint(ckpt, ema=ema, device=_device(device))
+    model, cfg, _ = _trained_classes(ckpt, sets, device, ema)
+    return model, cfg
+
+
+def _trained_classes(ckpt: Path, sets: list[str] | None, device: str,
+                     ema: bool = True) -> tuple[ImageFlow, Config, list[str]]:
+    """As ``_trained``, and the names of the model's classes (none for an unconditional one)."""
+    model, cfg, state = model_from_checkpoint(ckpt, ema=ema, device=_device(device))
+    names = class_names_of(state, cfg, ckpt)
     if sets:
         new = config_from_dict(apply_overrides(cfg.to_dict(), sets))
         if new.model != cfg.model or new.dequantization != cfg.dequantization:
             raise ConfigError("--set may change data.* and train.* for a trained checkpoint, not the model")
         cfg = new
-    return model, cfg
+    return model, cfg, names
+
+
+def _label(value: str, names: list[str]) -> int:
+    """A ``--label``: a class name, else a class number (a name wins where the two disagree, as
+    for folders named "1", "2", ...)."""
+    if value in names:
+        return names.index(value)
+    if value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(names):
+        return int(value)
+    listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1} "
+                      f"or a name ({listed})")
+
+
+def _conditional_only(model: ImageFlow, what: str) -> None:
+    if not model.num_classes:
+        raise ConfigError(f"{what} needs a class-conditional model (model.num_classes > 0); this one is unconditional")
+
+
+def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int,
+                   guidance: float, annealed: bool) -> tuple[torch.Tensor | None, int | None]:
+    """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
+    across the rows as training's grids are) and row length; ``(None, None)`` for an
+    unconditional model. Every mismatch of options and model refused."""
+    if not model.num_classes:
+        if given or guidance or annealed:
+            flag = "--label" if given else "--guidance" if guidance else "--annealed"
+            _conditional_only(model, flag)
+        return None, None
+    if guidance and not model.label_dropout:
+        raise ConfigError("--guidance needs a model trained with model.label_dropout > 0 (its null class, the "
+                          "unconditional model guidance contrasts with, never saw data); this one had 0")
+    if annealed and cfg.model.arch != "tarflow":
+        raise ConfigError(f"--annealed grows the guidance weight over TarFlow's tokens; this model is "
+                          f"{cfg.model.arch}, whose guidance has no tokens: drop --annealed")
+    rows = [_label(v, names) for v in given] if given else list(range(model.num_classes))
+    per_row = max(1, n // len(rows))  # every class: training's grid (``class_rows``)
+    return label_rows(rows, per_row), per_row
 
 
 @app.command()
@@ -153,38 +207,58 @@ def train(
 @app.command()
 def sample(
     ckpt: Ckpt,
-    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    n: Annotated[int, typer.Option(help="Number of samples (a class-conditional model: split evenly across its "
+                                   "rows, at least one each).")] = 64,
     temperature: Annotated[float, typer.Option(help="Latent std (Glow shows 0.7).")] = 1.0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    nrow: Annotated[int | None, typer.Option(help="Images per grid row (default: square).")] = None,
+    nrow: Annotated[int | None, typer.Option(help="Images per grid row (default: square; one row per class).")] = None,
     each: Annotated[Path | None, typer.Option(help="Also write every sample as its own PNG here.")] = None,
     denoise: Annotated[bool, typer.Option(help="A model trained with Gaussian noise: one Tweedie denoising "
                                           "step (--no-denoise: the raw, noisy samples).")] = True,
+    label: Annotated[list[str] | None, typer.Option(help="A class-conditional model: sample this class, a name or "
+                                                    "a number (repeatable: a row each; default: every class).")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w: (1 + w) f(x, y) - w f(x, null) "
+                                            "in every conditional layer (0: none; needs model.label_dropout > 0).")] = 0.0,
+    annealed: Annotated[bool, typer.Option(help="TarFlow: grow the guidance weight over the tokens, w (i + 1) / (N - 1) "
+                                           "at token i + 1 of N.")] = False,
     overwrite: Overwrite = False,
     device: Device = "auto",
 ) -> None:
-    """Write a grid of samples drawn at a temperature."""
+    """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
     with _user_errors():
         _in_range("--n", n, 1, 65536)
         _in_range("--nrow", n if nrow is None else nrow, 1, n)
         _in_range("--seed", seed, 0, MAX_SEED)
         if not 0 < temperature <= 100:  # also false for nan
             raise ConfigError(f"--temperature must be a number in (0, 100], got {temperature}")
+        if not 0 <= guidance <= 100:
+            raise ConfigError(f"--guidance must be a number in [0, 100], got {guidance}")
+        if annealed and not guidance:
+            raise ConfigError("--annealed anneals the guidance weight: give --guidance W > 0 with it")
         _image_path(out)
         check_device_name(device)
-        model, _ = _trained(ckpt, None, device)
+        model, cfg, names = _trained_classes(ckpt, None, device)
+        labels, per_row = _sample_labels(model, cfg, names, label or [], n, guidance, annealed)
+        count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
+        nrow = nrow if nrow is not None else per_row
         _output(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None
-        images = model.sample(n, temperature, generator=generator, denoise=denoised)
+        images = model.sample(count, temperature, generator=generator, denoise=denoised, labels=labels,
+                              guidance=guidance, annealed=annealed)
         save_grid(images, out, nrow)
         if each is not None:
             each.mkdir(parents=True, exist_ok=True)
             for i, image in enumerate(images):
                 save_grid(image[None], _output(each / f"{i:05d}.png", overwrite), 1)
         how = f", denoised by one Tweedie step (sigma {model.noise_sigma:g})" if denoised else ""
-        typer.echo(f"wrote {n} samples at temperature {temperature:g}{how} to {out}")
+        if labels is not None:
+            rows = [names[int(y)] for y in labels[::per_row]]
+            shown = ", ".join(rows[:10]) + (", ..." if len(rows) > 10 else "")
+            how += f", {len(rows)} rows of {per_row} (classes {shown})"
+            how += f", guidance {guidance:g}{' annealed' if annealed else ''}" if guidance else ""
+        typer.echo(f"wrote {count} samples at temperature {temperature:g}{how} to {out}")
 
 
 @app.command("eval-bpd")
@@ -212,18 +286,39 @@ def eval_bpd(
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
-        r = evaluate_bpd(model, loader, n_samples=samples, progress=sys.stderr.isatty())
-        if r.n_nonfinite:
-            raise FloatingPointError(f"{r.n_nonfinite} of {r.n_images} images gave a non-finite "
-                                     "bits/dim; the model is numerically broken on them")
-        typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, "
-                   f"{samples} dequantization sample(s), {cfg.dequantization.kind}, n_bits={cfg.model.n_bits})")
+        how = f"{samples} dequantization sample(s), {cfg.dequantization.kind}, n_bits={cfg.model.n_bits}"
+        common = {"n_bits": cfg.model.n_bits, "dequantization": cfg.dequantization.kind,
+                  "importance_samples": samples, "checkpoint": str(ckpt), "split": split}
+        if model.num_classes:  # both: log p(x | y) with the true labels, and log p(x) = log mean_y p(x | y)
+            log_probs, labels = class_log_probs(model, loader, samples, sys.stderr.isatty())
+            c = conditional_bpd(log_probs, labels, model.dims)
+            for r in (c.conditional, c.marginal):
+                _finite(r.n_nonfinite, r.n_images)
+            typer.echo(f"{split} bits/dim, conditional -log p(x | y) with the true labels: {c.conditional.bpd:.4f} "
+                       f"± {c.conditional.stderr:.4f}\n{split} bits/dim, marginal -log p(x), p(x) = mean_y p(x | y) "
+                       f"over {c.num_classes} classes: {c.marginal.bpd:.4f} ± {c.marginal.stderr:.4f}\n"
+                       f"({c.conditional.n_images} images, {how})")
+            record = {"conditional": {**_bpd_record(c.conditional), "means": "-log p(x | y), y the true label"},
+                      "marginal": {**_bpd_record(c.marginal), "means": "-log p(x), p(x) = mean_y p(x | y) (uniform "
+                                   "class prior)"},
+                      "num_classes": c.num_classes, **common, "n_images": c.conditional.n_images}
+        else:
+            r = evaluate_bpd(model, loader, n_samples=samples, progress=sys.stderr.isatty())
+            _finite(r.n_nonfinite, r.n_images)
+            typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, {how})")
+            record = {**_bpd_record(r), **common, "n_images": r.n_images}
         if json_out is not None:
-            record = {"bits_per_dim": r.bpd, "stderr": r.stderr, "nats_per_image": r.nats_per_image,
-                      "n_bits": cfg.model.n_bits, "dequantization": cfg.dequantization.kind,
-                      "importance_samples": samples, "checkpoint": str(ckpt), "split": split,
-                      "n_images": r.n_images}
             json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _bpd_record(r: BpdResult) -> dict:
+    return {"bits_per_dim": r.bpd, "stderr": r.stderr, "nats_per_image": r.nats_per_image}
+
+
+def _finite(n_nonfinite: int, n_images: int) -> None:
+    if n_nonfinite:
+        raise FloatingPointError(f"{n_nonfinite} of {n_images} images gave a non-finite "
+                                 "bits/dim; the model is numerically broken on them")
 
 
 @app.command()
@@ -239,7 +334,8 @@ def interpolate(
     overwrite: Overwrite = False,
     device: Device = "auto",
 ) -> None:
-    """Walk the latent space between pairs of real images, at every scale."""
+    """Walk the latent space between pairs of real images, at every scale (a class-conditional
+    model: each pair is two images of one class, encoded and decoded with that class)."""
     with _user_errors():
         _in_range("--pairs", pairs, 1, 1024)
         _in_range("--steps", steps, 2, 1024)
@@ -252,11 +348,80 @@ def interpolate(
         data = load_split(cfg, split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[: 2 * pairs]
-        x = torch.stack([data[int(i)] for i in idx])
-        rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical)
+        generator = torch.Generator().manual_seed(seed)
+        labels = None
+        if model.num_classes:  # a walk keeps its class: both ends of a pair from one class
+            try:
+                first, second = same_class_pairs(data.labels, pairs, generator)
+            except ValueError as e:
+                raise DataError(f"the {split} split: {e}") from None
+            idx, labels = torch.cat([first, second]), data.labels[first]
+        else:
+            idx = torch.randperm(len(data), generator=generator)[: 2 * pairs]
+        x, _ = take(data, idx.tolist())
+        rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical, labels=labels)
         save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
+
+
+@app.command()
+def classify(
+    ckpt: Ckpt,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    samples: Annotated[int, typer.Option(help="Dequantization draws per image and class; > 1 gives importance-weighted "
+                                         "likelihoods.")] = 1,
+    out: Annotated[Path, typer.Option(help="Picture of the confusion matrix to write.")] = Path("confusion.png"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write accuracy, confusion matrix and each "
+                                                  "image's posterior p(y | x) and true label as JSON; - for standard "
+                                                  "output.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    device: Device = "auto",
+) -> None:
+    """A class-conditional model as a classifier: argmax_y log p(x | y) (uniform class prior) on a
+    split; accuracy and the confusion matrix, printed and drawn."""
+    from nfgen.classify import classify as run_classifier
+    from nfgen.classify import draw_confusion, format_confusion
+
+    with _user_errors():
+        _in_range("--samples", samples, 1, 65536)
+        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        _split(split)
+        _image_path(out)
+        for path in (out, json_out):
+            _fresh(path, overwrite)
+        check_device_name(device)
+        model, cfg, names = _trained_classes(ckpt, set_, device)
+        _conditional_only(model, "classify")
+        check_likelihood(model)  # the classifier compares likelihoods: a Gaussian-noise model has none
+        data = load_split(cfg, split)
+        loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
+                             num_workers=cfg.data.num_workers, pin_memory=False)
+        torch.manual_seed(0)
+        result = run_classifier(model, loader, names, samples, sys.stderr.isatty())
+        if not torch.isfinite(result.log_probs).all():
+            raise FloatingPointError("some images gave a non-finite log p(x | y); the model is numerically broken on them")
+        to_stdout = json_out is not None and str(json_out) == "-"
+        typer.echo(f"{split} accuracy: {result.accuracy:.4f} ({result.correct} of {len(result.labels)} images), "
+                   f"Bayes classifier argmax_y log p(x | y) over {len(names)} classes, uniform prior, "
+                   f"{samples} dequantization sample(s)\n{format_confusion(result)}", err=to_stdout)
+        draw_confusion(result, _output(out, True), f"{ckpt}: {split}, accuracy {result.accuracy:.3f} "
+                       f"({result.correct} of {len(result.labels)})")
+        if json_out is not None:
+            record = {"checkpoint": str(ckpt), "split": split, "importance_samples": samples, "class_prior": "uniform",
+                      "class_names": names, "accuracy": result.accuracy, "n_images": len(result.labels),
+                      "confusion": result.confusion().tolist(), "confusion_axes": "row: true class, column: predicted",
+                      "images": result.records(_item_names(data))}
+            with _opened(json_out) as f:
+                f.write(json.dumps(record, indent=2) + "\n")
+        typer.echo(f"confusion matrix picture: {out}", err=to_stdout)
+
+
+def _item_names(data: Dataset) -> list[str]:
+    """Each item's name: its file for a folder of images, else its index in the split."""
+    files = getattr(getattr(data, "images", data), "files", None)
+    return [str(f) for f in files] if files is not None else [str(i) for i in range(len(data))]  # type: ignore[arg-type]
 
 
 def _image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:

@@ -8,6 +8,10 @@ every block of the multi-scale body and measures each block on the activations i
 The doctor keeps no list of layer types: it asks each flow (``nfgen.flows.base.Flow``) for its
 ``describe()``, ``stem``, ``any_size`` and ``diagnostics(x)``, and checks every log-det with the
 same ``jacobian_logdet`` the test harness uses.
+
+A class-conditional model is examined on samples of its classes in turn (labels ``0, 1, ...,
+K-1, 0, ...``): every block sees its sample's class embedding as its context, as in training, and
+the whole-model round trip goes through the class priors too.
 """
 
 from __future__ import annotations
@@ -100,15 +104,33 @@ def _nonfinite(named: Iterable[tuple[str, Tensor]]) -> list[str]:
 
 def fresh_model(config: Config, seed: int = 0, device: str | torch.device = "cpu") -> ImageFlow:
     """A newly built model whose actnorms got their data-dependent init from random uint8
-    images, as training's first step would give them; in eval mode."""
+    images (a conditional model's: with their classes in turn), as training's first step would
+    give them; in eval mode."""
     device = torch.device(device)
     with _seeded(seed, device):
         model = build_model(config).to(device)
-        initialize(model, torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device))
+        x = torch.randint(0, 256, (ACTNORM_INIT_BATCH, *model.shape), dtype=torch.uint8, device=device)
+        initialize(model, x, labels=_labels(model, ACTNORM_INIT_BATCH))
     return model.eval()
 
 
-def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
+def _labels(model: ImageFlow, n: int) -> Tensor | None:
+    """The classes the doctor examines a conditional model on: ``0, 1, ..., K-1, 0, ...``
+    (None for an unconditional model)."""
+    if not model.num_classes:
+        return None
+    return torch.arange(n, device=next(model.parameters()).device) % model.num_classes
+
+
+def _body_context(model: ImageFlow, labels: Tensor | None) -> Tensor | None:
+    """What the model's body sees as its context for ``labels``: their class embedding if the
+    body is conditional (``class_in_body``), else None."""
+    if labels is None or not model.class_in_body:
+        return None
+    return model.context(labels, labels.shape[0])
+
+
+def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str], labels: Tensor | None = None) -> Tensor:
     """The model's own samples in u-space: for a trained model, the inputs its blocks were
     fitted to (random images sit off the data manifold and would flag problems that real data
     never meets). Clamped into [0, 1) as data is; non-finite samples are a problem themselves
@@ -116,7 +138,7 @@ def _inputs(model: ImageFlow, n: int, seed: int, problems: list[str]) -> Tensor:
     ref = next(model.parameters())
     with _seeded(seed, ref.device):
         try:
-            u = model.sample_continuous(n, denoise=False)  # generation mode: the noisy images it was fitted to
+            u = model.sample_continuous(n, denoise=False, labels=labels)  # generation mode: the noisy images it was fitted to
         except RuntimeError as e:
             problems.append(f"sampling failed ({_first_line(e)}); blocks checked on uniform noise")
             u = torch.rand(n, *model.shape, dtype=ref.dtype, device=ref.device)
@@ -143,12 +165,13 @@ def _worst(measures: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport) -> tuple[float, Tensor | None]:
+def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport,
+                context: Tensor | None = None) -> tuple[float, Tensor | None]:
     """Round-trip error of a block, and its forward output (``None`` if forward failed)."""
     z = None
     try:
-        z, ld = block(x)
-        x_back, ld_inv = block.inverse(z)
+        z, ld = block(x, context)
+        x_back, ld_inv = block.inverse(z, context)
     except RuntimeError as e:
         row.problems.append(f"{label} {'inverse' if z is not None else 'forward'} failed: {_first_line(e)}")
         return math.nan, z
@@ -159,7 +182,7 @@ def _round_trip(block: Flow, x: Tensor, label: str, row: BlockReport) -> tuple[f
     return ((x_back - x).abs().max() / x.abs().max().clamp(min=1)).item(), z
 
 
-def _logdet_check(block: Flow, x: Tensor, row: BlockReport) -> None:
+def _logdet_check(block: Flow, x: Tensor, row: BlockReport, context: Tensor | None = None) -> None:
     """Analytic log-det against ``slogdet`` of the float64 autograd Jacobian on one sample,
     cropped to a few pixels where the block allows it (its formula does not depend on size)."""
     h, w = x.shape[2:]
@@ -177,7 +200,7 @@ def _logdet_check(block: Flow, x: Tensor, row: BlockReport) -> None:
         return
     row.logdet_at = f"{xs.shape[2]}x{xs.shape[3]}"
     try:  # a singular Jacobian (-inf) can match no finite log-det: the error is inf
-        row.logdet_error = (block(xs)[1][0] - jacobian_logdet(block, xs)[0]).abs().item()
+        row.logdet_error = (block(xs, context)[1][0] - jacobian_logdet(block, xs, context)[0]).abs().item()
     except RuntimeError as e:
         row.problems.append(f"log-det check failed: {_first_line(e)}")
 
@@ -195,8 +218,10 @@ def _judge(row: BlockReport) -> None:
         row.problems.append("non-finite " + ", ".join(nans))
 
 
-def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor) -> Tensor | None:
-    """Measure one block on its float64 input ``x``; returns its float64 forward output."""
+def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor,
+                 c64: Tensor | None = None, c32: Tensor | None = None) -> Tensor | None:
+    """Measure one block on its float64 input ``x`` (and context: the class embedding in each
+    precision, or None); returns its float64 forward output."""
     row.problems += _nonfinite(chain(b64.named_parameters(), b64.named_buffers()))
     seen: list[tuple[Flow, Tensor, Tensor | None]] = []  # each flow's input, via a pre-hook
 
@@ -205,23 +230,30 @@ def _check_block(row: BlockReport, b64: Flow, b32: Flow, x: Tensor) -> Tensor | 
 
     hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in b64.modules() if isinstance(m, Flow)]
     try:
-        row.roundtrip64, out = _round_trip(b64, x, "float64", row)
+        row.roundtrip64, out = _round_trip(b64, x, "float64", row, c64)
     finally:
         for hook in hooks:
             hook.remove()
-    row.roundtrip32, _ = _round_trip(b32, x.float(), "float32", row)
+    row.roundtrip32, _ = _round_trip(b32, x.float(), "float32", row, c32)
     worst = _worst([flow.diagnostics(xi, ctx) for flow, xi, ctx in seen])  # on the activations each really saw
     row.cond, row.min_scale = worst.get("cond"), worst.get("min_scale")
-    _logdet_check(b64, x[:1], row)
+    _logdet_check(b64, x[:1], row, None if c64 is None else c64[:1])
     _judge(row)
     return out
 
 
-def _model_round_trip(model: ImageFlow, u: Tensor, label: str, limit: float, problems: list[str]) -> float:
-    """u -> z -> u through preprocessing and the whole body (u is in [0, 1): absolute error)."""
+def _model_round_trip(model: ImageFlow, u: Tensor, label: str, limit: float, problems: list[str],
+                      labels: Tensor | None = None) -> float:
+    """u -> z -> u through preprocessing, the whole body and a conditional model's class priors
+    (u is in [0, 1): absolute error)."""
+    body_context = _body_context(model, labels)
+    priors = [] if labels is None or model.class_priors is None else list(model.class_priors)
+    context = None if labels is None else model.context(labels, labels.shape[0])
     try:
-        zs, _ = model.body(model.preprocess(u)[0])
-        err = (model.preprocess.inverse(model.body.inverse(zs)[0])[0] - u).abs().max().item()
+        zs, _ = model.body(model.preprocess(u)[0], body_context)
+        if priors:  # z -> standardised -> z, each latent through its class prior and back
+            zs = [p.inverse(p(z, context)[0], context)[0] for p, z in zip(priors, zs)]
+        err = (model.preprocess.inverse(model.body.inverse(zs, body_context)[0])[0] - u).abs().max().item()
     except RuntimeError as e:
         problems.append(f"whole model: {label} round trip failed: {_first_line(e)}")
         return math.nan
@@ -230,8 +262,10 @@ def _model_round_trip(model: ImageFlow, u: Tensor, label: str, limit: float, pro
     return err
 
 
-def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: torch.Generator) -> None:
+def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: torch.Generator,
+          labels: Tensor | None = None) -> None:
     """Follow ``MultiScaleFlow.forward`` block by block, adding a checked row for each."""
+    c64, c32 = _body_context(m64, labels), _body_context(m32, labels)
     for i, (l64, l32) in enumerate(zip(m64.body.levels, m32.body.levels)):
         counts: dict[str, int] = {}
         for b64, b32 in zip(l64.flow.flows, l32.flow.flows):
@@ -242,7 +276,7 @@ def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: 
             if not torch.isfinite(x).all():
                 x = torch.where(torch.isfinite(x), x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
                 row.notes.append("non-finite input from an earlier block replaced by N(0, 1) noise")
-            out = _check_block(row, b64, b32, x)
+            out = _check_block(row, b64, b32, x, c64, c32)
             if out is None:
                 row.problems.append("forward failed, so no later block was checked")
                 return
@@ -258,15 +292,22 @@ def diagnose(model: ImageFlow, n: int = 8, seed: int = 0) -> Report:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     m64, m32 = copy.deepcopy(model).double().eval(), copy.deepcopy(model).float().eval()
-    report = Report(inputs=f"{n} model samples (seed {seed}) clamped into [0, 1)")
+    labels = _labels(m64, n)
+    classes = "" if labels is None else f", classes {_classes(labels)}"
+    report = Report(inputs=f"{n} model samples (seed {seed}{classes}) clamped into [0, 1)")
     in_body = {id(t) for t in chain(m64.body.parameters(), m64.body.buffers())}
     other = _nonfinite((k, t) for k, t in chain(m64.named_parameters(), m64.named_buffers()) if id(t) not in in_body)
-    u = _inputs(m64, n, seed, other)
-    report.model_roundtrip64 = _model_round_trip(m64, u, "float64", RT64_MAX, other)
-    report.model_roundtrip32 = _model_round_trip(m32, u.float(), "float32", RT32_MAX, other)
-    _walk(report, m64, m32, m64.preprocess(u)[0], torch.Generator(u.device).manual_seed(seed))
+    u = _inputs(m64, n, seed, other, labels)
+    report.model_roundtrip64 = _model_round_trip(m64, u, "float64", RT64_MAX, other, labels)
+    report.model_roundtrip32 = _model_round_trip(m32, u.float(), "float32", RT32_MAX, other, labels)
+    _walk(report, m64, m32, m64.preprocess(u)[0], torch.Generator(u.device).manual_seed(seed), labels)
     report.problems = [f"{row.name}: {p}" for row in report.blocks for p in row.problems] + other  # causes first
     return report
+
+
+def _classes(labels: Tensor) -> str:
+    shown = ", ".join(map(str, labels[:4].tolist()))
+    return shown + (", ..." if len(labels) > 4 else "")
 
 
 def _num(value: float | None, spec: str = ".1e") -> str:

@@ -90,3 +90,49 @@ def evaluate_bpd(model: ImageFlow, batches: Iterable, n_samples: int = 1,
     (``NotALikelihoodError``): it has no bits/dim."""
     check_likelihood(model)
     return summarize(bpd_values(model, batches, n_samples, max_batches, progress), model.dims)
+
+
+@torch.no_grad()
+def class_log_probs(model: ImageFlow, batches: Iterable, n_samples: int = 1,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(x | y)`` in nats for every image of ``batches`` (``[images, labels]``) and every
+    class y, each image's classes scored with the same dequantization draws
+    (``ImageFlow.log_prob_classes``): float64 ``[N, K]`` on the CPU, and the true labels ``[N]``.
+    The shared core of conditional ``eval-bpd`` and the generative classifier; a class-conditional
+    likelihood-mode model only."""
+    check_likelihood(model)
+    if not model.num_classes:
+        raise ValueError("this model is unconditional: it has no per-class likelihoods")
+    model.eval()
+    values, labels = [], []
+    for batch in tqdm(batches, desc="classes", disable=not progress, leave=False):
+        x, y = split_batch(batch)
+        if y is None:
+            raise ValueError("per-class likelihoods need the images' true labels")
+        values.append(model.log_prob_classes(x, n_samples).double().cpu())
+        labels.append(y.long().cpu())
+    if not values:
+        raise ValueError("no images to evaluate")
+    return torch.cat(values), torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class ConditionalBpd:
+    """A class-conditional model's bits/dim on a split: ``conditional``, ``-log p(x | y)`` with
+    each image's true label; ``marginal``, ``-log p(x)`` with ``p(x) = mean_y p(x | y)`` (a
+    uniform class prior: the unconditional model the conditional one defines)."""
+
+    conditional: BpdResult
+    marginal: BpdResult
+    num_classes: int
+
+
+def conditional_bpd(log_probs: torch.Tensor, labels: torch.Tensor, dims: int) -> ConditionalBpd:
+    """Both bits/dim from ``class_log_probs``' ``[N, K]`` nats and true labels. Per image the
+    marginal lies between the best and the worst class's bits/dim, and at most ``log2(K) / D``
+    above the true class's."""
+    k = log_probs.shape[1]
+    to_bpd = -1.0 / (dims * math.log(2))
+    conditional = log_probs.gather(1, labels[:, None])[:, 0] * to_bpd
+    marginal = (torch.logsumexp(log_probs, 1) - math.log(k)) * to_bpd
+    return ConditionalBpd(summarize(conditional, dims), summarize(marginal, dims), k)

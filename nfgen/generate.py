@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -55,17 +56,48 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     return out.view_as(a)
 
 
+def label_rows(labels: Sequence[int], per_row: int) -> Tensor:
+    """Labels for a grid with one row per entry of ``labels``, ``per_row`` samples each (int64,
+    in grid order): ``nfgen sample --label``'s grid; ``class_rows`` is every class's."""
+    if per_row < 1 or not labels:
+        raise ValueError(f"a grid needs at least one label and one sample per row, got {list(labels)}, {per_row}")
+    return torch.tensor(list(labels), dtype=torch.long).repeat_interleave(per_row)
+
+
+def same_class_pairs(labels: Tensor, pairs: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Indices ``(a, b)`` of ``pairs`` random pairs of distinct images with ``labels[a] ==
+    labels[b]``: interpolation on a class-conditional model walks within one class. Each pair's
+    first image is drawn among the images whose class has another one; its partner among the
+    rest of its class. Raises ``ValueError`` if no class has two images."""
+    counts = torch.bincount(labels)
+    eligible = torch.nonzero(counts[labels] >= 2).flatten()
+    if len(eligible) == 0:
+        raise ValueError("no class has two images to interpolate between")
+    firsts = eligible[torch.randint(len(eligible), (pairs,), generator=generator)]
+    seconds = []
+    for a in firsts.tolist():
+        mates = torch.nonzero(labels == labels[a]).flatten()
+        mates = mates[mates != a]
+        seconds.append(int(mates[torch.randint(len(mates), (1,), generator=generator)]))
+    return firsts, torch.tensor(seconds, dtype=torch.long)
+
+
 @torch.no_grad()
 def interpolate(model: ImageFlow, x_a: Tensor, x_b: Tensor, steps: int,
-                spherical: bool = False, denoise: bool | None = None) -> Tensor:
+                spherical: bool = False, denoise: bool | None = None, labels: Tensor | None = None) -> Tensor:
     """Rows ``[x_a, decode(z(t_1)), ..., decode(z(t_steps)), x_b]`` with ``t`` from 0 to 1,
     interpolating the latent of every scale; each decoded point is denoised as the model's
-    samples are (``ImageFlow.denoises``). Returns uint8 ``[pairs, steps + 2, C, H, W]``."""
-    za, zb = model.encode(x_a), model.encode(x_b)
+    samples are (``ImageFlow.denoises``). Returns uint8 ``[pairs, steps + 2, C, H, W]``.
+
+    A class-conditional model needs ``labels`` ``[pairs]``, each pair's one class: both ends are
+    encoded and every point decoded with it, so the walk keeps the class (and ``t`` = 0 and 1
+    decode to the pair's own images). A pair of two classes has no such path: there is no
+    label to decode with, so the caller picks pairs within a class (``same_class_pairs``)."""
+    za, zb = model.encode(x_a, labels), model.encode(x_b, labels)
     denoise = model.denoises(denoise)
     rows = [x_a.to(za[0].device)]
     for t in torch.linspace(0, 1, steps).tolist():
         mix = [slerp(a, b, t) if spherical else torch.lerp(a, b, t) for a, b in zip(za, zb)]
-        rows.append(model.decode(mix, denoise))
+        rows.append(model.decode(mix, denoise, labels))
     rows.append(x_b.to(za[0].device))
     return torch.stack(rows, dim=1)
