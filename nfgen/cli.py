@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
-from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader, take
+from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader
 from nfgen.evaluate import (
     BpdResult,
     NotALikelihoodError,
@@ -27,6 +27,7 @@ from nfgen.evaluate import (
 )
 from nfgen.generate import interpolate as interpolate_images
 from nfgen.generate import label_rows, same_class_pairs, save_grid
+from nfgen.labels import take
 from nfgen.model import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
 from nfgen.training.distributed import is_main_process
