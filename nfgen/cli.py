@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import torch
 import typer
 from torch.utils.data import Dataset
 
+from nfgen import cli_support as opts
 from nfgen.complexity import CODECS
-from nfgen.config import MAX_SEED, Config, ConfigError, apply_overrides, check_device_name, config_from_dict, load_config
-from nfgen.data import SPLITS, DataError, load_folder, load_split, make_loader
+from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
+from nfgen.data import DataError, load_split, make_loader
 from nfgen.evaluate import (
-    BpdResult,
-    NotALikelihoodError,
     check_likelihood,
     class_log_probs,
     conditional_bpd,
@@ -26,14 +23,11 @@ from nfgen.evaluate import (
     metric,
 )
 from nfgen.generate import interpolate as interpolate_images
-from nfgen.generate import label_rows, same_class_pairs, save_grid
+from nfgen.generate import same_class_pairs, save_grid
 from nfgen.labels import take
-from nfgen.model import ImageFlow
-from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
 from nfgen.training.distributed import is_main_process
 from nfgen.training.run import run_dir_for
 from nfgen.training.run import train as train_run
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
 
 # typer raises click's exceptions (its own vendored copy in typer >= 0.20): find the base class
 # through a name typer exports, so this works with either.
@@ -71,116 +65,6 @@ Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file."
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn every error a user can cause into one line on stderr and a non-zero exit."""
-    try:
-        yield
-    except ConfigError as e:
-        _fail(str(e), 2)
-    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError) as e:
-        _fail(str(e))
-    except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(128 + e.signum) from None
-    except OSError as e:
-        _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
-
-
-def _in_range(name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
-
-
-def _image_path(path: Path) -> Path:
-    """An output image path whose extension an image writer knows (checked before any work)."""
-    from PIL import Image
-
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise ConfigError(f"{path}: no image writer knows the extension {path.suffix or '(none)'!r}; "
-                          "use .png (or .jpg, .webp, ...)")
-    return path
-
-
-def _device(name: str) -> torch.device:
-    return resolve_device(check_device_name(name))
-
-
-def _split(name: str) -> str:
-    if name not in SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
-    return name
-
-
-def _output(path: Path, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
-    """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
-    model, cfg, _ = _trained_classes(ckpt, sets, device, ema)
-    return model, cfg
-
-
-def _trained_classes(ckpt: Path, sets: list[str] | None, device: str,
-                     ema: bool = True) -> tuple[ImageFlow, Config, list[str]]:
-    """As ``_trained``, and the names of the model's classes (none for an unconditional one)."""
-    model, cfg, state = model_from_checkpoint(ckpt, ema=ema, device=_device(device))
-    names = class_names_of(state, cfg, ckpt)
-    if sets:
-        new = config_from_dict(apply_overrides(cfg.to_dict(), sets))
-        if new.model != cfg.model or new.dequantization != cfg.dequantization:
-            raise ConfigError("--set may change data.* and train.* for a trained checkpoint, not the model")
-        cfg = new
-    return model, cfg, names
-
-
-def _label(value: str, names: list[str]) -> int:
-    """A ``--label``: a class name, else a class number (a name wins where the two disagree, as
-    for folders named "1", "2", ...)."""
-    if value in names:
-        return names.index(value)
-    if value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(names):
-        return int(value)
-    listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1} "
-                      f"or a name ({listed})")
-
-
-def _conditional_only(model: ImageFlow, what: str) -> None:
-    if not model.num_classes:
-        raise ConfigError(f"{what} needs a class-conditional model (model.num_classes > 0); this one is unconditional")
-
-
-def _sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int,
-                   guidance: float, annealed: bool) -> tuple[torch.Tensor | None, int | None]:
-    """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
-    across the rows as training's grids are) and row length; ``(None, None)`` for an
-    unconditional model. Every mismatch of options and model refused."""
-    if not model.num_classes:
-        if given or guidance or annealed:
-            flag = "--label" if given else "--guidance" if guidance else "--annealed"
-            _conditional_only(model, flag)
-        return None, None
-    if guidance and not model.label_dropout:
-        raise ConfigError("--guidance needs a model trained with model.label_dropout > 0 (its null class, the "
-                          "unconditional model guidance contrasts with, never saw data); this one had 0")
-    if annealed and cfg.model.arch != "tarflow":
-        raise ConfigError(f"--annealed grows the guidance weight over TarFlow's tokens; this model is "
-                          f"{cfg.model.arch}, whose guidance has no tokens: drop --annealed")
-    rows = [_label(v, names) for v in given] if given else list(range(model.num_classes))
-    per_row = max(1, n // len(rows))  # every class: training's grid (``class_rows``)
-    return label_rows(rows, per_row), per_row
-
-
 @app.command()
 def train(
     config: Annotated[str | None, typer.Option(help="YAML config: a path, or a shipped name such as glow_cifar.yaml.")] = None,
@@ -191,7 +75,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a flow; checkpoints, TensorBoard logs and sample grids go to the run folder."""
-    with _user_errors():
+    with opts.user_errors():
         if config is None:
             if not (resume and run_dir):
                 raise ConfigError("give --config FILE (or --resume with --run-dir to continue a run)")
@@ -227,23 +111,23 @@ def sample(
     device: Device = "auto",
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
-    with _user_errors():
-        _in_range("--n", n, 1, 65536)
-        _in_range("--nrow", n if nrow is None else nrow, 1, n)
-        _in_range("--seed", seed, 0, MAX_SEED)
+    with opts.user_errors():
+        opts.in_range("--n", n, 1, 65536)
+        opts.in_range("--nrow", n if nrow is None else nrow, 1, n)
+        opts.in_range("--seed", seed, 0, MAX_SEED)
         if not 0 < temperature <= 100:  # also false for nan
             raise ConfigError(f"--temperature must be a number in (0, 100], got {temperature}")
         if not 0 <= guidance <= 100:
             raise ConfigError(f"--guidance must be a number in [0, 100], got {guidance}")
         if annealed and not guidance:
             raise ConfigError("--annealed anneals the guidance weight: give --guidance W > 0 with it")
-        _image_path(out)
+        opts.image_path(out)
         check_device_name(device)
-        model, cfg, names = _trained_classes(ckpt, None, device)
-        labels, per_row = _sample_labels(model, cfg, names, label or [], n, guidance, annealed)
+        model, cfg, names = opts.trained_classes(ckpt, None, device)
+        labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
-        _output(out, overwrite)
+        opts.output_path(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None
         images = model.sample(count, temperature, generator=generator, denoise=denoised, labels=labels,
@@ -252,12 +136,12 @@ def sample(
         if each is not None:
             each.mkdir(parents=True, exist_ok=True)
             for i, image in enumerate(images):
-                save_grid(image[None], _output(each / f"{i:05d}.png", overwrite), 1)
+                save_grid(image[None], opts.output_path(each / f"{i:05d}.png", overwrite), 1)
         how = f", denoised by one Tweedie step (sigma {model.noise_sigma:g})" if denoised else ""
         if labels is not None:
             rows = [names[int(y)] for y in labels[::per_row]]
             shown = ", ".join(rows[:10]) + (", ..." if len(rows) > 10 else "")
-            how += f", {len(rows)} rows of {per_row} (classes {shown})"
+            how += f", {len(rows)} row{'s' * (len(rows) != 1)} of {per_row} (class{'es' * (len(rows) != 1)} {shown})"
             how += f", guidance {guidance:g}{' annealed' if annealed else ''}" if guidance else ""
         typer.echo(f"wrote {count} samples at temperature {temperature:g}{how} to {out}")
 
@@ -274,15 +158,15 @@ def eval_bpd(
     device: Device = "auto",
 ) -> None:
     """Exact bits per dimension of a whole data split, with its standard error."""
-    with _user_errors():
-        _in_range("--samples", samples, 1, 65536)
-        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
-        _split(split)
+    with opts.user_errors():
+        opts.in_range("--samples", samples, 1, 65536)
+        opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        opts.checked_split(split)
         check_device_name(device)
-        model, cfg = _trained(ckpt, set_, device)
+        model, cfg = opts.trained(ckpt, set_, device)
         check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
         if json_out is not None:
-            _output(json_out, overwrite)
+            opts.output_path(json_out, overwrite)
         data = load_split(cfg, split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
@@ -294,32 +178,22 @@ def eval_bpd(
             log_probs, labels = class_log_probs(model, loader, samples, sys.stderr.isatty())
             c = conditional_bpd(log_probs, labels, model.dims)
             for r in (c.conditional, c.marginal):
-                _finite(r.n_nonfinite, r.n_images)
+                opts.finite(r.n_nonfinite, r.n_images)
             typer.echo(f"{split} bits/dim, conditional -log p(x | y) with the true labels: {c.conditional.bpd:.4f} "
                        f"± {c.conditional.stderr:.4f}\n{split} bits/dim, marginal -log p(x), p(x) = mean_y p(x | y) "
                        f"over {c.num_classes} classes: {c.marginal.bpd:.4f} ± {c.marginal.stderr:.4f}\n"
                        f"({c.conditional.n_images} images, {how})")
-            record = {"conditional": {**_bpd_record(c.conditional), "means": "-log p(x | y), y the true label"},
-                      "marginal": {**_bpd_record(c.marginal), "means": "-log p(x), p(x) = mean_y p(x | y) (uniform "
+            record = {"conditional": {**opts.bpd_record(c.conditional), "means": "-log p(x | y), y the true label"},
+                      "marginal": {**opts.bpd_record(c.marginal), "means": "-log p(x), p(x) = mean_y p(x | y) (uniform "
                                    "class prior)"},
                       "num_classes": c.num_classes, **common, "n_images": c.conditional.n_images}
         else:
             r = evaluate_bpd(model, loader, n_samples=samples, progress=sys.stderr.isatty())
-            _finite(r.n_nonfinite, r.n_images)
+            opts.finite(r.n_nonfinite, r.n_images)
             typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, {how})")
-            record = {**_bpd_record(r), **common, "n_images": r.n_images}
+            record = {**opts.bpd_record(r), **common, "n_images": r.n_images}
         if json_out is not None:
             json_out.write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _bpd_record(r: BpdResult) -> dict:
-    return {"bits_per_dim": r.bpd, "stderr": r.stderr, "nats_per_image": r.nats_per_image}
-
-
-def _finite(n_nonfinite: int, n_images: int) -> None:
-    if n_nonfinite:
-        raise FloatingPointError(f"{n_nonfinite} of {n_images} images gave a non-finite "
-                                 "bits/dim; the model is numerically broken on them")
 
 
 @app.command()
@@ -337,15 +211,15 @@ def interpolate(
 ) -> None:
     """Walk the latent space between pairs of real images, at every scale (a class-conditional
     model: each pair is two images of one class, encoded and decoded with that class)."""
-    with _user_errors():
-        _in_range("--pairs", pairs, 1, 1024)
-        _in_range("--steps", steps, 2, 1024)
-        _in_range("--seed", seed, 0, MAX_SEED)
-        _split(split)
-        _image_path(out)
+    with opts.user_errors():
+        opts.in_range("--pairs", pairs, 1, 1024)
+        opts.in_range("--steps", steps, 2, 1024)
+        opts.in_range("--seed", seed, 0, MAX_SEED)
+        opts.checked_split(split)
+        opts.image_path(out)
         check_device_name(device)
-        model, cfg = _trained(ckpt, set_, device)
-        _output(out, overwrite)
+        model, cfg = opts.trained(ckpt, set_, device)
+        opts.output_path(out, overwrite)
         data = load_split(cfg, split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
@@ -385,16 +259,16 @@ def classify(
     from nfgen.classify import classify as run_classifier
     from nfgen.classify import draw_confusion, format_confusion
 
-    with _user_errors():
-        _in_range("--samples", samples, 1, 65536)
-        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
-        _split(split)
-        _image_path(out)
+    with opts.user_errors():
+        opts.in_range("--samples", samples, 1, 65536)
+        opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        opts.checked_split(split)
+        opts.image_path(out)
         for path in (out, json_out):
-            _fresh(path, overwrite)
+            opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg, names = _trained_classes(ckpt, set_, device)
-        _conditional_only(model, "classify")
+        model, cfg, names = opts.trained_classes(ckpt, set_, device)
+        opts.conditional_only(model, "classify")
         check_likelihood(model)  # the classifier compares likelihoods: a Gaussian-noise model has none
         data = load_split(cfg, split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
@@ -407,47 +281,16 @@ def classify(
         typer.echo(f"{split} accuracy: {result.accuracy:.4f} ({result.correct} of {len(result.labels)} images), "
                    f"Bayes classifier argmax_y log p(x | y) over {len(names)} classes, uniform prior, "
                    f"{samples} dequantization sample(s)\n{format_confusion(result)}", err=to_stdout)
-        draw_confusion(result, _output(out, True), f"{ckpt}: {split}, accuracy {result.accuracy:.3f} "
+        draw_confusion(result, opts.output_path(out, True), f"{ckpt}: {split}, accuracy {result.accuracy:.3f} "
                        f"({result.correct} of {len(result.labels)})")
         if json_out is not None:
             record = {"checkpoint": str(ckpt), "split": split, "importance_samples": samples, "class_prior": "uniform",
                       "class_names": names, "accuracy": result.accuracy, "n_images": len(result.labels),
                       "confusion": result.confusion().tolist(), "confusion_axes": "row: true class, column: predicted",
-                      "images": result.records(_item_names(data))}
-            with _opened(json_out) as f:
+                      "images": result.records(opts.item_names(data))}
+            with opts.opened(json_out) as f:
                 f.write(json.dumps(record, indent=2) + "\n")
         typer.echo(f"confusion matrix picture: {out}", err=to_stdout)
-
-
-def _item_names(data: Dataset) -> list[str]:
-    """Each item's name: its file for a folder of images, else its index in the split."""
-    files = getattr(getattr(data, "images", data), "files", None)
-    return [str(f) for f in files] if files is not None else [str(i) for i in range(len(data))]  # type: ignore[arg-type]
-
-
-def _image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
-    """A split of the run's data (train, test) or a folder of images, with its name."""
-    if isinstance(where, str) and where in SPLITS:
-        return where, load_split(cfg, where)
-    path = Path(where)
-    return path.name or str(path), load_folder(path, shape)
-
-
-def _fresh(path: Path | None, overwrite: bool) -> Path | None:
-    """An output that must not exist yet (unless --overwrite); created only once the work is done."""
-    if path is not None and str(path) != "-" and path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
-    return path
-
-
-@contextmanager
-def _opened(path: Path | None) -> Iterator[TextIO]:
-    if path is None or str(path) == "-":
-        yield sys.stdout
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        yield f
 
 
 @app.command()
@@ -479,27 +322,27 @@ def score(
     from nfgen.ood_metrics import histogram
     from nfgen.score import format_report, ood_report, score_names, score_sets, write_rows
 
-    with _user_errors():
-        _in_range("--samples", samples, 1, 65536)
-        _in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
-        _in_range("--batch-test-size", batch_test_size, 1, 65536)
-        _in_range("--stats-images", stats_images, 0, 2**31)
+    with opts.user_errors():
+        opts.in_range("--samples", samples, 1, 65536)
+        opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
+        opts.in_range("--batch-test-size", batch_test_size, 1, 65536)
+        opts.in_range("--stats-images", stats_images, 0, 2**31)
         codecs = list(dict.fromkeys(codec or ["png"]))
         for c in codecs:
             if c not in CODECS:
                 raise ConfigError(f"--codec must be one of {', '.join(CODECS)}, got {c!r}")
-        wanted, hist = _score_wanted(split, folder, in_, ood, hist)
+        wanted, hist = opts.score_wanted(split, folder, in_, ood, hist)
         to_stdout = [p for p in (csv_out, json_out) if p is not None and str(p) == "-"]
         if len(to_stdout) > 1:
             raise ConfigError("--csv and --json cannot both be standard output")
         for path in (csv_out, json_out, hist):
-            _fresh(path, overwrite)
+            opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg = _trained(ckpt, set_, device)
+        model, cfg = opts.trained(ckpt, set_, device)
         check_likelihood(model)  # scores are built on bits/dim: a Gaussian-noise model has none
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
-            name, data = _image_set(cfg, model.shape, where)
+            name, data = opts.image_set(cfg, model.shape, where)
             while name in sets:
                 name += "+"
             sets[name] = data
@@ -513,32 +356,18 @@ def score(
             report = {**header, **ood_report(measured, in_name, stats, codecs, batch_test_size)}
             typer.echo(format_report(report), err=bool(to_stdout))
             histogram({s: m.columns(stats.mean) for s, m in measured.items()}, in_name, score_names(codecs),
-                      _output(hist, True), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
+                      opts.output_path(hist, True), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
             if json_out is not None:
-                with _opened(json_out) as f:
+                with opts.opened(json_out) as f:
                     f.write(json.dumps(report, indent=2) + "\n")
             typer.echo(f"histogram: {hist}", err=True)
         elif json_out is not None:
-            with _opened(json_out) as f:
+            with opts.opened(json_out) as f:
                 write_rows(measured, stats.mean, f, True, header)
         if csv_out is not None or (hist is None and not to_stdout):  # one set: CSV on stdout by default
-            with _opened(csv_out) as f:
+            with opts.opened(csv_out) as f:
                 write_rows(measured, stats.mean, f, False, header)
 
-
-def _score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,
-                  hist: Path | None) -> tuple[list[str | Path], Path | None]:
-    """The sets ``score`` reads (the in-distribution one first) and, when comparing, the picture."""
-    if ood:
-        if split is not None or folder is not None:
-            raise ConfigError("with --ood, name the in-distribution set with --in (a split or a folder), "
-                              "not --split/--folder")
-        return [in_ or "test", *ood], _image_path(hist or Path("score_hist.png"))
-    if in_ is not None or hist is not None:
-        raise ConfigError("--in and --hist go with --ood FOLDER; to score one set give --split or --folder")
-    if split is not None and folder is not None:
-        raise ConfigError("give one of --split or --folder")
-    return [folder if folder is not None else _split(split or "test")], None
 
 @app.command()
 def check(
@@ -553,16 +382,16 @@ def check(
     """Numerical health of every flow block: round trips, log-dets, conditioning, scales, NaNs."""
     from nfgen.doctor import diagnose, format_report, fresh_model, verdict
 
-    with _user_errors():
+    with opts.user_errors():
         if (ckpt is None) == (config is None):
             raise ConfigError("give exactly one of --ckpt FILE or --config FILE")
-        _in_range("--n", n, 1, 4096)
-        _in_range("--seed", seed, 0, MAX_SEED)
+        opts.in_range("--n", n, 1, 4096)
+        opts.in_range("--seed", seed, 0, MAX_SEED)
         check_device_name(device)
         if ckpt is not None:
-            model, _ = _trained(ckpt, set_, device)
+            model, _ = opts.trained(ckpt, set_, device)
         else:
-            model = fresh_model(load_config(config, set_), seed, _device(device))
+            model = fresh_model(load_config(config, set_), seed, opts.torch_device(device))
         report = diagnose(model, n, seed)
     typer.echo(format_report(report))
     typer.echo(verdict(report))
@@ -581,7 +410,7 @@ def density2d(
     from nfgen.density2d.config import load_config as load_2d
     from nfgen.density2d.train import train_density2d
 
-    with _user_errors():
+    with opts.user_errors():
         cfg = load_2d(config, set_)
         folder = Path(run_dir or cfg.run_dir or Path("runs") / cfg.name)
         s = train_density2d(cfg, folder, overwrite=overwrite, progress=progress)

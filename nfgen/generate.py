@@ -30,10 +30,17 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None
 
 def class_rows(num_classes: int, count: int) -> tuple[Tensor, int]:
     """Labels for a grid of about ``count`` samples with one row per class: row ``k`` holds
-    ``count // num_classes`` (at least 1) samples of class ``k``. Returns the labels (int64, in
-    grid order) and the row length, ``nrow`` for ``grid`` / ``save_grid``."""
-    per_class = max(1, count // num_classes)
-    return torch.arange(num_classes).repeat_interleave(per_class), per_class
+    ``count // num_classes`` samples of class ``k``. With more classes than ``count`` (ImageNet's
+    1,000 in a grid of 64), ``isqrt(count)`` classes spread evenly over the labels get a row each
+    instead. Returns the labels (int64, in grid order) and the row length, ``nrow`` for ``grid`` /
+    ``save_grid``."""
+    if num_classes <= count:
+        rows = torch.arange(num_classes)
+    else:
+        shown = max(1, math.isqrt(count))
+        rows = torch.linspace(0, num_classes - 1, shown).round().long()
+    per_class = max(1, count // len(rows))
+    return rows.repeat_interleave(per_class), per_class
 
 
 def sample_grid(model: ImageFlow, count: int, temperature: float = 1.0,

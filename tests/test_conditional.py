@@ -10,6 +10,7 @@ from archs import tiny_model
 import nfgen
 from nfgen.config import ConfigError, config_from_dict
 from nfgen.flows.tarflow import set_kv_cache
+from nfgen.generate import class_rows
 
 # All 16 binary 1x2x2 images; with n_bits=1 the model keeps the top bit, so 0 and 255.
 IMAGES = torch.tensor(list(itertools.product([0, 255], repeat=4)), dtype=torch.uint8).view(16, 1, 2, 2)
@@ -125,3 +126,12 @@ def test_conditional_errors_say_what_to_do():
         plain.sample(2, labels=torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="label_dropout needs a class-conditional"):
         config_from_dict({"model": {"label_dropout": 0.1}})
+
+
+def test_a_grid_has_a_row_per_class_or_spreads_its_rows_over_many_classes():
+    labels, nrow = class_rows(10, 64)
+    assert nrow == 6 and labels.tolist() == [k for k in range(10) for _ in range(6)]
+    labels, nrow = class_rows(1000, 64)  # ImageNet: 8 classes from first to last, 8 samples each
+    assert nrow == 8 and len(labels) == 64
+    assert labels.unique().tolist() == sorted(set(labels.tolist())) and len(labels.unique()) == 8
+    assert labels.min() == 0 and labels.max() == 999

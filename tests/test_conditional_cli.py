@@ -101,8 +101,9 @@ def test_default_grid_has_a_row_per_class(runs, tmp_path):
     result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "t.png", "--n", 7)  # 7 // 3 per class
     assert result.exit_code == 0 and "3 rows of 2" in result.output
     assert png(tmp_path / "t.png").shape == (3 * 10 + 2, 2 * 10 + 2)
-    result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "u.png", "--n", 2)  # at least one each
-    assert result.exit_code == 0 and "3 samples" in result.output and "3 rows of 1" in result.output
+    # Fewer samples than classes: isqrt(n) classes spread over the labels (ImageNet's 1,000 in 64).
+    result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / "u.png", "--n", 2)
+    assert result.exit_code == 0 and "2 samples" in result.output and "1 row of 2 (class one)" in result.output
 
 
 def test_labels_by_name_or_number_sample_those_classes(runs, tmp_path):

@@ -20,12 +20,19 @@ NARROWER = {"flowpp_cifar.yaml": ["model.flowpp.hidden=16", "model.flowpp.blocks
             "tarflow_imagenet64.yaml": ["model.tarflow.width=24", "model.tarflow.heads=2", "model.tarflow.layers=1",
                                        "model.tarflow.blocks=2"],
             "tarflow_cifar.yaml": ["model.tarflow.width=24", "model.tarflow.heads=2", "model.tarflow.layers=1",
-                                       "model.tarflow.blocks=2"]}
+                                       "model.tarflow.blocks=2"],
+            "tarflow_imagenet64_cond.yaml": ["model.tarflow.width=24", "model.tarflow.heads=2",
+                                             "model.tarflow.layers=1", "model.tarflow.blocks=2"]}
 
 
 @pytest.fixture(autouse=True)
 def _float32():
     torch.set_default_dtype(torch.float32)  # the configs' own precision; some are large models
+
+
+def _labels(cfg, n: int) -> torch.Tensor | None:
+    """Labels for a class-conditional config's model (None: unconditional)."""
+    return torch.randint(0, cfg.model.num_classes, (n,)) if cfg.model.num_classes else None
 
 
 def _kept_bits(x: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -35,7 +42,7 @@ def _kept_bits(x: torch.Tensor, n_bits: int) -> torch.Tensor:
 # One image through these takes minutes on a CPU (TarFlow's inverse is 1,023 sequential steps of
 # a 64-layer Transformer): they are built at their own size without memory (the meta device),
 # and round-trip at their NARROWER size, which keeps every token.
-TOO_BIG_TO_RUN = ("tarflow_imagenet64.yaml", "tarflow_cifar.yaml")
+TOO_BIG_TO_RUN = ("tarflow_imagenet64.yaml", "tarflow_cifar.yaml", "tarflow_imagenet64_cond.yaml")
 
 
 @pytest.mark.parametrize("name", shipped_configs())
@@ -47,10 +54,11 @@ def test_shipped_config_builds_and_round_trips_at_its_own_size(name):
         cfg = load_config(name, NARROWER[name])
     model = nfgen.build_model(cfg)
     x = _kept_bits(torch.randint(0, 256, (1, *cfg.model.image_shape), dtype=torch.uint8), cfg.model.n_bits)
+    y = _labels(cfg, 1)
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model.decode(model.encode(x)), x)
-        assert math.isfinite(model.bits_per_dim(x).item())
+        assert torch.equal(model.decode(model.encode(x, y), labels=y), x)
+        assert math.isfinite(model.bits_per_dim(x, labels=y).item())
 
 
 @pytest.mark.parametrize("name", shipped_configs())
@@ -58,13 +66,14 @@ def test_shipped_config_trains(name):
     cfg = load_config(name, NARROWER.get(name, []))
     model = nfgen.build_model(cfg)
     x = torch.randint(0, 256, (2, *cfg.model.image_shape), dtype=torch.uint8)
-    initialize(model, x)
+    y = _labels(cfg, 2)
+    initialize(model, x, labels=y)
     before = [p.detach().clone() for p in model.parameters()]
     # The learning rate of the warm-up's first step, as the trainer's schedule gives it.
     first = dataclasses.replace(cfg.train, lr=cfg.train.lr / max(1, cfg.train.warmup_steps))
     optimizer = make_optimizer(model.parameters(), first)
     for _ in range(2):
-        result = train_step(model, model, optimizer, [MicroBatch(x)], cfg.train, torch.device("cpu"))
+        result = train_step(model, model, optimizer, [MicroBatch(x, labels=y)], cfg.train, torch.device("cpu"))
         assert result.applied and math.isfinite(result.bpd)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 

@@ -1,0 +1,190 @@
+"""What the ``nfgen`` verbs share: option checks (each a one-line error before any work), loading
+a trained checkpoint, a conditional model's labels, and the error policy (``user_errors``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import torch
+import typer
+from torch.utils.data import Dataset
+
+from nfgen.config import Config, ConfigError, apply_overrides, check_device_name, config_from_dict
+from nfgen.data import SPLITS, DataError, load_folder, load_split
+from nfgen.evaluate import BpdResult, NotALikelihoodError
+from nfgen.generate import class_rows, label_rows
+from nfgen.model import ImageFlow
+from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
+from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn every error a user can cause into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except ConfigError as e:
+        fail(str(e), 2)
+    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError) as e:
+        fail(str(e))
+    except TrainingInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(128 + e.signum) from None
+    except OSError as e:
+        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+
+
+def in_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in {low}..{high}, got {value}")
+
+
+def image_path(path: Path) -> Path:
+    """An output image path whose extension an image writer knows (checked before any work)."""
+    from PIL import Image
+
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"{path}: no image writer knows the extension {path.suffix or '(none)'!r}; "
+                          "use .png (or .jpg, .webp, ...)")
+    return path
+
+
+def torch_device(name: str) -> torch.device:
+    return resolve_device(check_device_name(name))
+
+
+def checked_split(name: str) -> str:
+    if name not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
+    return name
+
+
+def output_path(path: Path, overwrite: bool) -> Path:
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
+    """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
+    model, cfg, _ = trained_classes(ckpt, sets, device, ema)
+    return model, cfg
+
+
+def trained_classes(ckpt: Path, sets: list[str] | None, device: str,
+                     ema: bool = True) -> tuple[ImageFlow, Config, list[str]]:
+    """As ``trained``, and the names of the model's classes (none for an unconditional one)."""
+    model, cfg, state = model_from_checkpoint(ckpt, ema=ema, device=torch_device(device))
+    names = class_names_of(state, cfg, ckpt)
+    if sets:
+        new = config_from_dict(apply_overrides(cfg.to_dict(), sets))
+        if new.model != cfg.model or new.dequantization != cfg.dequantization:
+            raise ConfigError("--set may change data.* and train.* for a trained checkpoint, not the model")
+        cfg = new
+    return model, cfg, names
+
+
+def label_index(value: str, names: list[str]) -> int:
+    """A ``--label``: a class name, else a class number (a name wins where the two disagree, as
+    for folders named "1", "2", ...)."""
+    if value in names:
+        return names.index(value)
+    if value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(names):
+        return int(value)
+    listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1} "
+                      f"or a name ({listed})")
+
+
+def conditional_only(model: ImageFlow, what: str) -> None:
+    if not model.num_classes:
+        raise ConfigError(f"{what} needs a class-conditional model (model.num_classes > 0); this one is unconditional")
+
+
+def sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[str], n: int,
+                   guidance: float, annealed: bool) -> tuple[torch.Tensor | None, int | None]:
+    """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
+    across the rows as training's grids are) and row length; ``(None, None)`` for an
+    unconditional model. Every mismatch of options and model refused."""
+    if not model.num_classes:
+        if given or guidance or annealed:
+            flag = "--label" if given else "--guidance" if guidance else "--annealed"
+            conditional_only(model, flag)
+        return None, None
+    if guidance and not model.label_dropout:
+        raise ConfigError("--guidance needs a model trained with model.label_dropout > 0 (its null class, the "
+                          "unconditional model guidance contrasts with, never saw data); this one had 0")
+    if annealed and cfg.model.arch != "tarflow":
+        raise ConfigError(f"--annealed grows the guidance weight over TarFlow's tokens; this model is "
+                          f"{cfg.model.arch}, whose guidance has no tokens: drop --annealed")
+    if not given:
+        return class_rows(model.num_classes, n)  # every class: training's grid
+    rows = [label_index(v, names) for v in given]
+    per_row = max(1, n // len(rows))
+    return label_rows(rows, per_row), per_row
+
+
+def bpd_record(r: BpdResult) -> dict:
+    return {"bits_per_dim": r.bpd, "stderr": r.stderr, "nats_per_image": r.nats_per_image}
+
+
+def finite(n_nonfinite: int, n_images: int) -> None:
+    if n_nonfinite:
+        raise FloatingPointError(f"{n_nonfinite} of {n_images} images gave a non-finite "
+                                 "bits/dim; the model is numerically broken on them")
+
+
+def item_names(data: Dataset) -> list[str]:
+    """Each item's name: its file for a folder of images, else its index in the split."""
+    files = getattr(getattr(data, "images", data), "files", None)
+    return [str(f) for f in files] if files is not None else [str(i) for i in range(len(data))]  # type: ignore[arg-type]
+
+
+def image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
+    """A split of the run's data (train, test) or a folder of images, with its name."""
+    if isinstance(where, str) and where in SPLITS:
+        return where, load_split(cfg, where)
+    path = Path(where)
+    return path.name or str(path), load_folder(path, shape)
+
+
+def fresh(path: Path | None, overwrite: bool) -> Path | None:
+    """An output that must not exist yet (unless --overwrite); created only once the work is done."""
+    if path is not None and str(path) != "-" and path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+    return path
+
+
+@contextmanager
+def opened(path: Path | None) -> Iterator[TextIO]:
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        yield f
+
+
+def score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,
+                  hist: Path | None) -> tuple[list[str | Path], Path | None]:
+    """The sets ``score`` reads (the in-distribution one first) and, when comparing, the picture."""
+    if ood:
+        if split is not None or folder is not None:
+            raise ConfigError("with --ood, name the in-distribution set with --in (a split or a folder), "
+                              "not --split/--folder")
+        return [in_ or "test", *ood], image_path(hist or Path("score_hist.png"))
+    if in_ is not None or hist is not None:
+        raise ConfigError("--in and --hist go with --ood FOLDER; to score one set give --split or --folder")
+    if split is not None and folder is not None:
+        raise ConfigError("give one of --split or --folder")
+    return [folder if folder is not None else checked_split(split or "test")], None
