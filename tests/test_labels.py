@@ -31,6 +31,7 @@ from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger
 from nfgen.training.run import train
 from nfgen.training.trainer import Trainer
+from runs import assert_same_weights
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -289,10 +290,7 @@ def test_conditional_resume_equals_uninterrupted_and_keeps_class_names(tmp_path,
     train(_run_config(digit_classes, part, 5), part, resume=True, progress=False)
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)
     b = torch.load(part / "checkpoints/last.pt", weights_only=True)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert_same_weights(a, b)
     assert a["progress"]["best_bpd"] == b["progress"]["best_bpd"]
     assert a["class_names"] == b["class_names"] == ["one", "two", "zero"]
     # The sample grid at step 5 has one row per class: 3 rows of 6 // 3 = 2 images (8x8, padding 2).

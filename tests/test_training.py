@@ -12,6 +12,7 @@ import nfgen
 from nfgen.config import config_from_dict
 from nfgen.generate import interpolate
 from nfgen.training.run import train
+from runs import assert_same_weights
 
 
 def _digits_tensor() -> torch.Tensor:
@@ -82,10 +83,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, arch):
 
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)
     b = torch.load(part / "checkpoints/last.pt", weights_only=True)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert_same_weights(a, b)
     drop = {"train_seconds"}  # wall-clock time, the one field allowed to differ
     assert {k: v for k, v in a["progress"].items() if k not in drop} == {
         k: v for k, v in b["progress"].items() if k not in drop}
