@@ -9,6 +9,7 @@ image for variational dequantization); flows that are not conditional ignore it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,6 +19,11 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 Step = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]]
+
+# torch 2.4's own checkpoint recomputation calls its deprecated ``torch.cpu.amp.autocast`` and
+# warns about it on every backward pass (later releases do not): a warning the user cannot act on.
+warnings.filterwarnings("ignore", message=r"`torch\.cpu\.amp\.autocast\(args\.\.\.\)` is deprecated",
+                        category=FutureWarning, module=r"torch\.utils\.checkpoint")
 
 
 def cascade(x: Tensor, steps: Iterable[Step], context: Tensor | None = None) -> tuple[Tensor, Tensor]:
