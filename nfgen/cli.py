@@ -102,7 +102,8 @@ def sample(
     denoise: Annotated[bool, typer.Option(help="A model trained with Gaussian noise: one Tweedie denoising "
                                           "step (--no-denoise: the raw, noisy samples).")] = True,
     label: Annotated[list[str] | None, typer.Option(help="A class-conditional model: sample this class, a name or "
-                                                    "a number (repeatable: a row each; default: every class).")] = None,
+                                                    "a number, or null: the unconditional model (repeatable: a row "
+                                                    "each; default: every class).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance weight w: (1 + w) f(x, y) - w f(x, null) "
                                             "in every conditional layer (0: none; needs model.label_dropout > 0).")] = 0.0,
     annealed: Annotated[bool, typer.Option(help="TarFlow: grow the guidance weight over the tokens, w (i + 1) / (N - 1) "
@@ -139,7 +140,7 @@ def sample(
                 save_grid(image[None], opts.output_path(each / f"{i:05d}.png", overwrite), 1)
         how = f", denoised by one Tweedie step (sigma {model.noise_sigma:g})" if denoised else ""
         if labels is not None:
-            rows = [names[int(y)] for y in labels[::per_row]]
+            rows = [names[int(y)] if int(y) < len(names) else "null" for y in labels[::per_row]]
             shown = ", ".join(rows[:10]) + (", ..." if len(rows) > 10 else "")
             how += f", {len(rows)} row{'s' * (len(rows) != 1)} of {per_row} (class{'es' * (len(rows) != 1)} {shown})"
             how += f", guidance {guidance:g}{' annealed' if annealed else ''}" if guidance else ""

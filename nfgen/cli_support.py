@@ -94,16 +94,22 @@ def trained_classes(ckpt: Path, sets: list[str] | None, device: str,
     return model, cfg, names
 
 
-def label_index(value: str, names: list[str]) -> int:
+def label_index(value: str, names: list[str], null_learned: bool = False) -> int:
     """A ``--label``: a class name, else a class number (a name wins where the two disagree, as
-    for folders named "1", "2", ...)."""
+    for folders named "1", "2", ...), or ``null``: the null class, the unconditional model that
+    label dropout trains (``null_learned``), whose label is ``len(names)``."""
     if value in names:
         return names.index(value)
+    if value == "null":
+        if not null_learned:
+            raise ConfigError("--label null samples the null class (the unconditional model), which a model "
+                              "trained without model.label_dropout never learned")
+        return len(names)
     if value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(names):
         return int(value)
     listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1} "
-                      f"or a name ({listed})")
+    raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1}, "
+                      f"a name ({listed}) or null")
 
 
 def conditional_only(model: ImageFlow, what: str) -> None:
@@ -129,7 +135,7 @@ def sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[s
                           f"{cfg.model.arch}, whose guidance has no tokens: drop --annealed")
     if not given:
         return class_rows(model.num_classes, n)  # every class: training's grid
-    rows = [label_index(v, names) for v in given]
+    rows = [label_index(v, names, model.label_dropout > 0) for v in given]
     per_row = max(1, n // len(rows))
     return label_rows(rows, per_row), per_row
 

@@ -121,6 +121,19 @@ def test_labels_by_name_or_number_sample_those_classes(runs, tmp_path):
     assert not torch.equal(other, expected)  # the label decides the sample
 
 
+def test_the_null_class_is_the_unconditional_model_whatever_the_guidance(runs, tmp_path):
+    grids = []
+    for w in (0, 3):
+        result = nfgen("sample", "--ckpt", runs["glow"], "--out", tmp_path / f"n{w}.png", "--label", "null",
+                       "--n", 3, "--seed", 2, "--guidance", w)
+        assert result.exit_code == 0 and "1 row of 3 (class null)" in result.output, result.output
+        grids.append(png(tmp_path / f"n{w}.png"))
+    assert np.array_equal(*grids)
+    model, _, _ = model_from_checkpoint(runs["glow"])
+    plain = model.sample(3, generator=torch.Generator().manual_seed(2), labels=torch.full((3,), 3))
+    assert np.array_equal(grids[0][2:10, 2:10], plain[0, 0].numpy())
+
+
 def test_guidance_zero_is_the_plain_sample_and_guidance_changes_it(runs, tmp_path):
     outs = {}
     for name, extra in (("plain", ()), ("w0", ("--guidance", 0)), ("w2", ("--guidance", 2))):
@@ -143,7 +156,10 @@ def test_annealed_guidance_on_tarflow(runs, tmp_path):
 
 
 @pytest.mark.parametrize("run, args, message", [
-    ("glow", ("--label", "cow"), "--label 'cow' is not a class of this model: give a number 0..2 or a name (one, two, zero)"),
+    ("glow", ("--label", "cow"),
+     "--label 'cow' is not a class of this model: give a number 0..2, a name (one, two, zero) or null"),
+    ("nodrop", ("--label", "null"), "--label null samples the null class (the unconditional model), which a model "
+                                    "trained without model.label_dropout never learned"),
     ("glow", ("--label", 3), "--label '3' is not a class of this model"),
     ("glow", ("--guidance", 1, "--annealed"), "--annealed grows the guidance weight over TarFlow's tokens; this model is glow"),
     ("tarflow", ("--annealed",), "--annealed anneals the guidance weight: give --guidance W > 0"),
