@@ -14,6 +14,7 @@ import torch
 from archs import tiny_model
 from datasets import CIFAR10_CLASSES, digits, skip_cifar10_md5, write_cifar10, write_mnist
 from PIL import Image
+from run_checks import assert_same_weights
 
 from nfgen.config import ConfigError, config_from_dict
 from nfgen.data import DataError, class_names, load_split, make_loader
@@ -31,7 +32,6 @@ from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger
 from nfgen.training.run import train
 from nfgen.training.trainer import Trainer
-from runs import assert_same_weights
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 

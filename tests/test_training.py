@@ -6,13 +6,13 @@ import pytest
 import torch
 from archs import TINY, tiny_model
 from datasets import digits, write_image_folder
+from run_checks import assert_same_weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nfgen
 from nfgen.config import config_from_dict
 from nfgen.generate import interpolate
 from nfgen.training.run import train
-from runs import assert_same_weights
 
 
 def _digits_tensor() -> torch.Tensor:
