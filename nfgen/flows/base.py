@@ -3,8 +3,10 @@
 Every bijection maps data to latent in ``forward(x, context=None)`` and returns ``(z, logdet)``
 with ``logdet = log|det dz/dx|`` per sample (shape ``[B]``); ``inverse(z, context=None)``
 returns ``(x, logdet)`` with the opposite sign, so a forward pass followed by an inverse pass
-has zero total log-det. ``context`` is an optional conditioning tensor (e.g. features of the
-image for variational dequantization); flows that are not conditional ignore it.
+has zero total log-det. ``context`` is an optional conditioning tensor (features of the image
+for variational dequantization, a class embedding ``[B, class_dim]`` in a class-conditional
+model, or a ``Guided`` pair of them for classifier-free guidance: ``nfgen.flows.conditioning``);
+flows that are not conditional ignore it.
 """
 
 from __future__ import annotations
