@@ -6,6 +6,7 @@ this is the one place nfgen reads it. Without torchrun everything here is a no-o
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -110,6 +111,10 @@ def barrier(r: Rank) -> None:
 
 def cleanup(r: Rank) -> None:
     if r.distributed and dist.is_initialized():
+        # Free the DDP wrapper and its reducer (garbage in reference cycles by now) while the group
+        # they hold is alive: left to interpreter shutdown, a rank aborted now and then at exit
+        # ("terminate called without an active exception") after finishing its work.
+        gc.collect()
         dist.destroy_process_group()
 
 

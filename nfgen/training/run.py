@@ -80,7 +80,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = Fa
             if resume:  # refuse a resume of a missing run before the lock creates its folder
                 check_run_dir(run_dir, resume, overwrite)
             lock.acquire()
-        return _train(cfg, run_dir, resume, overwrite, progress, rank)
+        result = _train(cfg, run_dir, resume, overwrite, progress, rank)
+        distributed.barrier(rank)  # every rank done with the process group before any tears it down
+        return result
     finally:
         lock.release()
         distributed.cleanup(rank)
