@@ -282,10 +282,11 @@ class ImageFlow(nn.Module):
                              "there is no sigma to denoise with; give one")
         return (u + sigma**2 * self.score(u, max_batch, context)).detach()
 
-    def guided(self, labels: Tensor, guidance: float, annealed: bool = False) -> Tensor | Guided:
-        """The context for sampling ``labels`` with classifier-free guidance weight ``guidance``:
-        ``(1 + w) f(x, y) - w f(x, null)`` in every conditional layer (w = 0: the plain class)."""
-        context = self.context(labels, labels.shape[0])
+    def guided(self, labels: Tensor | None, n: int, guidance: float, annealed: bool = False) -> Tensor | Guided:
+        """The context for sampling ``labels`` ``[n]`` with classifier-free guidance weight
+        ``guidance``: ``(1 + w) f(x, y) - w f(x, null)`` in every conditional layer (w = 0: the
+        plain class)."""
+        context = self.context(labels, n)
         if guidance == 0:
             return context
         if not self.label_dropout:
@@ -315,13 +316,7 @@ class ImageFlow(nn.Module):
         if self.classes is None and (labels is not None or guidance):
             raise ValueError("this model is unconditional: labels and guidance need a model trained with "
                              "model.num_classes > 0")
-        context = None
-        if self.classes is not None:
-            if labels is None:
-                raise ValueError(f"this model is class-conditional ({self.num_classes} classes): give labels")
-            if tuple(labels.shape) != (n,):
-                raise ValueError(f"expected {n} labels, got shape {list(labels.shape)}")
-            context = self.guided(labels, guidance, annealed)
+        context = None if self.classes is None else self.guided(labels, n, guidance, annealed)
         ref = self._ref()
         zs = sample_standard_normal(self.body.latent_shapes, n, temperature, ref.device,
                                     ref.dtype, generator)

@@ -71,8 +71,9 @@ class Guided:
             return self.weight
         return self.weight * (token + 1) / (tokens - 1)
 
-    def mix(self, cond: T, null: T, weight: float | None = None) -> T:
-        """``(1 + w) cond - w null``, elementwise (over tuples too)."""
+    def mix(self, cond: T, null: T, weight: float | Tensor | None = None) -> T:
+        """``(1 + w) cond - w null``, elementwise (over tuples too; ``weight`` may be a tensor that
+        broadcasts, one weight per token)."""
         w = self.weight if weight is None else weight
         if isinstance(cond, Tensor):
             return cond + w * (cond - null)
@@ -117,9 +118,9 @@ class ClassPrior(Flow):
     def forward(self, x: Tensor, context: Tensor | Guided | None = None) -> tuple[Tensor, Tensor]:
         mean, log_std = self._params(context)
         mean, log_std = mean.to(x.dtype), log_std.to(x.dtype)
-        return (x - mean) * torch.exp(-log_std), -log_std.flatten(1).sum(1) * x[0, 0].numel()
+        return (x - mean) * torch.exp(-log_std), -log_std.flatten(1).sum(1) * x.shape[2] * x.shape[3]
 
     def inverse(self, z: Tensor, context: Tensor | Guided | None = None) -> tuple[Tensor, Tensor]:
         mean, log_std = self._params(context)
         mean, log_std = mean.to(z.dtype), log_std.to(z.dtype)
-        return z * torch.exp(log_std) + mean, log_std.flatten(1).sum(1) * z[0, 0].numel()
+        return z * torch.exp(log_std) + mean, log_std.flatten(1).sum(1) * z.shape[2] * z.shape[3]

@@ -131,7 +131,7 @@ class AutoregressiveBlock(Flow):
         if isinstance(context, Guided):
             cond, null = self._params(t, context.cond), self._params(t, context.null)
             w = t.new_tensor([context.weight_at(i - 1, self.tokens) for i in range(self.tokens)])[:, None]
-            return cond[0] + w * (cond[0] - null[0]), cond[1] + w * (cond[1] - null[1])
+            return context.mix(cond, null, w)
         out = self.net(t, self._pos().to(t.dtype), self._class(context))
         out = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
         return self._affine(out, t.dtype)
