@@ -23,7 +23,7 @@ from nfgen.evaluate import (
     metric,
 )
 from nfgen.generate import interpolate as interpolate_images
-from nfgen.generate import same_class_pairs, save_grid
+from nfgen.generate import same_class_pairs, sample_in_batches, save_grid
 from nfgen.labels import take
 from nfgen.training.distributed import is_main_process
 from nfgen.training.run import run_dir_for
@@ -108,12 +108,15 @@ def sample(
                                             "in every conditional layer (0: none; needs model.label_dropout > 0).")] = 0.0,
     annealed: Annotated[bool, typer.Option(help="TarFlow: grow the guidance weight over the tokens, w (i + 1) / (N - 1) "
                                            "at token i + 1 of N.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (memory grows with it); --n or more "
+                                            "draws exactly what one batch of --n does.")] = 256,
     overwrite: Overwrite = False,
     device: Device = "auto",
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
     with opts.user_errors():
         opts.in_range("--n", n, 1, 65536)
+        opts.in_range("--batch-size", batch_size, 1, 65536)
         opts.in_range("--nrow", n if nrow is None else nrow, 1, n)
         opts.in_range("--seed", seed, 0, MAX_SEED)
         if not 0 < temperature <= 100:  # also false for nan
@@ -131,8 +134,8 @@ def sample(
         opts.output_path(out, overwrite)
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None
-        images = model.sample(count, temperature, generator=generator, denoise=denoised, labels=labels,
-                              guidance=guidance, annealed=annealed)
+        images = sample_in_batches(model, count, batch_size, temperature, generator, labels, sys.stderr.isatty(),
+                                   denoise=denoised, guidance=guidance, annealed=annealed)
         save_grid(images, out, nrow)
         if each is not None:
             each.mkdir(parents=True, exist_ok=True)
@@ -206,6 +209,7 @@ def interpolate(
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("interp.png"),
     spherical: Annotated[bool, typer.Option(help="Spherical instead of linear interpolation.")] = False,
     seed: Annotated[int, typer.Option(help="Chooses the image pairs.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Pairs encoded and decoded at a time.")] = 64,
     set_: Sets = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -215,6 +219,7 @@ def interpolate(
     with opts.user_errors():
         opts.in_range("--pairs", pairs, 1, 1024)
         opts.in_range("--steps", steps, 2, 1024)
+        opts.in_range("--batch-size", batch_size, 1, 65536)
         opts.in_range("--seed", seed, 0, MAX_SEED)
         opts.checked_split(split)
         opts.image_path(out)
@@ -235,7 +240,9 @@ def interpolate(
         else:
             idx = torch.randperm(len(data), generator=generator)[: 2 * pairs]
         x, _ = take(data, idx.tolist())
-        rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical, labels=labels)
+        rows = torch.cat([interpolate_images(model, x[i:i + batch_size], x[pairs + i:pairs + i + batch_size], steps,
+                                             spherical, labels=None if labels is None else labels[i:i + batch_size]).cpu()
+                          for i in opts.progress(range(0, pairs, batch_size), "interpolate")])
         save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 
@@ -368,6 +375,30 @@ def score(
         if csv_out is not None or (hist is None and not to_stdout):  # one set: CSV on stdout by default
             with opts.opened(csv_out) as f:
                 write_rows(measured, stats.mean, f, False, header)
+
+
+@app.command()
+def export(
+    ckpt: Ckpt,
+    out: Annotated[Path, typer.Option(help="Folder to write model.safetensors, config.json and README.md into.")],
+    ema: Annotated[bool, typer.Option(help="Export the EMA weights where the checkpoint has them.")] = True,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also upload the folder to this Hugging Face Hub model "
+                                                    "repository (user/name; needs pip install 'nfgen[hub]').")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier export in --out.")] = False,
+) -> None:
+    """Write a checkpoint's model as safetensors weights plus its config and class names, for
+    nfgen.load(DIR) and the Hugging Face Hub."""
+    from nfgen.export import export_model, hub_api
+    from nfgen.export import push_to_hub as upload
+
+    with opts.user_errors():
+        api = hub_api() if push_to_hub else None  # a missing extra fails before anything is written
+        files = export_model(ckpt, out, overwrite, ema)
+        sizes = ", ".join(f"{p.name} {p.stat().st_size:,} bytes" for p in files)
+        typer.echo(f"exported {ckpt} to {out}: {sizes}")
+        if push_to_hub:
+            upload(out, push_to_hub, api)
+            typer.echo(f"uploaded to https://huggingface.co/{push_to_hub}")
 
 
 @app.command()

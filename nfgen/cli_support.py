@@ -4,14 +4,15 @@ a trained checkpoint, a conditional model's labels, and the error policy (``user
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import torch
 import typer
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, apply_overrides, check_device_name, config_from_dict
 from nfgen.data import SPLITS, DataError, load_folder, load_split
@@ -20,6 +21,8 @@ from nfgen.generate import class_rows, label_rows
 from nfgen.model import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
 from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -41,6 +44,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(128 + e.signum) from None
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+
+
+def progress(items: Iterable[T], what: str) -> Iterable[T]:
+    """``items`` with a progress bar on stderr, drawn only when stderr is a terminal."""
+    return tqdm(items, desc=what, leave=False, disable=not sys.stderr.isatty())
 
 
 def in_range(name: str, value: int, low: int, high: int) -> None:

@@ -259,6 +259,10 @@ class TrainConfig:
     on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    # Weights & Biases (pip install 'nfgen[wandb]'): mirror the scalars and sample grids to this project.
+    wandb_project: str | None = None
+    wandb_entity: str | None = None  # the W&B team or user (null: your default)
+    wandb_run_name: str | None = None  # null: the config's name
 
 
 @dataclass(frozen=True)

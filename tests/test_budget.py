@@ -151,7 +151,7 @@ def test_budget_stop_ends_within_the_budget_with_a_final_evaluation_and_last_pt(
     assert trainer.step in scalars(run, "test/bpd")  # the final evaluation, at the step reached
     assert scalars(run, "time/train_seconds")[trainer.step] <= took
     out = capsys.readouterr().out
-    assert f"stopped at step {trainer.step} of 1000" in out and "continue with --resume" in out
+    assert f"stopped at step {trainer.step} of 1000" in out and f"continue with: nfgen train --resume --run-dir {run}" in out
 
 
 def test_each_resumed_job_gets_a_new_budget_and_the_run_stays_exact(data, tmp_path):

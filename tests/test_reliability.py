@@ -398,7 +398,8 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
         (["interpolate", "--ckpt", str(trained), "--out", str(existing), "--pairs", "1"], 1, "exists; pass --overwrite"),
         (["eval-bpd", "--ckpt", str(trained), "--json", str(existing)], 1, "exists; pass --overwrite"),
         (["train", "--config", str(write_yaml(tmp_path / "g.yaml", good)), "--run-dir", str(trained.parent.parent)], 1,
-         "already holds a run; pass --resume"),
+         f"already holds a run (checkpoints/last.pt and best.pt); continue it with `nfgen train --resume --run-dir "
+         f"{trained.parent.parent}`"),
     ]
     for args, code, message in cases:
         result = runner.invoke(app, args)

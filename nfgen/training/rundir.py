@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -12,7 +13,15 @@ from nfgen.training.checkpoint import CheckpointError, remove_temp_files
 
 LOCK_NAME = ".lock"  # in the run folder; holds the PID and host of the training that writes there
 CHECKPOINT_NAMES = ("last.pt", "best.pt")  # what training writes into <run>/checkpoints
-RUN_PARTS = ("checkpoints", "tb", "samples")  # what --overwrite deletes
+RUN_PARTS = ("checkpoints", "tb", "samples")  # what --overwrite deletes, with RUN_FILES
+RUN_FILES = ("metrics.jsonl", "config.*.yaml")  # the metrics and the configs a resume replaced
+
+
+def resume_command(run_dir: Path, *sets: str) -> str:
+    """The command that continues the run in ``run_dir`` (with its own config.yaml), for every
+    message that says to continue; ``sets`` are ``--set`` overrides it needs."""
+    extra = "".join(f" --set {shlex.quote(s)}" for s in sets)
+    return f"nfgen train --resume --run-dir {shlex.quote(str(run_dir))}{extra}"
 
 
 class RunFolderLock:
@@ -63,8 +72,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise CheckpointError(f"nothing to resume: {last} does not exist{extra}")
         return
     if held and not overwrite:
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite "
-                              f"to start over (it has checkpoints/{' and '.join(p.name for p in held)})")
+        raise CheckpointError(f"{run_dir} already holds a run (checkpoints/{' and '.join(p.name for p in held)}); "
+                              f"continue it with `{resume_command(run_dir)}`, or pass --overwrite to start over")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
@@ -74,6 +83,9 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """--overwrite: delete the old run's checkpoints, logs and samples."""
+    """--overwrite: delete the old run's checkpoints, logs, metrics and samples."""
     for sub in RUN_PARTS:
         shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for pattern in RUN_FILES:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)

@@ -17,7 +17,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.evaluate import bpd_values, metric, summarize
@@ -35,9 +34,11 @@ from nfgen.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from nfgen.training.console import Console, start_console
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
+from nfgen.training.rundir import resume_command
 from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
 
@@ -50,8 +51,8 @@ class TrainingInterrupted(Exception):
     """Raised after a clean stop on SIGINT / SIGTERM; ``last.pt`` has been written."""
 
     def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
-                         "continue with --resume")
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}; continue with: "
+                         f"{resume_command(path.parent.parent)}")
         self.signum = signum
 
 
@@ -115,6 +116,7 @@ class Trainer:
         self.budget = Budget(parse_duration(self.t.max_time) or math.inf, clock)
         self.seconds_before = 0.0  # training time of the jobs before this one (a resumed run)
         self.stopped_by_budget = False
+        self.console = Console(cfg.train.max_steps, 0, metric=self.metric.tag, log_every=1, enabled=False)
 
     # ----------------------------------------------------------------- state
     @property
@@ -168,8 +170,8 @@ class Trainer:
             raise CheckpointError(f"{path} was trained on the classes {', '.join(state.class_names)}, but the data "
                                   f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
         if self.t.max_steps <= reached:
-            raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
-                              f"{path} has reached; set train.max_steps above {reached} to continue")
+            raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which {path} has "
+                              f"reached; to continue: {resume_command(self.run_dir, f'train.max_steps={2 * reached}')}")
         self.load_state(state, path)
         self.seconds_before = state.progress.train_seconds  # here, not in load_state: a rollback keeps the time spent
 
@@ -370,7 +372,7 @@ class Trainer:
         self._apply_lr()
         self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
         if self.rank.is_main:
-            tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
+            self.console.warn(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
@@ -431,13 +433,13 @@ class Trainer:
                 with self.budget.timed("save"):
                     torch.save(self.state(), io.BytesIO())
 
-    def _report_budget_stop(self, path: Path, bar: tqdm) -> None:
+    def _report_budget_stop(self, path: Path) -> None:
         budget, elapsed = self.budget.seconds, self.budget.elapsed()
         over = (f"; {format_seconds(elapsed - budget)} over it: a step or the final phase ran slower than "
                 "measured" if elapsed > budget else "")
-        bar.write(f"train.max_time {format_seconds(budget)} spent: stopped at step {self.step} of "
-                  f"{self.t.max_steps} after {format_seconds(elapsed)}, final evaluation and {path} "
-                  f"included{over}; continue with --resume")
+        self.console.write(f"train.max_time {format_seconds(budget)} spent: stopped at step {self.step} of "
+                           f"{self.t.max_steps} after {format_seconds(elapsed)}, final evaluation and {path} "
+                           f"included{over}; continue with: {resume_command(self.run_dir)}")
 
     def _loop(self) -> float:
         t = self.t
@@ -446,40 +448,33 @@ class Trainer:
         if self.budget.limited:
             self._measure_final_phase()
         batches = self._train_batches()
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.show_bar, desc="train",
-                   dynamic_ncols=True)
+        self.console = start_console(self)  # the bar or log lines, after the banner; the config to the logger
         test_bpd = math.nan
-        clock, images = time.perf_counter(), 0
         try:
             while self.step < t.max_steps:
                 with self.budget.timed("step"):
                     micro = [next(batches) for _ in range(t.grad_accum)]
                     bpd, grad_norm = self.run_step(micro)
-                images += self.t.batch_size * t.grad_accum  # global images per step
-                rate = images / max(time.perf_counter() - clock, 1e-9)
-                bar.update(1)
-                bar.set_postfix({self.metric.tag: f"{bpd:.3f}", "img_s": f"{rate:.0f}"})
+                rate = self.console.step(self.step, bpd, t.batch_size * t.grad_accum)  # global images per step
                 if self.step % t.log_every == 0 or self.step == 1:
+                    lr = self.scheduler.get_last_lr()[0]
                     self.logger.scalars({f"train/{self.metric.tag}": bpd, "train/grad_norm": grad_norm,
-                                         "train/lr": self.scheduler.get_last_lr()[0],
-                                         "train/images_per_sec": rate,
+                                         "train/lr": lr, "train/images_per_sec": rate,
                                          "train/skipped_steps": self.progress.bad_steps,
                                          "time/train_seconds": self.train_seconds()}, self.step)
-                    clock, images = time.perf_counter(), 0
+                    self.console.log(self.step, bpd, lr, rate)
                 self.stopped_by_budget = self.step < t.max_steps and self._out_of_time()
                 done = self.step == t.max_steps or self.stopped_by_budget
                 if self.step % t.eval_every == 0 or done:
                     test_bpd = self.evaluate()
-                    if self.rank.is_main:
-                        bar.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
+                    self.console.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
                 if self.step % t.sample_every == 0 or done:
                     self.write_samples()
                 if self.consecutive_bad >= t.max_bad_steps:
                     self._recover_from_divergence()
                     batches.close()
                     batches = self._train_batches()  # the data position came back with the checkpoint
-                    bar.reset(total=t.max_steps)
-                    bar.update(self.step)
+                    self.console.reset(self.step)
                     continue
                 if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
                     self._side_save("last.pt")
@@ -490,10 +485,10 @@ class Trainer:
                     raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
                 if self.stopped_by_budget:
                     if self.rank.is_main:
-                        self._report_budget_stop(path, bar)
+                        self._report_budget_stop(path)
                     break
         finally:
             batches.close()  # stops DataLoader workers now, not whenever the generator is collected
-            bar.close()
+            self.console.close()
         return test_bpd
 
