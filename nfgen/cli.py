@@ -240,9 +240,12 @@ def interpolate(
         else:
             idx = torch.randperm(len(data), generator=generator)[: 2 * pairs]
         x, _ = take(data, idx.tolist())
-        rows = torch.cat([interpolate_images(model, x[i:i + batch_size], x[pairs + i:pairs + i + batch_size], steps,
-                                             spherical, labels=None if labels is None else labels[i:i + batch_size]).cpu()
-                          for i in opts.progress(range(0, pairs, batch_size), "interpolate")])
+        chunks = []
+        for i in opts.progress(range(0, pairs, batch_size), "interpolate"):  # --batch-size pairs at a time
+            part = slice(i, min(i + batch_size, pairs))
+            chunks.append(interpolate_images(model, x[:pairs][part], x[pairs:][part], steps, spherical,
+                                             labels=None if labels is None else labels[part]).cpu())
+        rows = torch.cat(chunks)
         save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 import nfgen
@@ -91,7 +92,7 @@ def read_export(folder: str | Path, device: str | torch.device = "cpu") -> tuple
     model = build_model(cfg)
     try:
         load_model(model, str(folder / WEIGHTS), strict=True)
-    except (RuntimeError, OSError, ValueError) as e:  # safetensors' own errors are RuntimeError or OSError
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:  # a damaged file, or other weights
         raise CheckpointError(f"{folder / WEIGHTS} does not fit the model its config describes "
                               f"({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), cfg, names
