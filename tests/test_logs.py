@@ -13,6 +13,7 @@ import pytest
 import torch
 from datasets import digits, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from test_reliability import cfg_dict, write_yaml
 from typer.testing import CliRunner
 
@@ -108,8 +109,11 @@ def test_metrics_file_has_tensorboards_scalars_and_a_resume_does_not_repeat_step
         mine = {r["step"]: r[tag] for r in rows if tag in r}
         assert tb.keys() == mine.keys() and all(tb[s] == pytest.approx(mine[s], rel=1e-6) for s in tb), tag
     assert all(isinstance(r["wall_time"], float) for r in rows)
-    text = events.Tags()["tensors"]
-    assert "config/text_summary" in text  # the resolved config, as text
+    assert "config/text_summary" in events.Tags()["tensors"]  # the resolved config, as text
+    hparams = {v.tag: v.metadata.plugin_data.content for f in (run / "tb").glob("events.*")
+               for event in EventFileLoader(str(f)).Load() for v in event.summary.value
+               if v.metadata.plugin_data.plugin_name == "hparams"}
+    assert b"train.max_steps" in hparams["_hparams_/session_start_info"] and b"test/bpd" in hparams["_hparams_/experiment"]
 
     # A job killed after step 6 that had written metrics up to 8: the resume from last.pt (step
     # 6) drops steps 7-8 before writing its own, so each step appears once.
