@@ -318,8 +318,10 @@ def test_divergence_before_any_checkpoint_names_none(data, tmp_path, monkeypatch
     config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2, checkpoint_every=100,
                                                       on_divergence=on_divergence))
     result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
-    assert "before any checkpoint was written" in result.output and "last.pt" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0]
+    assert "before any checkpoint was written" in errors[0] and "last.pt" not in errors[0]
+    assert "Traceback" not in result.output
     assert not (run / "checkpoints" / "last.pt").exists()
 
 

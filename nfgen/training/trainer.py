@@ -34,7 +34,7 @@ from nfgen.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from nfgen.training.console import Console, start_console
+from nfgen.training.console import Console, log_step, start_console
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
@@ -171,7 +171,8 @@ class Trainer:
                                   f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
         if self.t.max_steps <= reached:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which {path} has "
-                              f"reached; to continue: {resume_command(self.run_dir, f'train.max_steps={2 * reached}')}")
+                              f"reached; set train.max_steps above {reached} to continue, e.g. "
+                              f"{resume_command(self.run_dir, f'train.max_steps={2 * reached}')}")
         self.load_state(state, path)
         self.seconds_before = state.progress.train_seconds  # here, not in load_state: a rollback keeps the time spent
 
@@ -457,12 +458,7 @@ class Trainer:
                     bpd, grad_norm = self.run_step(micro)
                 rate = self.console.step(self.step, bpd, t.batch_size * t.grad_accum)  # global images per step
                 if self.step % t.log_every == 0 or self.step == 1:
-                    lr = self.scheduler.get_last_lr()[0]
-                    self.logger.scalars({f"train/{self.metric.tag}": bpd, "train/grad_norm": grad_norm,
-                                         "train/lr": lr, "train/images_per_sec": rate,
-                                         "train/skipped_steps": self.progress.bad_steps,
-                                         "time/train_seconds": self.train_seconds()}, self.step)
-                    self.console.log(self.step, bpd, lr, rate)
+                    log_step(self, bpd, grad_norm, rate)  # the scalars to the logger, a line to the console
                 self.stopped_by_budget = self.step < t.max_steps and self._out_of_time()
                 done = self.step == t.max_steps or self.stopped_by_budget
                 if self.step % t.eval_every == 0 or done:
