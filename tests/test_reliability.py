@@ -163,6 +163,9 @@ class FullDiskWriter:
     def add_image(self, *args) -> None:
         pass
 
+    def add_text(self, *args) -> None:
+        pass
+
     def flush(self) -> None:
         disk_full()
 

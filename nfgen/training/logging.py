@@ -95,8 +95,12 @@ class RunLogger:
 
         def add(w: Any) -> None:
             w.add_text("config", text, step)
-            for summary in hparams(flat_config(cfg.to_dict()), {metric: float("nan")}):
-                w._get_file_writer().add_summary(summary)
+            # SummaryWriter.add_hparams would open a second run folder and log the metric as NaN
+            # there; its three summaries written into this run's file put the hparams beside its scalars.
+            file_writer = getattr(w, "_get_file_writer", None)
+            if file_writer is not None:
+                for summary in hparams(flat_config(cfg.to_dict()), {metric: float("nan")}):
+                    file_writer().add_summary(summary)
 
         self._write(add)
 
