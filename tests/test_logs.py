@@ -71,14 +71,14 @@ def test_redirected_training_writes_lines_without_carriage_returns(data, tmp_pat
 
 def test_the_bar_is_drawn_only_on_a_terminal():
     bar_stream, out = io.StringIO(), io.StringIO()
-    quiet = Console(10, 0, metric="bpd", log_every=5, out=out, bar_stream=bar_stream, tty=False)
+    quiet = Console(10, 0, metric="bpd", out=out, bar_stream=bar_stream, tty=False)
     for step in range(1, 11):
         quiet.step(step, 3.0, 8)
         if step % 5 == 0:
             quiet.log(step, 3.0, 1e-3, 100.0)
     quiet.close()
     assert bar_stream.getvalue() == "" and len(out.getvalue().splitlines()) == 2
-    drawn = Console(10, 0, metric="bpd", log_every=5, out=out, bar_stream=bar_stream, tty=True)
+    drawn = Console(10, 0, metric="bpd", out=out, bar_stream=bar_stream, tty=True)
     drawn.step(1, 3.0, 8)
     drawn.close()
     assert "\r" in bar_stream.getvalue() and "left" in bar_stream.getvalue()

@@ -59,15 +59,14 @@ class Console:
 
     Lines and messages go to ``out`` (stdout, where the evaluation lines always went), the bar
     to ``bar_stream`` (stderr, tqdm's), drawn only if that is a terminal; ``tty`` overrides the
-    check (tests). ``budget`` gives the time left by ``train.max_time``;
-    ``clock`` measures this job's pace.
+    check (tests). The trainer calls ``log`` every ``train.log_every`` steps; ``budget`` gives
+    the time left by ``train.max_time``; ``clock`` measures this job's pace.
     """
 
-    def __init__(self, total: int, initial: int, *, metric: str, log_every: int, enabled: bool = True,
-                 bar: bool = True, out: TextIO | None = None, bar_stream: TextIO | None = None,
-                 tty: bool | None = None,
+    def __init__(self, total: int, initial: int, *, metric: str, enabled: bool = True, bar: bool = True,
+                 out: TextIO | None = None, bar_stream: TextIO | None = None, tty: bool | None = None,
                  budget: Budget | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.first_step, self.metric, self.log_every = total, initial, metric, log_every
+        self.total, self.first_step, self.metric = total, initial, metric
         self.enabled, self.budget, self.clock = enabled, budget, clock
         self.out, bar_stream = out or sys.stdout, bar_stream or sys.stderr
         is_tty = bar_stream.isatty() if tty is None else tty
@@ -105,7 +104,7 @@ class Console:
                     f"left {self.left(step).text()}")
 
     def write(self, message: str) -> None:
-        """A message of its own (an evaluation result, a warning), above the bar if there is one."""
+        """A message of its own (an evaluation result, a budget stop), above the bar if there is one."""
         if not self.enabled:
             return
         if self.bar is not None:
@@ -153,9 +152,8 @@ def start_console(trainer: Trainer) -> Console:
     then the bar (on a terminal) or the log lines, counting from the step the job starts at."""
     t = trainer.t
     trainer.logger.config(trainer.cfg, f"test/{trainer.metric.tag}", trainer.step)
-    console = Console(t.max_steps, trainer.step, metric=trainer.metric.tag, log_every=t.log_every,
-                      enabled=trainer.rank.is_main, bar=trainer.show_bar, budget=trainer.budget,
-                      clock=trainer.budget.clock)
+    console = Console(t.max_steps, trainer.step, metric=trainer.metric.tag, enabled=trainer.rank.is_main,
+                      bar=trainer.show_bar, budget=trainer.budget, clock=trainer.budget.clock)
     console.write(banner(trainer.model, trainer.device, t, len(trainer.train_set), len(trainer.test_set),
                          trainer.run_dir, trainer.rank.world_size, trainer.step))
     return console

@@ -116,7 +116,7 @@ class Trainer:
         self.budget = Budget(parse_duration(self.t.max_time) or math.inf, clock)
         self.seconds_before = 0.0  # training time of the jobs before this one (a resumed run)
         self.stopped_by_budget = False
-        self.console = Console(cfg.train.max_steps, 0, metric=self.metric.tag, log_every=1, enabled=False)
+        self.console = Console(cfg.train.max_steps, 0, metric=self.metric.tag, enabled=False)
 
     # ----------------------------------------------------------------- state
     @property
