@@ -78,7 +78,7 @@ def train(
     with opts.user_errors():
         if config is None:
             if not (resume and run_dir):
-                raise ConfigError("give --config FILE (or --resume with --run-dir to continue a run)")
+                raise ConfigError("give --config FILE, or continue a run with `nfgen train --resume --run-dir DIR`")
             cfg = load_config(run_dir / "config.yaml", set_)
         else:
             cfg = load_config(config, set_)
