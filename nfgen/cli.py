@@ -7,27 +7,15 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
-from torch.utils.data import Dataset
 
+import nfgen
 from nfgen import cli_support as opts
 from nfgen.complexity import CODECS
-from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
-from nfgen.data import DataError, load_split, make_loader
-from nfgen.evaluate import (
-    check_likelihood,
-    class_log_probs,
-    conditional_bpd,
-    evaluate_bpd,
-    metric,
-)
-from nfgen.generate import interpolate as interpolate_images
-from nfgen.generate import same_class_pairs, save_grid
-from nfgen.labels import take
-from nfgen.training.distributed import is_main_process
-from nfgen.training.run import run_dir_for
-from nfgen.training.run import train as train_run
+from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
+
+# Each verb imports the library parts it uses (torch, torchvision, TensorBoard) when it runs:
+# `nfgen --help`, `--version` and a usage error answer without importing them (tests/test_packaging.py).
 
 # typer raises click's exceptions (its own vendored copy in typer >= 0.20): find the base class
 # through a name typer exports, so this works with either.
@@ -55,14 +43,29 @@ class _OneLineErrors(typer.core.TyperGroup):
 
 
 app = typer.Typer(
-    help="Train and use normalizing-flow image generators (Glow, RealNVP), and 2-D flows you can look at.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_OneLineErrors,
+    help="Train and use normalizing-flow image generators (Glow, RealNVP, Flow++, TarFlow), and 2-D flows you can "
+         "look at.",
+    no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nfgen {nfgen.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options of nfgen itself (the verbs have their own)."""
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
 Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda, then mps, then cpu).")]
 
 
 @app.command()
@@ -75,6 +78,11 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a flow; checkpoints, TensorBoard logs and sample grids go to the run folder."""
+    from nfgen.evaluate import metric
+    from nfgen.training.distributed import is_main_process
+    from nfgen.training.run import run_dir_for
+    from nfgen.training.run import train as train_run
+
     with opts.user_errors():
         if config is None:
             if not (resume and run_dir):
@@ -112,6 +120,10 @@ def sample(
     device: Device = "auto",
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
+    import torch
+
+    from nfgen.generate import save_grid
+
     with opts.user_errors():
         opts.in_range("--n", n, 1, 65536)
         opts.in_range("--nrow", n if nrow is None else nrow, 1, n)
@@ -159,6 +171,11 @@ def eval_bpd(
     device: Device = "auto",
 ) -> None:
     """Exact bits per dimension of a whole data split, with its standard error."""
+    import torch
+
+    from nfgen.data import load_split, make_loader
+    from nfgen.evaluate import check_likelihood, class_log_probs, conditional_bpd, evaluate_bpd
+
     with opts.user_errors():
         opts.in_range("--samples", samples, 1, 65536)
         opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
@@ -212,6 +229,13 @@ def interpolate(
 ) -> None:
     """Walk the latent space between pairs of real images, at every scale (a class-conditional
     model: each pair is two images of one class, encoded and decoded with that class)."""
+    import torch
+
+    from nfgen.data import DataError, load_split
+    from nfgen.generate import interpolate as interpolate_images
+    from nfgen.generate import same_class_pairs, save_grid
+    from nfgen.labels import take
+
     with opts.user_errors():
         opts.in_range("--pairs", pairs, 1, 1024)
         opts.in_range("--steps", steps, 2, 1024)
@@ -257,8 +281,12 @@ def classify(
 ) -> None:
     """A class-conditional model as a classifier: argmax_y log p(x | y) (uniform class prior) on a
     split; accuracy and the confusion matrix, printed and drawn."""
+    import torch
+
     from nfgen.classify import classify as run_classifier
     from nfgen.classify import draw_confusion, format_confusion
+    from nfgen.data import load_split, make_loader
+    from nfgen.evaluate import check_likelihood
 
     with opts.user_errors():
         opts.in_range("--samples", samples, 1, 65536)
@@ -320,6 +348,9 @@ def score(
 ) -> None:
     """Anomaly scores of images (higher = more anomalous): bits/dim, complexity-corrected bits/dim,
     typicality; with --ood, AUROC / AUPR / FPR@95 of each against --in, and a histogram."""
+    from torch.utils.data import Dataset
+
+    from nfgen.evaluate import check_likelihood
     from nfgen.ood_metrics import histogram
     from nfgen.score import format_report, ood_report, score_names, score_sets, write_rows
 

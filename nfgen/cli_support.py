@@ -7,19 +7,36 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import torch
 import typer
-from torch.utils.data import Dataset
 
 from nfgen.config import Config, ConfigError, apply_overrides, check_device_name, config_from_dict
-from nfgen.data import SPLITS, DataError, load_folder, load_split
-from nfgen.evaluate import BpdResult, NotALikelihoodError
-from nfgen.generate import class_rows, label_rows
-from nfgen.model import ImageFlow
-from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+
+# Nothing here imports torch at import time: ``nfgen --help``, ``--version`` and a usage error
+# answer without it. Each helper imports what it needs when a verb calls it.
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    from nfgen.evaluate import BpdResult
+    from nfgen.model import ImageFlow
+
+# The errors a user can cause, by the module that defines each. They are looked up only among
+# modules already imported (an error of a module never imported cannot have been raised), so
+# catching them imports nothing.
+_USER_ERRORS = (("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
+                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"))
+_INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)
+
+
+class OutputExistsError(Exception):
+    """An output file that is there already, and no ``--overwrite``."""
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
+    found = (getattr(sys.modules[module], name, None) for module, name in names if module in sys.modules)
+    return tuple(c for c in found if isinstance(c, type))
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -34,13 +51,15 @@ def user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         fail(str(e), 2)
-    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError) as e:
-        fail(str(e))
-    except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(128 + e.signum) from None
-    except OSError as e:
-        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+    except Exception as e:
+        if isinstance(e, (FloatingPointError, OutputExistsError, *_loaded(_USER_ERRORS))):
+            fail(str(e))
+        if isinstance(e, _loaded(_INTERRUPTED)):
+            typer.echo(str(e), err=True)
+            raise typer.Exit(128 + e.signum) from None  # type: ignore[attr-defined]
+        if isinstance(e, OSError):
+            fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        raise
 
 
 def in_range(name: str, value: int, low: int, high: int) -> None:
@@ -59,10 +78,14 @@ def image_path(path: Path) -> Path:
 
 
 def torch_device(name: str) -> torch.device:
+    from nfgen.training.trainer import resolve_device
+
     return resolve_device(check_device_name(name))
 
 
 def checked_split(name: str) -> str:
+    from nfgen.data import SPLITS
+
     if name not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
     return name
@@ -70,7 +93,7 @@ def checked_split(name: str) -> str:
 
 def output_path(path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -84,6 +107,8 @@ def trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -
 def trained_classes(ckpt: Path, sets: list[str] | None, device: str,
                      ema: bool = True) -> tuple[ImageFlow, Config, list[str]]:
     """As ``trained``, and the names of the model's classes (none for an unconditional one)."""
+    from nfgen.training.checkpoint import class_names_of, model_from_checkpoint
+
     model, cfg, state = model_from_checkpoint(ckpt, ema=ema, device=torch_device(device))
     names = class_names_of(state, cfg, ckpt)
     if sets:
@@ -122,6 +147,8 @@ def sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[s
     """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
     across the rows as training's grids are) and row length; ``(None, None)`` for an
     unconditional model. Every mismatch of options and model refused."""
+    from nfgen.generate import class_rows, label_rows
+
     if not model.num_classes:
         if given or guidance or annealed:
             flag = "--label" if given else "--guidance" if guidance else "--annealed"
@@ -158,6 +185,8 @@ def item_names(data: Dataset) -> list[str]:
 
 def image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
     """A split of the run's data (train, test) or a folder of images, with its name."""
+    from nfgen.data import SPLITS, load_folder, load_split
+
     if isinstance(where, str) and where in SPLITS:
         return where, load_split(cfg, where)
     path = Path(where)
@@ -167,7 +196,7 @@ def image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tu
 def fresh(path: Path | None, overwrite: bool) -> Path | None:
     """An output that must not exist yet (unless --overwrite); created only once the work is done."""
     if path is not None and str(path) != "-" and path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     return path
 
 

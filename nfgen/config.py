@@ -22,6 +22,7 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
     parse_override,
     read_yaml,
     resolve_path,
+    shipped_folder,
     shipped_names,
 )
 
@@ -481,8 +482,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return check_data_matches_model(config_from_dict(_migrate_model(data, overriding=True)))
 
 
-# The shipped configs live in the repository's top-level configs/ (an editable install).
-SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs are package data (nfgen/configs/), found the same way in a checkout, an
+# editable install and an installed wheel.
+SHIPPED = shipped_folder()
 
 
 def shipped_configs() -> list[str]:

@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -214,6 +215,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def shipped_folder(*parts: str) -> Path:
+    """The folder of configs shipped inside the package (``nfgen/configs``, or a subfolder), found
+    through ``importlib.resources``: beside the code in a checkout or an editable install, in
+    site-packages from a wheel. A wheel installs unzipped, so the folder is a real directory."""
+    return Path(str(resources.files("nfgen").joinpath("configs", *parts)))
 
 
 def shipped_names(folder: Path) -> list[str]:

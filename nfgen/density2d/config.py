@@ -21,14 +21,15 @@ from nfgen.config_parse import (
     apply_overrides,
     read_yaml,
     resolve_path,
+    shipped_folder,
     shipped_names,
 )
 from nfgen.density2d.expression import ExpressionError, compile_energy
 from nfgen.density2d.targets import TARGET_NAMES, is_energy
 
 # The shipped 2-D configs: a folder of their own, so the image commands' list of shipped configs
-# (configs/*.yaml, each an image model) does not hold them.
-SHIPPED = Path(__file__).resolve().parent.parent.parent / "configs" / "density2d"
+# (nfgen/configs/*.yaml, each an image model) does not hold them.
+SHIPPED = shipped_folder("density2d")
 
 
 @dataclass(frozen=True)
