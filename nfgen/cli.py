@@ -11,6 +11,8 @@ import typer
 
 import nfgen
 from nfgen import cli_support as opts
+from nfgen.cli_config import config_verb
+from nfgen.cli_data import data_app
 from nfgen.complexity import CODECS
 from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
 
@@ -62,7 +64,7 @@ def _main(
 ) -> None:
     """Options of nfgen itself (the verbs have their own)."""
 
-Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
+Sets = opts.Sets
 Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
 Device = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda, then mps, then cpu).")]
@@ -454,6 +456,10 @@ def density2d(
             true = f" (true density: {s['true_test_log_likelihood']:.4f})" if "true_test_log_likelihood" in s else ""
             typer.echo(f"done: test log-likelihood {s['test_log_likelihood']:.4f} ± {s['test_log_likelihood_stderr']:.4f}"
                        f"{true}; pictures in {folder / 'figures'}")
+
+
+app.command("config")(config_verb)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 # modules already imported (an error of a module never imported cannot have been raised), so
 # catching them imports nothing.
 _USER_ERRORS = (("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
-                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"))
+                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
+                ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"))
 _INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)
 
 
@@ -37,6 +38,9 @@ class OutputExistsError(Exception):
 def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
     found = (getattr(sys.modules[module], name, None) for module, name in names if module in sys.modules)
     return tuple(c for c in found if isinstance(c, type))
+
+
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -78,7 +82,7 @@ def image_path(path: Path) -> Path:
 
 
 def torch_device(name: str) -> torch.device:
-    from nfgen.training.trainer import resolve_device
+    from nfgen.devices import resolve_device
 
     return resolve_device(check_device_name(name))
 

@@ -22,8 +22,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from nfgen.atomic import atomic_write_text
 from nfgen.complexity import compressed_bits
 from nfgen.config import Config
 from nfgen.data import DataError, ImageFiles, load_split, make_loader
@@ -165,16 +164,7 @@ def load_stats(path: Path, key: dict) -> TrainStats | None:
 def save_stats(path: Path, stats: TrainStats) -> None:
     """Atomically (a temporary file in the same folder, renamed over ``path``)."""
     record = {"key": stats.key, **stats.summary(), "train_bpd": stats.bpd.tolist()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(record))
 
 
 def training_stats(model: ImageFlow, cfg: Config, ckpt: Path, n_samples: int = 1, limit: int = 0,

@@ -23,6 +23,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nfgen.atomic import atomic_write_text
 from nfgen.config_parse import ConfigError
 from nfgen.data import DataError
 from nfgen.density2d.config import Density2DConfig
@@ -40,10 +41,11 @@ from nfgen.density2d.estimates import (
 from nfgen.density2d.model import build_density2d
 from nfgen.density2d.plots import density_figure, histogram_density, save_png, to_image, training_figure
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
+from nfgen.devices import resolve_device
 from nfgen.training.checkpoint import save_checkpoint
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+from nfgen.training.trainer import DivergenceError, TrainingInterrupted
 from nfgen.training.writes import SideWrites
 
 OUTPUTS = ("figures", "summary.json")  # besides what clear_run removes: what --overwrite deletes
@@ -257,14 +259,8 @@ class _Training:
             summary["quadrature"] = {"cells_per_side": self.quad.n, "box": self.quad.box,
                                      "edge_fraction": self.quad.edge_fraction}
         self.logger.scalars({k: v for k, v in numbers.items() if isinstance(v, float) and math.isfinite(v)}, self.step)
-        _write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def train_density2d(cfg: Density2DConfig, run_dir: Path, overwrite: bool = False, progress: bool = True,
@@ -284,7 +280,7 @@ def train_density2d(cfg: Density2DConfig, run_dir: Path, overwrite: bool = False
             clear_run(run_dir)
             shutil.rmtree(run_dir / "figures", ignore_errors=True)
             (run_dir / "summary.json").unlink(missing_ok=True)
-        _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return training.run_loop()
     finally:
         logger.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,13 +12,15 @@ from typing import Any, ClassVar
 import torch
 
 import nfgen
+from nfgen.atomic import atomic_write
 from nfgen.config import Config, ConfigError, config_from_dict
 from nfgen.model import ImageFlow, build_model
 
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
 
 
-# save_checkpoint's temporary files: ".<name>.<8 random chars from mkstemp>.tmp" beside the target.
+# save_checkpoint's temporary files: ".<name>.<8 random hex digits>.tmp" beside the target
+# (nfgen.atomic's form; mkstemp's 8 random characters, which older nfgen left, match too).
 _TEMP_NAME = re.compile(r"\.(?P<target>[^/]+)\.[a-z0-9_]{8}\.tmp")
 
 
@@ -90,27 +90,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     at any moment leaves either the old complete file or the new complete one."""
     path = Path(path)
     state = {"format": FORMAT, "nfgen_version": nfgen.__version__, **state}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, lambda f: torch.save(state, f))  # with the user's umask, as any file
     except OSError as e:
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
                               "the previous checkpoint, if any, is unchanged") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

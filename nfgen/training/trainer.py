@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
+from nfgen.devices import resolve_device
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
@@ -53,14 +54,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
                          "continue with --resume")
         self.signum = signum
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"train.device is {name!r} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
 
 
 class Trainer:
