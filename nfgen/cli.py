@@ -122,10 +122,6 @@ def sample(
     device: Device = "auto",
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
-    import torch
-
-    from nfgen.generate import save_grid
-
     with opts.user_errors():
         opts.in_range("--n", n, 1, 65536)
         opts.in_range("--nrow", n if nrow is None else nrow, 1, n)
@@ -138,6 +134,10 @@ def sample(
             raise ConfigError("--annealed anneals the guidance weight: give --guidance W > 0 with it")
         opts.image_path(out)
         check_device_name(device)
+        import torch  # after the option checks: a usage error answers without importing torch
+
+        from nfgen.generate import save_grid
+
         model, cfg, names = opts.trained_classes(ckpt, None, device)
         labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows

@@ -1,6 +1,6 @@
 """A fair race: test likelihood against wall-clock time, nfgen configs beside normflows' Glow.
 
-    python scripts/make_mnist.py data                      # once: 4,000 / 1,000 real MNIST digits
+    nfgen data mnist data                                  # once: 4,000 / 1,000 real MNIST digits
     python scripts/race.py --budget 10m --data data --normflows \\
         --config glow_mnist.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \\
         --config realnvp_mnist.yaml --json race.json
@@ -248,7 +248,7 @@ def table(report: dict) -> str:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", help="wall-clock budget of each contender: seconds or 90s, 10m, 1h")
-    parser.add_argument("--data", default="data", help="data.root holding MNIST/raw (scripts/make_mnist.py DIR)")
+    parser.add_argument("--data", default="data", help="data.root holding MNIST/raw (nfgen data mnist DIR)")
     parser.add_argument("--config", action=_Contender, dest="contenders", default=[],
                         help="an nfgen config (path or shipped name), repeatable")
     parser.add_argument("--set", action=_Contender, dest="contenders", metavar="KEY=VALUE",
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(c["config"], [*race_sets(common), *c["sets"]])
             load_split(cfg, "test")  # an image shape MNIST cannot give is refused now
     except (ConfigError, DataError) as e:
-        hint = f" (write them with: python scripts/make_mnist.py {args.data})" if isinstance(e, DataError) else ""
+        hint = f" (write them with: nfgen data mnist {args.data})" if isinstance(e, DataError) else ""
         print(f"race: error: {e}{hint}", file=sys.stderr)
         return 2
 
