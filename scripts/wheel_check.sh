@@ -20,7 +20,20 @@ started=$SECONDS
 step() { printf '\n== [%3d s] %s\n' "$((SECONDS - started))" "$*"; }
 
 step "build the wheel"
-"$py" -m pip wheel "$repo" --no-deps --quiet --wheel-dir "$tmp/dist"
+# From a copy of the files git tracks (and new ones it does not ignore), as a clean clone would
+# build: nothing stray in the checkout reaches the wheel, and the build leaves no build/ there.
+"$py" - "$repo" "$tmp/src" <<'PY'
+import shutil, subprocess, sys
+from pathlib import Path
+repo, copy = Path(sys.argv[1]), Path(sys.argv[2])
+listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                        capture_output=True, check=True).stdout.decode().split("\0")
+for name in filter(None, listed):
+    if (repo / name).is_file():  # a file deleted but not yet committed is listed and absent
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, copy / name)
+PY
+"$py" -m pip wheel "$tmp/src" --no-deps --quiet --wheel-dir "$tmp/dist"
 wheel="$(ls "$tmp"/dist/nfgen-*.whl)"
 echo "$(basename "$wheel")"
 "$py" - "$wheel" <<'PY'
