@@ -1,6 +1,6 @@
 """Every config key's type, default and one-line help, from one source: the ``help`` in each
 dataclass field's metadata (``opt``). ``nfgen config --keys`` lists them, and the same listing,
-as Markdown, is docs/configs.md (a test fails when that file is stale)."""
+as Markdown, is the key reference in docs/configs.md (a test fails when it is stale)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nfgen.cli import app
-from nfgen.cli_config import DOCS_COMMAND, reference_page
+from nfgen.cli_config import BEGIN, DOCS_COMMAND, END, reference_block, with_reference
 from nfgen.config import ARCH_SECTIONS, Config, load_config
 from nfgen.config_keys import keys, opt, text_listing
 from nfgen.config_parse import _section_type
@@ -108,9 +108,17 @@ def test_keys_listing_has_every_key_once():
     assert [line.split()[0] for line in flat.splitlines()[1:] if not line.split()[0].endswith(":")] == _leaves(Density2DConfig)
 
 
-def test_docs_configs_md_is_the_generated_reference():
-    docs = REPO / "docs" / "configs.md"
-    assert docs.read_text() == reference_page(), f"docs/configs.md is stale: run `{DOCS_COMMAND}`"
-    assert nfgen("config", "--keys", "--markdown").output == reference_page()
-    for path in _leaves(Config):
-        assert f"| `{path}` |" in reference_page(), path
+def test_docs_configs_md_holds_the_generated_reference():
+    page = (REPO / "docs" / "configs.md").read_text()
+    assert page.count(BEGIN) == 1 and page.count(END) == 1
+    assert with_reference(page) == page, f"docs/configs.md is stale: run `{DOCS_COMMAND}`"
+    assert reference_block() in page and nfgen("config", "--keys", "--markdown").output == reference_block()
+    for path in _leaves(Config) + _leaves(Density2DConfig):
+        assert f"| `{path}` |" in reference_block(), path
+
+
+def test_a_stale_reference_is_replaced_and_the_prose_kept():
+    block = reference_block()
+    stale = f"# Configs\n\nProse.\n\n{block.replace('peak learning rate', 'old words')}\nMore prose.\n"
+    assert with_reference(stale) == f"# Configs\n\nProse.\n\n{block}\nMore prose.\n"
+    assert with_reference("# Configs\n") == f"# Configs\n\n{block}"
