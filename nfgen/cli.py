@@ -64,6 +64,7 @@ def _main(
 ) -> None:
     """Options of nfgen itself (the verbs have their own)."""
 
+
 Sets = opts.Sets
 Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
