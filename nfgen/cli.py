@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from nfgen import cli_support as opts
 from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
-from nfgen.data import DataError, load_split, make_loader
+from nfgen.data import DataError, make_loader
 from nfgen.evaluate import (
     check_likelihood,
     class_log_probs,
@@ -124,7 +124,8 @@ def sample(
             raise ConfigError("--annealed anneals the guidance weight: give --guidance W > 0 with it")
         opts.image_path(out)
         check_device_name(device)
-        model, cfg, names = opts.trained_classes(ckpt, None, device)
+        t = opts.load_trained(ckpt, None, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
@@ -164,11 +165,12 @@ def eval_bpd(
         opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
         opts.checked_split(split)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
         if json_out is not None:
             opts.output_path(json_out, overwrite)
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -219,9 +221,10 @@ def interpolate(
         opts.checked_split(split)
         opts.image_path(out)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model = t.model
         opts.output_path(out, overwrite)
-        data = load_split(cfg, split)
+        data = t.split(split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
         generator = torch.Generator().manual_seed(seed)
@@ -268,10 +271,11 @@ def classify(
         for path in (out, json_out):
             opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg, names = opts.trained_classes(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         opts.conditional_only(model, "classify")
         check_likelihood(model)  # the classifier compares likelihoods: a Gaussian-noise model has none
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -339,16 +343,17 @@ def score(
         for path in (csv_out, json_out, hist):
             opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # scores are built on bits/dim: a Gaussian-noise model has none
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
-            name, data = opts.image_set(cfg, model.shape, where)
+            name, data = opts.image_set(t, where)
             while name in sets:
                 name += "+"
             sets[name] = data
-        stats, measured = score_sets(model, cfg, ckpt, sets, codecs, samples, stats_images,
-                                     batch_size or cfg.train.batch_size, sys.stderr.isatty(),
+        stats, measured = score_sets(model, t.split("train"), ckpt, t.sha256, sets, codecs, samples, stats_images,
+                                     batch_size or cfg.train.batch_size, cfg.data.num_workers, sys.stderr.isatty(),
                                      lambda m: typer.echo(m, err=True))
         header = {"checkpoint": str(ckpt), "importance_samples": samples, "n_bits": cfg.model.n_bits,
                   "codecs": codecs, "train_mean_bpd": stats.mean, "scores": score_names(codecs)}

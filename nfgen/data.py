@@ -35,6 +35,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from nfgen.config import Config, check_data_matches_model
+from nfgen.fingerprint import of_batches
 from nfgen.image_modes import SUPPORTED, ModeError, to_mode
 from nfgen.labels import CIFAR10_CLASSES, MNIST_CLASSES, Labelled
 
@@ -222,6 +223,7 @@ def _check_mnist(raw: Path) -> None:
     the splits are neither swapped (MNIST's 60,000 train and 10,000 test) nor the same file.
     Other counts are allowed: subsets in the IDX format are common."""
     if _mnist_legacy(raw):
+        _check_mnist_cache(raw)
         return
     counts = {}
     for split, (images, labels) in MNIST_FILES.items():
@@ -241,6 +243,26 @@ def _check_mnist(raw: Path) -> None:
     if counts["train"] == counts["test"] and filecmp.cmp(train, test, shallow=False):
         raise DataError(f"{test} is a copy of {train}, so test bits/dim would not measure "
                         f"generalisation: put MNIST's test images (t10k-*) in {raw}")
+
+
+def _check_mnist_cache(raw: Path) -> None:
+    """torchvision reads its old processed/ cache instead of the raw files, by name: where both
+    are there, they must hold the same digits and labels (compared by content fingerprint)."""
+    for split, (images, labels) in MNIST_FILES.items():
+        if not ((raw / images).is_file() and (raw / labels).is_file()):
+            continue
+        n = _idx_count(raw / images, IDX_IMAGES)
+        _idx_count(raw / labels, IDX_LABELS)
+        x = torch.frombuffer(bytearray((raw / images).read_bytes()[16:]), dtype=torch.uint8).view(n, 1, 28, 28)
+        y = torch.frombuffer(bytearray((raw / labels).read_bytes()[8:]), dtype=torch.uint8).long()
+        cache = raw.parent / "processed" / ("training.pt" if split == "train" else "test.pt")
+        try:
+            cx, cy = torch.load(cache, weights_only=True)
+        except Exception:
+            raise DataError(f"{cache} (torchvision's old MNIST cache) is unreadable: delete {cache.parent}") from None
+        if of_batches([[cx.unsqueeze(1), cy.long()]]) != of_batches([[x, y]]):
+            raise DataError(f"{cache} (torchvision's old MNIST cache, which it reads instead of {raw}) holds other "
+                            f"digits than {raw / images}: delete {cache.parent} to use the raw files")
 
 
 def _idx_count(path: Path, magic: int) -> int:
