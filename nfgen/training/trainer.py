@@ -50,9 +50,8 @@ class DivergenceError(Exception):
 class TrainingInterrupted(Exception):
     """Raised after a clean stop on SIGINT / SIGTERM; ``last.pt`` has been written."""
 
-    def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
-                         "continue with --resume")
+    def __init__(self, signum: int, path: Path, then: str = "continue with --resume") -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, {then}")
         self.signum = signum
 
 
