@@ -349,6 +349,9 @@ def score(
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
             name, data = opts.image_set(t, where)
+            if getattr(data, "skipped", None):  # said, not silently dropped
+                typer.echo(f"note: {where}: {len(data.skipped)} file(s) that are not images skipped, e.g. "
+                           f"{data.skipped[0]}", err=True)
             while name in sets:
                 name += "+"
             sets[name] = data
