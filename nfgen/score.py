@@ -13,7 +13,8 @@
   ``batch_typicality`` is their batch test.
 
 The training split's bits/dim are computed once per checkpoint and kept beside it
-(``<checkpoint>.train-bpd.json``), keyed by everything they depend on.
+(``<checkpoint>.train-bpd.json``), keyed by the content they were computed from
+(``nfgen.fingerprint``): the bytes the model was loaded from and the images and labels measured.
 """
 
 from __future__ import annotations
