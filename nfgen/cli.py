@@ -139,7 +139,8 @@ def sample(
 
         from nfgen.generate import save_grid
 
-        model, cfg, names = opts.trained_classes(ckpt, None, device)
+        t = opts.load_trained(ckpt, None, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
@@ -176,7 +177,7 @@ def eval_bpd(
     """Exact bits per dimension of a whole data split, with its standard error."""
     import torch
 
-    from nfgen.data import load_split, make_loader
+    from nfgen.data import make_loader
     from nfgen.evaluate import check_likelihood, class_log_probs, conditional_bpd, evaluate_bpd
 
     with opts.user_errors():
@@ -184,11 +185,12 @@ def eval_bpd(
         opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
         opts.checked_split(split)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
         if json_out is not None:
             opts.output_path(json_out, overwrite)
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -234,7 +236,7 @@ def interpolate(
     model: each pair is two images of one class, encoded and decoded with that class)."""
     import torch
 
-    from nfgen.data import DataError, load_split
+    from nfgen.data import DataError
     from nfgen.generate import interpolate as interpolate_images
     from nfgen.generate import same_class_pairs, save_grid
     from nfgen.labels import take
@@ -246,9 +248,10 @@ def interpolate(
         opts.checked_split(split)
         opts.image_path(out)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model = t.model
         opts.output_path(out, overwrite)
-        data = load_split(cfg, split)
+        data = t.split(split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
         generator = torch.Generator().manual_seed(seed)
@@ -288,7 +291,7 @@ def classify(
 
     from nfgen.classify import classify as run_classifier
     from nfgen.classify import draw_confusion, format_confusion
-    from nfgen.data import load_split, make_loader
+    from nfgen.data import make_loader
     from nfgen.evaluate import check_likelihood
 
     with opts.user_errors():
@@ -299,10 +302,11 @@ def classify(
         for path in (out, json_out):
             opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg, names = opts.trained_classes(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         opts.conditional_only(model, "classify")
         check_likelihood(model)  # the classifier compares likelihoods: a Gaussian-noise model has none
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -373,16 +377,20 @@ def score(
         for path in (csv_out, json_out, hist):
             opts.fresh(path, overwrite)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # scores are built on bits/dim: a Gaussian-noise model has none
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
-            name, data = opts.image_set(cfg, model.shape, where)
+            name, data = opts.image_set(t, where)
+            if getattr(data, "skipped", None):  # said, not silently dropped
+                typer.echo(f"note: {where}: {len(data.skipped)} file(s) that are not images skipped, e.g. "
+                           f"{data.skipped[0]}", err=True)
             while name in sets:
                 name += "+"
             sets[name] = data
-        stats, measured = score_sets(model, cfg, ckpt, sets, codecs, samples, stats_images,
-                                     batch_size or cfg.train.batch_size, sys.stderr.isatty(),
+        stats, measured = score_sets(model, t.split("train"), ckpt, t.sha256, sets, codecs, samples, stats_images,
+                                     batch_size or cfg.train.batch_size, cfg.data.num_workers, sys.stderr.isatty(),
                                      lambda m: typer.echo(m, err=True))
         header = {"checkpoint": str(ckpt), "importance_samples": samples, "n_bits": cfg.model.n_bits,
                   "codecs": codecs, "train_mean_bpd": stats.mean, "scores": score_names(codecs)}

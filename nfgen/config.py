@@ -7,6 +7,7 @@ says what would be valid, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
     shipped_folder,
     shipped_names,
 )
+from nfgen.user_input import parser
 
 
 @dataclass(frozen=True)
@@ -445,11 +447,12 @@ def validate(cfg: Config) -> Config:
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
+@parser("device")
 def check_device_name(name: str, what: str = "--device") -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, by its form (whether the machine has
     it is checked when the device is used: ``nfgen.devices``)."""
     head, _, index = name.partition(":")
-    ok = name in ("auto", "cpu", "cuda", "mps") or (head == "cuda" and index.isdigit() and len(index) <= 3)
+    ok = name in ("auto", "cpu", "cuda", "mps") or (head == "cuda" and re.fullmatch(r"[0-9]{1,3}", index) is not None)
     _check(ok, f"{what} must be {DEVICE_HELP}, got {name!r}")
     return name
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from nfgen.user_input import parser
+
 
 class ConfigError(ValueError):
     """A configuration that cannot work, with a message meant for the user."""
@@ -163,6 +165,7 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return 0
 
 
+@parser("--set")
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=3e-4"`` -> ``(["train", "lr"], 0.0003)``; values parse as YAML."""
     if "=" not in text:
@@ -195,6 +198,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+@parser("config file")
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a YAML config file; every way the file can be wrong is a ``ConfigError``."""
     try:
@@ -247,6 +251,7 @@ _CLOCK = re.compile(r"(?P<h>\d+):(?P<m>[0-5]\d):(?P<s>[0-5]\d)")  # Slurm's --ti
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
+@parser("duration")
 def parse_duration(value: float | str | None, what: str = "train.max_time") -> float | None:
     """Seconds from a number of seconds or a duration such as ``90s``, ``10m``, ``2h``, ``1h30m``,
     ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""

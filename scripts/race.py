@@ -56,6 +56,7 @@ import torch
 from nfgen import load_config
 from nfgen.config import Config, ConfigError, config_from_dict, parse_duration
 from nfgen.data import DataError, load_split
+from nfgen.evaluate import NotALikelihoodError, check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train
@@ -102,6 +103,7 @@ def race_sets(spec: dict) -> list[str]:
 # ------------------------------------------------------------------ the workers (one process each)
 def nfgen_worker(spec: dict) -> dict:
     cfg = load_config(spec["config"], [*race_sets(spec), *spec["sets"]])
+    check_likelihood(cfg)  # every nfgen contender's figures are bits per real pixel
     run_dir, share = Path(spec["run_dir"]), spec["budget"] / spec["points"]
     last = run_dir / "checkpoints" / "last.pt"
     points = []
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.contenders:
             cfg = load_config(c["config"], [*race_sets(common), *c["sets"]])
             load_split(cfg, "test")  # an image shape MNIST cannot give is refused now
-    except (ConfigError, DataError) as e:
+            check_likelihood(cfg)  # a Gaussian-noise model's noisy NLL is no bits per real pixel
+    except (ConfigError, DataError, NotALikelihoodError) as e:
         hint = f" (write them with: nfgen data mnist {args.data})" if isinstance(e, DataError) else ""
         print(f"race: error: {e}{hint}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ from nfgen.config_parse import (
     shipped_names,
 )
 from nfgen.density2d.expression import ExpressionError, compile_energy
-from nfgen.density2d.targets import TARGET_NAMES, is_energy
+from nfgen.density2d.targets import MAX_BOX, TARGET_NAMES, is_energy
 
 # The shipped 2-D configs: a folder of their own, so the image commands' list of shipped configs
 # (nfgen/configs/*.yaml, each an image model) does not hold them.
@@ -121,7 +121,7 @@ def _validate_flow(f: FlowConfig) -> None:
 def validate(cfg: Density2DConfig) -> Density2DConfig:
     t, f, tr, ev = cfg.target, cfg.flow, cfg.train, cfg.eval
     _check(t.name in TARGET_NAMES, f"target.name {t.name!r} is not one of {', '.join(TARGET_NAMES)}")
-    _check(0 <= t.box <= 1e4, f"target.box must be in [0, 1e4] (0: the target's own), got {t.box}")
+    _check(0 <= t.box <= MAX_BOX, f"target.box must be in [0, {MAX_BOX:g}] (0: the target's own), got {t.box}")
     if t.name == "expression":
         _check(t.box > 0, "target.name expression needs target.box > 0: the square its mass lies in")
         try:

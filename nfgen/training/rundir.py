@@ -59,9 +59,10 @@ def checkpoints_in(run_dir: Path) -> list[Path]:
     return [p for name in CHECKPOINT_NAMES if (p := run_dir / "checkpoints" / name).exists()]
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite.
-    Only reads; --overwrite's deletion happens in ``clear_run`` once the new run is known to start."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, resumable: bool = True) -> None:
+    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite (a
+    verb without --resume, ``resumable`` false, is not told to pass it). Only reads;
+    --overwrite's deletion happens in ``clear_run`` once the new run is known to start."""
     held = checkpoints_in(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if resume:
@@ -70,8 +71,10 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise CheckpointError(f"nothing to resume: {last} does not exist{extra}")
         return
     if held and not overwrite:
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite "
-                              f"to start over (it has checkpoints/{' and '.join(p.name for p in held)})")
+        how = "pass --resume to continue it or --overwrite to start over" if resumable else \
+            "pass --overwrite to start over, or give another --run-dir"
+        raise CheckpointError(f"{run_dir} already holds a run; {how} "
+                              f"(it has checkpoints/{' and '.join(p.name for p in held)})")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -31,6 +31,7 @@ from nfgen.training.checkpoint import (
     CheckpointError,
     Progress,
     TrainingState,
+    check_data_classes,
     load_checkpoint,
     restore_model,
     save_checkpoint,
@@ -50,9 +51,8 @@ class DivergenceError(Exception):
 class TrainingInterrupted(Exception):
     """Raised after a clean stop on SIGINT / SIGTERM; ``last.pt`` has been written."""
 
-    def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
-                         "continue with --resume")
+    def __init__(self, signum: int, path: Path, then: str = "continue with --resume") -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, {then}")
         self.signum = signum
 
 
@@ -155,11 +155,7 @@ class Trainer:
         continues the saved average with the new decay, and a run without an average starts one
         from its current weights at the next update."""
         reached = state.progress.step
-        if state.class_names is not None and state.class_names != self.class_names:
-            # Same count, other names (a class folder renamed, added and removed): the labels
-            # would silently mean other classes than the ones the model learnt.
-            raise CheckpointError(f"{path} was trained on the classes {', '.join(state.class_names)}, but the data "
-                                  f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
+        check_data_classes(state.class_names, self.train_set, path)  # the verbs' check, by the same function
         if self.t.max_steps <= reached:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
