@@ -10,15 +10,15 @@ its checkpoint does. ``push_to_hub`` uploads the folder to the Hugging Face Hub.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save
 
 import nfgen
+from nfgen.atomic import atomic_write, atomic_write_text
 from nfgen.config import Config, ConfigError
 from nfgen.model import ImageFlow, build_model
 from nfgen.training.checkpoint import CheckpointError, class_names_of, config_of, model_from_checkpoint
@@ -36,15 +36,6 @@ def _card(cfg: Config, names: list[str] | None, metric: str) -> str:
             f"({m.n_bits}-bit), {classes}, trained with nfgen (test metric: {metric}).\n\n"
             "```python\nimport nfgen\n\nmodel = nfgen.load(\"path/to/this/folder\")\n"
             "images = model.sample(16, temperature=0.7)  # uint8 [16, C, H, W]\n```\n")
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False, ema: bool = True) -> list[Path]:
@@ -66,9 +57,11 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False, ema
         "class_names": names, "config": cfg.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / WEIGHTS, lambda p: save_model(model, str(p), metadata={"format": "pt"}, force_contiguous=True))
-    _write_atomic(out / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
-    _write_atomic(out / CARD, lambda p: p.write_text(_card(cfg, names, record["metric"])))
+    # Contiguous copies: channels-last weights are stored in the standard order (load copies them back).
+    weights = save({k: v.contiguous() for k, v in model.state_dict().items()}, metadata={"format": "pt"})
+    atomic_write(out / WEIGHTS, lambda f: f.write(weights))
+    atomic_write_text(out / CONFIG, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / CARD, _card(cfg, names, record["metric"]))
     return [out / name for name in FILES]
 
 
