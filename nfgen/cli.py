@@ -12,6 +12,7 @@ import typer
 from torch.utils.data import Dataset
 
 from nfgen import cli_support as opts
+from nfgen.cli_fid import eval_fid
 from nfgen.complexity import CODECS
 from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
 from nfgen.data import DataError, load_split, make_loader
@@ -423,6 +424,9 @@ def density2d(
             true = f" (true density: {s['true_test_log_likelihood']:.4f})" if "true_test_log_likelihood" in s else ""
             typer.echo(f"done: test log-likelihood {s['test_log_likelihood']:.4f} ± {s['test_log_likelihood_stderr']:.4f}"
                        f"{true}; pictures in {folder / 'figures'}")
+
+
+app.command("eval-fid")(eval_fid)
 
 
 def main() -> None:
