@@ -55,9 +55,9 @@ def eval_fid(
     """FID, KID, precision and recall of generated images against a reference set, on the FID
     Inception features or a TorchScript extractor; with a classifier's logits, the share of
     samples it reads confidently."""
+    from nfgen.fidelity import features as extractors
     from nfgen.fidelity import sets
     from nfgen.fidelity.cache import default_cache_dir
-    from nfgen.fidelity import features as extractors
     from nfgen.fidelity.report import compare, summary
 
     with opts.user_errors():
