@@ -34,6 +34,10 @@ class DataConfig:
     test_fraction: float = 0.1  # folder without train/ and test/ subfolders: held-out share
     num_workers: int = 2
     labels: bool = False  # folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)
+    # Random horizontal flips of training images (test images never), drawn from (seed, epoch,
+    # batch) so a resumed run flips the same images; for photographs (TarFlow's ImageNet
+    # training flips every image at random), not digits or text.
+    hflip: bool = False
 
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
@@ -144,7 +148,9 @@ class TarflowConfig(_ArchSection):
 
     patch: int = 2  # p: tokens are p x p patches; H and W must be divisible by p
     blocks: int = 8  # T autoregressive flow blocks
-    layers: tuple[int, ...] = (8,)  # Transformer layers: one count for all blocks, or one per block ([8, 2, 2, 2]: deep-shallow)
+    # Transformer layers: one count for all blocks, or one per block in data-to-latent order
+    # ([2, 2, 2, 8]: STARFlow's deep-shallow layout, the deep block last, next to the latent).
+    layers: tuple[int, ...] = (8,)
     width: int = 768  # Transformer width
     heads: int = 12  # attention heads (head size width / heads; the paper: 64)
     mlp_ratio: int = 4  # MLP hidden width / width
@@ -181,6 +187,9 @@ class ModelConfig:
     class_dim: int = 16
     class_in_body: bool = True
     label_dropout: float = 0.0  # training labels swapped for the null class; > 0 makes guidance possible
+    # The null class's embedding: its own learned row, or the mean of the class embeddings
+    # (apple/ml-tarflow's; the unconditional model is then the average class).
+    null_class: Literal["learned", "mean"] = "learned"
     # The active architecture's section; the others stay unset (None).
     glow: GlowConfig | None = None
     realnvp: RealNVPConfig | None = None
@@ -397,6 +406,8 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
     _check(m.num_classes > 0 or m.label_dropout == 0,
            "model.label_dropout needs a class-conditional model (model.num_classes > 0)")
+    _check(m.num_classes > 0 or m.null_class == "learned",
+           "model.null_class needs a class-conditional model (model.num_classes > 0)")
     _validate_noise(dq, m)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
     _check_couplings("dequantization", dq, memory_saving=False)

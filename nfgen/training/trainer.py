@@ -25,6 +25,7 @@ from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
+from nfgen.training.augment import flip_draws, hflip
 from nfgen.training.budget import Budget, format_seconds
 from nfgen.training.checkpoint import (
     CheckpointError,
@@ -255,6 +256,9 @@ class Trainer:
                 for batch in batches:
                     self.progress.batch_in_epoch += 1
                     x, labels = split_batch(batch)
+                    if self.cfg.data.hflip:  # one global draw per batch, sliced like the batch
+                        flips = flip_draws(self.t.seed, self.progress.epoch, self.progress.batch_in_epoch, big)
+                        x = hflip(x, flips[r * small:(r + 1) * small])
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
                     # Label dropout's draws too are one global draw, sliced: N ranks drop the
                     # labels one process would. None (no draw) when nothing is dropped.
