@@ -259,6 +259,13 @@ class TrainConfig:
     sample_every: int = 1000
     sample_count: int = 64
     sample_temperatures: tuple[float, ...] = (0.7, 1.0)
+    # Sample quality during training (nfgen eval-fid's numbers, logged as test/fid, test/kid, ...):
+    # every fid_every steps (0: never), fid_samples samples against the test split, on the
+    # TorchScript extractor fid_features (empty: the FID Inception network, its weights in
+    # torch.hub's cache). Costs fid_samples samples each time: TarFlow's are slow.
+    fid_every: int = 0
+    fid_samples: int = 1000
+    fid_features: str = ""
     checkpoint_every: int = 500
     compile: bool = False  # torch.compile the flow body (first steps are slow while it compiles)
     amp: bool = False  # bf16 autocast for the conditioner nets (CUDA; CPUs with native bf16); log-dets and loss stay float32
@@ -418,6 +425,8 @@ def validate(cfg: Config) -> Config:
                  "sample_every", "sample_count", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
     _check(t.sample_count <= 4096, f"train.sample_count must be <= 4096, got {t.sample_count}")
+    _check(t.fid_every >= 0 and 2 <= t.fid_samples <= 1_000_000,
+           f"train.fid_every must be >= 0 and train.fid_samples in 2..1000000, got {t.fid_every}, {t.fid_samples}")
     _check(0 <= t.seed <= MAX_SEED, f"train.seed must be in 0..{MAX_SEED}, got {t.seed}")
     _check(0 < t.lr <= 10, f"train.lr must be in (0, 10], got {t.lr}")
     _check(0 <= t.weight_decay <= 1, f"train.weight_decay must be in [0, 1], got {t.weight_decay}")

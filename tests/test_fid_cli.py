@@ -166,3 +166,31 @@ def test_one_line_errors(setup: dict):
                    "needs a class-conditional model")
     one_line_error(nfgen("--ckpt", setup["ckpt"], "--features", setup["features"], "--threshold", 1.5),
                    "--threshold must be")
+
+
+def test_fid_during_training_is_logged_and_changes_nothing_else(setup: dict, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    base = yaml.safe_load(setup["config"].read_text())
+    base["train"].update(max_steps=4, log_every=1)
+    runs = {}
+    for name, extra in (("plain", {}), ("fid", {"fid_every": 2, "fid_samples": 20,
+                                                 "fid_features": str(setup["features"])})):
+        cfg = {**base, "train": {**base["train"], **extra}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        r = runner.invoke(app, ["train", "--config", str(tmp_path / f"{name}.yaml"), "--run-dir",
+                                str(tmp_path / name), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
+    acc = EventAccumulator(str(tmp_path / "fid" / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("test/fid")] == [2, 4]
+    assert all(e.value > 0 for e in acc.Scalars("test/fid"))
+    assert "test/classifier_read_share" in acc.Tags()["scalars"]
+    for key, value in runs["plain"]["model"].items():  # sampling for FID never touched the training RNG
+        assert torch.equal(value, runs["fid"]["model"][key]), key
+    bad = {**base, "train": {**base["train"], "fid_every": 2, "fid_features": str(tmp_path / "none.pt")}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    r = runner.invoke(app, ["train", "--config", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "bad"),
+                            "--no-progress"])
+    one_line_error(r, "no such file")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.evaluate import bpd_values, metric, summarize
+from nfgen.fidelity.monitor import FidMonitor
 from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
@@ -102,6 +103,9 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self.fid = FidMonitor(self.t, test_set, self.device) if self.t.fid_every and self.rank.is_main else None
+        if self.fid is not None:
+            self.fid.check()  # a missing feature extractor fails now, not at the first measurement
         self.class_names = check_classes(model.num_classes, train_set, test_set)
         self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
@@ -476,6 +480,9 @@ class Trainer:
                     test_bpd = self.evaluate()
                     if self.rank.is_main:
                         bar.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
+                if self.fid is not None and self.step % t.fid_every == 0:  # beside bits/dim, on a forked RNG
+                    with self.budget.timed("eval"), self._forked_rng():
+                        self.logger.scalars(self.fid.measure(self.eval_model), self.step)
                 if self.step % t.sample_every == 0 or done:
                     self.write_samples()
                 if self.consecutive_bad >= t.max_bad_steps:
