@@ -20,7 +20,8 @@ BASE = {"name": "r", "data": {"dataset": "folder", "root": "data"},
 # (key, value) pairs that are legitimately valid: free-form names and paths, a one-temperature
 # list, a gradient clip so large it never clips, a section given as null (its defaults).
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
-         ("train.grad_clip", 2**64)}
+         ("train.grad_clip", 2**64),
+         ("train.fid_features", "abc")}  # a file name, checked when training starts (and only with fid_every)
 NULLABLE = {"train.max_time"}  # null: no time budget
 
 
