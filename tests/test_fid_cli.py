@@ -194,3 +194,32 @@ def test_fid_during_training_is_logged_and_changes_nothing_else(setup: dict, tmp
     r = runner.invoke(app, ["train", "--config", str(tmp_path / "bad.yaml"), "--run-dir", str(tmp_path / "bad"),
                             "--no-progress"])
     one_line_error(r, "no such file")
+
+
+def test_a_class_conditional_checkpoint_with_labels_and_guidance(setup: dict, tmp_path: Path):
+    from PIL import Image
+
+    images = digits()[:90]
+    for i, image in enumerate(images):
+        folder = tmp_path / "data" / ("test" if i >= 60 else "train") / "abc"[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    cfg = yaml.safe_load(setup["config"].read_text())
+    cfg["data"].update(root=str(tmp_path / "data"), labels=True)
+    cfg["model"].update(num_classes=3, label_dropout=0.2)
+    (tmp_path / "cond.yaml").write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["train", "--config", str(tmp_path / "cond.yaml"), "--run-dir", str(tmp_path / "run"),
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = nfgen("--ckpt", tmp_path / "run" / "checkpoints" / "last.pt", "--ref", "test", "--features", setup["features"],
+              "--n", 12, "--batch-size", 5, "--label", "b", "--label", "null", "--guidance", 1.5, "--no-cache",
+              "--json", "-")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout[r.stdout.index("{"):])
+    s = rec["generated"]["sampling"]
+    assert s["labels"] == ["b", "null"] and s["guidance"] == 1.5 and not s["annealed"]
+    g = rec["classifier"]["generated"]
+    assert g["n_images"] == 12 and g["n_labelled"] == 6  # the null-class half asks for no class
+    assert 0 <= g["read_as_requested_share"] <= 1
+    one_line_error(nfgen("--ckpt", tmp_path / "run" / "checkpoints" / "last.pt", "--features", setup["features"],
+                         "--label", "zebra"), "is not a class of this model")
