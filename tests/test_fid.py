@@ -210,6 +210,8 @@ def test_inception_path_replicates_grey_to_three_channels(tmp_path: Path, monkey
     out = feats.extract(grey)
     assert out.shape == (2, 2048) and torch.isfinite(out).all()
     assert torch.equal(out, feats.extract(grey.expand(-1, 3, -1, -1).contiguous()))
-    with pytest.raises(FeaturesError, match="is not the FID Inception weights"):
-        torch.save({"w": torch.zeros(1)}, tmp_path / "bad.pth")
-        inception_features(tmp_path / "bad.pth", torch.device("cpu"))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "bad.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    for bad in ("bad.pth", "junk.pth"):
+        with pytest.raises(FeaturesError, match="is not the FID Inception weights"):
+            inception_features(tmp_path / bad, torch.device("cpu"))

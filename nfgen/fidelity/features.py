@@ -11,6 +11,7 @@ torch-fidelity also ships KID and the k-NN precision/recall, which nfgen then do
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def inception_features(weights: Path, device: torch.device) -> Features:
     try:
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(weights)).to(device)
-    except (RuntimeError, KeyError, OSError, EOFError) as e:
+    except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise FeaturesError(f"{weights} is not the FID Inception weights file ({type(e).__name__}); download "
                             f"{INCEPTION_URL}") from None
 
