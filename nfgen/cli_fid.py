@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nfgen import cli_support as opts
 from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
-from nfgen.data import DataError
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 
 def eval_fid(
@@ -55,6 +57,7 @@ def eval_fid(
     """FID, KID, precision and recall of generated images against a reference set, on the FID
     Inception features or a TorchScript extractor; with a classifier's logits, the share of
     samples it reads confidently."""
+    from nfgen.data import SPLITS, DataError, load_folder, load_split
     from nfgen.fidelity import features as extractors
     from nfgen.fidelity import sets
     from nfgen.fidelity.cache import default_cache_dir
@@ -89,13 +92,22 @@ def eval_fid(
         dev = opts.torch_device(device)
         feats = (extractors.torchscript_features(features, dev) if features is not None
                  else extractors.inception_features(extractors.inception_weights(inception_weights), dev))
+        trained = None
         if ckpt is not None:
-            model, cfg, names = opts.trained_classes(ckpt, set_, device)
+            trained = opts.load_trained(ckpt, set_, device)
+            model, cfg, names = trained.model, trained.cfg, trained.class_names
             opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)  # every mismatch refused
         else:
             model, cfg, names = None, load_config(config, set_), []
         shape = tuple(cfg.model.image_shape)
-        ref_name, ref_data = opts.image_set(cfg, shape, ref)
+
+        def image_set(where: str | Path) -> tuple[str, Dataset]:
+            """A split of the data (a checkpoint's: its classes checked) or a folder of images."""
+            if isinstance(where, str) and where in SPLITS:
+                return where, trained.split(where) if trained is not None else load_split(cfg, where)
+            return Path(where).name or str(where), load_folder(where, shape)
+
+        ref_name, ref_data = image_set(ref)
         progress = sys.stderr.isatty()
         where = None if not cache else (cache_dir or default_cache_dir())
         try:
@@ -118,7 +130,7 @@ def eval_fid(
                         "guidance": guidance, "annealed": annealed, "denoise": denoised,
                         "noise_sigma": model.noise_sigma}
         else:
-            generated = sets.from_images(opts.image_set(cfg, shape, gen)[1], feats, batch_size, progress)
+            generated = sets.from_images(image_set(gen)[1], feats, batch_size, progress)
         try:
             result = compare(generated, reference, kid_subsets, kid_subset_size, pr_k, threshold, seed)
         except ValueError as e:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from nfgen.fidelity.metrics import Stats
+from nfgen.fingerprint import Fingerprint
 
 FORMAT = 1  # bump when what an entry holds changes
 
@@ -37,18 +38,14 @@ class Reference:
 
 
 def content_sha256(batches: Iterable[Tensor]) -> tuple[str, int]:
-    """A hash over the images (uint8 ``[B, C, H, W]`` batches, in order: their shape, then their
-    bytes; the same whatever the batch size) and how many there were."""
-    h, n = hashlib.sha256(), 0
+    """A key over the images (uint8 ``[B, C, H, W]`` batches, in order: ``nfgen.fingerprint``'s,
+    the same whatever the batch size) and how many there were."""
+    f = Fingerprint()
     for x in batches:
-        x = x.contiguous().cpu()
         if x.dtype != torch.uint8:
             raise TypeError(f"reference images must be uint8, got {x.dtype}")
-        if n == 0:
-            h.update(str(tuple(x.shape[1:])).encode())
-        h.update(x.numpy().tobytes())
-        n += len(x)
-    return h.hexdigest(), n
+        f.batch(x)
+    return hashlib.sha256(f.hexdigest().encode()).hexdigest(), f.count
 
 
 def default_cache_dir() -> Path:

@@ -10,7 +10,7 @@ torch-fidelity also ships KID and the k-NN precision/recall, which nfgen then do
 
 from __future__ import annotations
 
-import hashlib
+import io
 import pickle
 import warnings
 from collections.abc import Callable
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from nfgen.data import DataError
+from nfgen.fingerprint import read_hashed
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -56,14 +57,6 @@ class Features:
                 else "TorchScript module on float images in [0, 1] at the data's size and channels")
         return {"kind": self.kind, "path": self.path, "sha256": self.sha256, "what": what,
                 "has_logits": self.logits is not None}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inception_cache_path() -> Path:
@@ -110,7 +103,7 @@ def inception_features(weights: Path, device: torch.device) -> Features:
             images = images.expand(-1, 3, -1, -1)
         return net(images.to(device))[0]
 
-    return Features("inception", str(weights), file_sha256(weights), extract)
+    return Features("inception", str(weights), read_hashed(weights)[1], extract)
 
 
 def torchscript_features(path: Path, device: torch.device) -> Features:
@@ -118,10 +111,11 @@ def torchscript_features(path: Path, device: torch.device) -> Features:
     exported ``logits`` method, if any, gives class logits (the classifier-read share)."""
     if not Path(path).is_file():
         raise FeaturesError(f"--features {path}: no such file; give a TorchScript module (torch.jit.save)")
+    data, sha256 = read_hashed(path)  # the key is of the bytes loaded, not of what the name holds later
     try:
         with warnings.catch_warnings():  # torch >= 2.10 calls TorchScript deprecated; it still loads
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location=device).eval()
+            module = torch.jit.load(io.BytesIO(data), map_location=device).eval()
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FeaturesError(f"--features {path} is not a TorchScript module ({first}); save one with "
@@ -145,4 +139,4 @@ def torchscript_features(path: Path, device: torch.device) -> Features:
         return call
 
     logits = run(module.logits, "logits method") if hasattr(module, "logits") else None
-    return Features("torchscript", str(path), file_sha256(Path(path)), run(module, "forward"), logits)
+    return Features("torchscript", str(path), sha256, run(module, "forward"), logits)
