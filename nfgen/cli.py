@@ -13,6 +13,7 @@ import nfgen
 from nfgen import cli_support as opts
 from nfgen.cli_config import config_verb
 from nfgen.cli_data import data_app
+from nfgen.cli_fid import eval_fid
 from nfgen.complexity import CODECS
 from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
 
@@ -503,6 +504,7 @@ def density2d(
 
 app.command("config")(config_verb)
 app.add_typer(data_app, name="data")
+app.command("eval-fid")(eval_fid)
 
 
 def main() -> None:

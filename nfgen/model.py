@@ -362,7 +362,7 @@ def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
         options = dataclasses.asdict(dq)
         del options["kind"], options["sigma"]  # which dequantizer, gaussian's noise; the rest configures the variational one
         dequantizer = VariationalDequantizer(shape, **options)
-    classes = ClassEmbedding(m.num_classes, m.class_dim) if m.num_classes else None
+    classes = ClassEmbedding(m.num_classes, m.class_dim, m.null_class) if m.num_classes else None
     model = ImageFlow(body, preprocess, dequantizer, m.n_bits, classes, m.class_in_body, m.label_dropout)
     set_memory_saving(model, t.memory_saving)
     set_channels_last(model, t.channels_last)

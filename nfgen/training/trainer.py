@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.devices import resolve_device
 from nfgen.evaluate import bpd_values, metric, summarize
+from nfgen.fidelity.monitor import FidMonitor
 from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
+from nfgen.training.augment import flip_draws, hflip
 from nfgen.training.budget import Budget, format_seconds
 from nfgen.training.checkpoint import (
     CheckpointError,
@@ -96,6 +98,9 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self.fid = FidMonitor(self.t, test_set, self.device) if self.t.fid_every and self.rank.is_main else None
+        if self.fid is not None:
+            self.fid.check()  # a missing feature extractor fails now, not at the first measurement
         self.class_names = check_classes(model.num_classes, train_set, test_set)
         self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
@@ -248,6 +253,9 @@ class Trainer:
                 for batch in batches:
                     self.progress.batch_in_epoch += 1
                     x, labels = split_batch(batch)
+                    if self.cfg.data.hflip:  # one global draw per batch, sliced like the batch
+                        flips = flip_draws(self.t.seed, self.progress.epoch, self.progress.batch_in_epoch, big)
+                        x = hflip(x, flips[r * small:(r + 1) * small])
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
                     # Label dropout's draws too are one global draw, sliced: N ranks drop the
                     # labels one process would. None (no draw) when nothing is dropped.
@@ -454,6 +462,9 @@ class Trainer:
                 if self.step % t.eval_every == 0 or done:
                     test_bpd = self.evaluate()
                     self.console.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
+                if self.fid is not None and self.step % t.fid_every == 0:  # beside bits/dim, on a forked RNG
+                    with self.budget.timed("eval"), self._forked_rng():
+                        self.logger.scalars(self.fid.measure(self.eval_model), self.step)
                 if self.step % t.sample_every == 0 or done:
                     self.write_samples()
                 if self.consecutive_bad >= t.max_bad_steps:
