@@ -429,7 +429,7 @@ def export(
     out: Annotated[Path, typer.Option(help="Folder to write model.safetensors, config.json and README.md into.")],
     ema: Annotated[bool, typer.Option(help="Export the EMA weights where the checkpoint has them.")] = True,
     push_to_hub: Annotated[str | None, typer.Option(help="Also upload the folder to this Hugging Face Hub model "
-                                                    "repository (user/name; needs pip install 'nfgen[hub]').")] = None,
+                                                    "repository (user/name; needs pip install 'nfgen\\[hub]').")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier export in --out.")] = False,
 ) -> None:
     """Write a checkpoint's model as safetensors weights plus its config and class names, for

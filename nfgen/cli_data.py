@@ -10,7 +10,7 @@ import typer
 from nfgen import cli_support as opts
 
 data_app = typer.Typer(help="Write real data sets to disk without a download (needs the data extra: "
-                            "pip install 'nfgen[data]').", no_args_is_help=True)
+                            "pip install 'nfgen\\[data]').", no_args_is_help=True)
 
 
 @data_app.command()
