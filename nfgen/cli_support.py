@@ -3,11 +3,9 @@ a trained checkpoint, a conditional model's labels, and the error policy (``user
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 import torch
 import typer
@@ -18,6 +16,7 @@ from nfgen.data import SPLITS, DataError, load_folder, load_split
 from nfgen.evaluate import BpdResult, NotALikelihoodError
 from nfgen.generate import class_rows, label_rows
 from nfgen.model import ImageFlow
+from nfgen.outputs import OutputError
 from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
 from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
 
@@ -34,7 +33,7 @@ def user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         fail(str(e), 2)
-    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError) as e:
+    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError, OutputError) as e:
         fail(str(e))
     except TrainingInterrupted as e:
         typer.echo(str(e), err=True)
@@ -68,9 +67,9 @@ def checked_split(name: str) -> str:
     return name
 
 
-def output_path(path: Path, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
+def output_path(path: Path) -> Path:
+    """An output file checked by ``check_outputs`` before the work, about to be written: its
+    folders are created now."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -162,23 +161,6 @@ def image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tu
         return where, load_split(cfg, where)
     path = Path(where)
     return path.name or str(path), load_folder(path, shape)
-
-
-def fresh(path: Path | None, overwrite: bool) -> Path | None:
-    """An output that must not exist yet (unless --overwrite); created only once the work is done."""
-    if path is not None and str(path) != "-" and path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --overwrite to replace it")
-    return path
-
-
-@contextmanager
-def opened(path: Path | None) -> Iterator[TextIO]:
-    if path is None or str(path) == "-":
-        yield sys.stdout
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        yield f
 
 
 def score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,

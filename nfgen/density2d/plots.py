@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from nfgen.costs import check_figure
+
 
 def histogram_density(points: Tensor, box: float, n: int) -> Tensor:
     """Empirical density ``[n, n]`` (rows: z2 from the bottom) of points on the grid of cells
@@ -107,6 +109,7 @@ def training_figure(history: dict[str, list[float]], objective: str, reference: 
 
 def save_png(fig: Figure, path: Path, dpi: int) -> None:
     """Written beside its target and renamed over it: a picture is whole or absent."""
+    check_figure(*fig.get_size_inches(), dpi, f"the picture {path.name}", "eval.dpi")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=dpi, format="png")
@@ -115,6 +118,7 @@ def save_png(fig: Figure, path: Path, dpi: int) -> None:
 
 def to_image(fig: Figure, dpi: int) -> Tensor:
     """The figure as an RGB tensor ``[3, H, W]`` in ``[0, 1]`` (for TensorBoard)."""
+    check_figure(*fig.get_size_inches(), dpi, "a TensorBoard picture", "eval.dpi")
     fig.set_dpi(dpi)
     canvas = fig.canvas
     canvas.draw()
