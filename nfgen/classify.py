@@ -27,7 +27,7 @@ from nfgen.evaluate import class_log_probs
 from nfgen.model import ImageFlow
 
 MAX_ANNOTATED = 30  # classes up to which the picture writes each cell's count (more are unreadable)
-MIN_NAMED_CELL = 8  # pixels a cell needs for its class name beside it (a small font's height)
+MIN_NAMED_CELL = 14  # pixels a cell needs for its class name beside it: 10-point text at 100 dpi
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def draw_confusion(result: Classification, path: str | Path, title: str = "") ->
     share = (conf.double() / conf.sum(1, keepdim=True).clamp(min=1)).numpy()
     dpi = 100
     wanted = max(3.5, 0.45 * k + 1.8)
-    side = figure_side(wanted, (wanted + 0.8) / wanted, dpi)
+    side = figure_side(wanted, 0.8, dpi)
     named = side * dpi / k >= MIN_NAMED_CELL  # pixels per cell
     note = None
     if side < wanted:

@@ -85,10 +85,12 @@ def picture_fits(width: float, height: float) -> bool:
     return width * height <= max_pixels()
 
 
-def figure_side(wanted: float, aspect: float, dpi: float) -> float:
-    """A figure's height in inches: ``wanted``, or the largest that keeps a picture of width
-    ``aspect`` x height under the bound at ``dpi``."""
-    return min(wanted, math.sqrt(max_pixels() / aspect) / dpi)
+def figure_side(wanted: float, extra_width: float, dpi: float) -> float:
+    """A figure's height in inches, its width that plus ``extra_width`` (a colour bar): ``wanted``,
+    or the largest whose picture stays under the bound at ``dpi``."""
+    # (side + extra) * side * dpi**2 <= max_pixels, solved for side
+    most = (math.sqrt(extra_width ** 2 + 4 * max_pixels() / dpi ** 2) - extra_width) / 2
+    return min(wanted, most)
 
 
 def check_figure(width_in: float, height_in: float, dpi: float, what: str, lower: str) -> None:
@@ -102,9 +104,11 @@ def check_figure(width_in: float, height_in: float, dpi: float, what: str, lower
 
 def grid_pixels(n: int, nrow: int, shape: tuple[int, int, int], padding: int = 2) -> tuple[int, int]:
     """(width, height) of ``torchvision.utils.make_grid``'s grid of ``n`` images of ``shape``."""
+    _, h, w = shape
+    if n == 1:
+        return w, h  # make_grid returns a single image as it is
     cols = min(nrow, n)
     rows = math.ceil(n / cols)
-    _, h, w = shape
     return cols * (w + padding) + padding, rows * (h + padding) + padding
 
 

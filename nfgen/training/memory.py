@@ -45,9 +45,9 @@ def check_training_fits(cfg: Config, device: torch.device, micro_batch: int,
     # two), plus the EMA's copy when there is one.
     copies = 4 + (cfg.train.ema_decay > 0)
     need = copies * cost.parameters + cost.activations
-    what = (f"training ({format_bytes(cost.parameters)} of parameters x {copies} for gradients, optimizer "
-            f"state{' and EMA' if copies == 5 else ''}, and {format_bytes(cost.activations)} of activations for "
-            f"a batch of {micro_batch})")
+    what = (f"training ({format_bytes(cost.parameters)} of parameters kept {copies} times: weights, gradients, "
+            f"the optimizer's two moments{', the EMA' if copies == 5 else ''}; and {format_bytes(cost.activations)} "
+            f"of activations for a batch of {micro_batch})")
     check_memory(need, device, what, f"train.batch_size (or raise train.grad_accum; train.memory_saving: true "
                  f"keeps fewer activations) or {model_sizes(cfg)}", memory)
     return cost
