@@ -163,9 +163,9 @@ def model_cost(build: Callable[[], torch.nn.Module], batch: int = 0,
     the meta device (shapes only, the cheapest). With ``batch`` and ``shape``, build it on fake
     tensors instead (``torch._subclasses.FakeTensorMode``: shapes, dtypes and devices, no memory,
     but ops run) and also count the bytes autograd saves for the backward pass of a training
-    forward of that many uint8 images: the count ``training.memory.saved_activation_bytes`` makes
-    on real tensors, equal to it. Every architecture, no formula per architecture. The global RNG
-    is left as it was."""
+    forward of that many uint8 images (with labels, for a class-conditional model): the count
+    ``training.memory.saved_activation_bytes`` makes on real tensors, equal to it. Every
+    architecture, no formula per architecture. The global RNG is left as it was."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.random.fork_rng(devices=[]):
@@ -185,9 +185,11 @@ def model_cost(build: Callable[[], torch.nn.Module], batch: int = 0,
                 return t
 
             x = torch.zeros(batch, *shape, dtype=torch.uint8)
+            # a class-conditional model's forward takes a label per image
+            labels = torch.zeros(batch, dtype=torch.long) if getattr(model, "num_classes", 0) else None
             model.train()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = model(x).mean()  # type: ignore[operator]
+                loss = model(x, labels=labels).mean()  # type: ignore[operator]
             del loss
             saved = sum(t.untyped_storage().nbytes() for t in kept.values())
             return ModelCost(_parameter_bytes(model), saved, batch)

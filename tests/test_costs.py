@@ -36,23 +36,25 @@ def one_line(result, code: int, message: str) -> None:
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
-def arch_config(arch: str, width: int = 8):
-    return config_from_dict({"model": tiny_model(arch, [1, 8, 8], width=width),
+def arch_config(arch: str, width: int = 8, num_classes: int = 0):
+    return config_from_dict({"model": {**tiny_model(arch, [1, 8, 8], width=width), "num_classes": num_classes},
                              "dequantization": {"kind": "variational", "steps": 1, "hidden": 4},
                              "train": {"device": "cpu", "batch_size": 8, "ema_decay": 0.9}})
 
 
 # ------------------------------------------------------------------ models, every architecture
+@pytest.mark.parametrize("classes", [0, 3])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_the_estimate_is_the_model_built_for_real(arch):
-    config = arch_config(arch)
+def test_the_estimate_is_the_model_built_for_real(arch, classes):
+    config = arch_config(arch, num_classes=classes)
     cost = model_cost(lambda: build_unchecked(config), 8, (1, 8, 8))
     torch.manual_seed(0)
     model = build_unchecked(config)
     x = torch.randint(0, 32, (8, 1, 8, 8), dtype=torch.uint8)
-    model(x)  # actnorm's data-dependent init, as training's first batch
+    labels = torch.zeros(8, dtype=torch.long) if classes else None
+    model(x, labels=labels)  # actnorm's data-dependent init, as training's first batch
     assert cost.parameters == sum(p.numel() * p.element_size() for p in model.parameters())
-    assert cost.activations == saved_activation_bytes(lambda: model(x).mean(), model) > 0
+    assert cost.activations == saved_activation_bytes(lambda: model(x, labels=labels).mean(), model) > 0
     assert model_cost(lambda: build_unchecked(config)).parameters == cost.parameters  # the meta device's count
 
 
