@@ -3,7 +3,7 @@ a trained checkpoint, a conditional model's labels, and the error policy (``user
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +40,16 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(128 + e.signum) from None
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+
+
+def script_main(main: Callable[[], int | None]) -> int:
+    """A script's ``main`` (scripts/) under the command line's error policy, ``user_errors``: a
+    user's mistake is one line on stderr and a non-zero exit code, never a traceback."""
+    try:
+        with user_errors():
+            return main() or 0
+    except typer.Exit as e:
+        return e.exit_code
 
 
 def in_range(name: str, value: int, low: int, high: int) -> None:

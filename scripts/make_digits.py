@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nfgen.cli_support import script_main
+
 N_TRAIN = 1500  # of 1797: the last 297 are the test split
 
 
@@ -63,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

