@@ -35,7 +35,7 @@ data/MNIST/raw/train-images-idx3-ubyte: install
 
 mnist: data/MNIST/raw/train-images-idx3-ubyte
 
-# A small real training job: Glow on scikit-learn's 8x8 digits, about a minute on 2 CPU cores.
+# A small real training job: Glow on scikit-learn's 8x8 digits (its time and bits/dim: docs/results.md).
 quickstart: data/digits
 	$(VENV)/bin/nfgen train --config quickstart.yaml --overwrite
 

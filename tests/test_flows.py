@@ -236,11 +236,13 @@ def test_logdet_changes_sign_under_inverse():
     step = randomize(glow_step(C, glow_net(8), "affine", "conv1x1"))
     x = torch.randn(2, C, H, W)
     _, ld = step(x)
-    _, ld_inv = Inverse(step)(x)
     assert ld.abs().min() > 1e-3  # a non-trivial log-det, so the sign really is tested
     _, ld_back = step.inverse(step(x)[0])
     assert torch.allclose(ld_back, -ld, atol=1e-10)
-    assert not torch.allclose(ld_inv, ld)
+    # Inverse(step) at x is step's inverse at x: its log-det is minus step's at the point it maps to.
+    y, ld_inv = Inverse(step)(x)
+    _, ld_at_y = step(y)
+    assert torch.allclose(ld_inv, -ld_at_y, atol=1e-10) and not torch.allclose(ld_inv, -ld, atol=1e-3)
 
 
 def test_checkerboard_state_dicts_from_before_the_mask_objects_load():

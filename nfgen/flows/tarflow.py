@@ -69,7 +69,7 @@ class AutoregressiveBlock(Flow):
     keys and values of the tokens before it (``kv_cache``; off, every step reruns the Transformer
     over the whole prefix: the reference the cache is tested against). A parallel Jacobi
     fixed-point inverse was tried and dropped: on a trained model it needed 13 of 16 iterations
-    and sampled 5.9x slower than the cache on a CPU (README, "TarFlow").
+    and sampled 5.9x slower than the cache on a CPU (docs/architectures.md, TarFlow).
 
     Class-conditional (``context_dim > 0``): a linear map of the class embedding is added to every
     token (the paper adds a per-block class embedding). Under guidance (a ``Guided`` context) the

@@ -44,7 +44,7 @@ class Planar(Flow):
     ``w^T y -+ |m|`` (``|tanh| <= 1``), which shrink it by ``2**-bisect_steps``, then one Newton
     step that carries the gradient (implicit-function rule), as ``LogisticMixtureCDF`` does. It
     costs ~``bisect_steps`` tanh evaluations per sample where the forward costs one (measured in
-    the README). ``inverse_tol`` bounds the float64 round trip for parameters of moderate size
+    docs/guides/density2d.md). ``inverse_tol`` bounds the float64 round trip for parameters of moderate size
     (tested); where ``1 + m tanh'`` is tiny (``m`` near -1) the point along ``w`` is
     ill-conditioned and the error grows as its reciprocal.
 

@@ -51,7 +51,7 @@ def rank_from_env() -> Rank:
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(v)]
     if missing:
         raise ConfigError(f"WORLD_SIZE={world} is set but {', '.join(missing)} not: launch data-parallel "
-                          "training with torchrun (see the README), or unset WORLD_SIZE")
+                          "training with torchrun (see docs/training.md), or unset WORLD_SIZE")
     r = Rank(number("RANK", "0"), world, number("LOCAL_RANK", "0"))
     if r.rank >= world:
         raise ConfigError(f"RANK={r.rank} is not below WORLD_SIZE={world}; launch with torchrun")
