@@ -28,6 +28,10 @@ counted.
   non-finite loss), under the same stop rule (``nfgen.training.budget``: each share ends with its
   evaluation inside it, the evaluation's time measured once up front).
 
+A contender that diverges keeps its points up to then and is marked DIVERGED; one whose process
+fails is marked FAILED (exit code) and the race goes on: the others' results are printed and
+written (the race then exits 1).
+
 What each pays inside its budget: both their training steps, their first batch's actnorm init
 and the evaluations; nfgen also its per-job start (a timing of the final phase, the sample grids
 its trainer writes and ``last.pt``). Process start, data loading and the final sampling are
