@@ -22,6 +22,7 @@ would ask for 64 x 2,560,000,000.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -158,14 +159,18 @@ class ModelCost:
 
 
 def model_cost(build: Callable[[], torch.nn.Module], batch: int = 0,
-               shape: tuple[int, int, int] | None = None) -> ModelCost:
+               shape: tuple[int, int, int] | None = None, device: torch.device | str = "cpu",
+               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> ModelCost:
     """Build the model with ``build`` where it takes no memory and count its parameter bytes: on
     the meta device (shapes only, the cheapest). With ``batch`` and ``shape``, build it on fake
     tensors instead (``torch._subclasses.FakeTensorMode``: shapes, dtypes and devices, no memory,
     but ops run) and also count the bytes autograd saves for the backward pass of a training
     forward of that many uint8 images (with labels, for a class-conditional model): the count
-    ``training.memory.saved_activation_bytes`` makes on real tensors, equal to it. Every
-    architecture, no formula per architecture. The global RNG is left as it was."""
+    ``training.memory.saved_activation_bytes`` makes on real tensors, equal to it. The forward
+    runs as training's does: on (fake) tensors of ``device``, whose kernels decide what is saved
+    (CPU attention keeps its attention matrices, a GPU's fused attention does not), and under
+    ``autocast`` (bf16 keeps half). Every architecture, no formula per architecture. The global
+    RNG is left as it was."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.random.fork_rng(devices=[]):
@@ -173,7 +178,7 @@ def model_cost(build: Callable[[], torch.nn.Module], batch: int = 0,
             with torch.device("meta"):
                 model = build()
             return ModelCost(_parameter_bytes(model))
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.device(device):
             model = build()
             own = {id(t) for t in (*model.parameters(), *model.buffers())}
             kept: dict[int, torch.Tensor] = {}  # keeps each counted tensor alive, so ids stay unique
@@ -188,7 +193,7 @@ def model_cost(build: Callable[[], torch.nn.Module], batch: int = 0,
             # a class-conditional model's forward takes a label per image
             labels = torch.zeros(batch, dtype=torch.long) if getattr(model, "num_classes", 0) else None
             model.train()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
                 loss = model(x, labels=labels).mean()  # type: ignore[operator]
             del loss
             saved = sum(t.untyped_storage().nbytes() for t in kept.values())

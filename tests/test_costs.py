@@ -26,6 +26,7 @@ from nfgen.model import ARCHITECTURES, build_model, build_unchecked
 from nfgen.ood_metrics import histogram
 from nfgen.training.memory import check_training_fits, saved_activation_bytes
 from nfgen.training.run import train
+from nfgen.training.step import autocast
 
 runner = CliRunner()
 
@@ -43,18 +44,24 @@ def arch_config(arch: str, width: int = 8, num_classes: int = 0):
 
 
 # ------------------------------------------------------------------ models, every architecture
-@pytest.mark.parametrize("classes", [0, 3])
+@pytest.mark.parametrize("classes, amp", [(0, False), (3, False), (0, True)])
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_the_estimate_is_the_model_built_for_real(arch, classes):
+def test_the_estimate_is_the_model_built_for_real(arch, classes, amp):
     config = arch_config(arch, num_classes=classes)
-    cost = model_cost(lambda: build_unchecked(config), 8, (1, 8, 8))
+    cpu = torch.device("cpu")
+    cost = model_cost(lambda: build_unchecked(config), 8, (1, 8, 8), cpu, lambda: autocast(cpu, amp))
     torch.manual_seed(0)
     model = build_unchecked(config)
     x = torch.randint(0, 32, (8, 1, 8, 8), dtype=torch.uint8)
     labels = torch.zeros(8, dtype=torch.long) if classes else None
     model(x, labels=labels)  # actnorm's data-dependent init, as training's first batch
+
+    def loss() -> torch.Tensor:
+        with autocast(cpu, amp):
+            return model(x, labels=labels).mean()
+
     assert cost.parameters == sum(p.numel() * p.element_size() for p in model.parameters())
-    assert cost.activations == saved_activation_bytes(lambda: model(x, labels=labels).mean(), model) > 0
+    assert cost.activations == saved_activation_bytes(loss, model) > 0
     assert model_cost(lambda: build_unchecked(config)).parameters == cost.parameters  # the meta device's count
 
 
