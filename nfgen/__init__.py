@@ -1,7 +1,33 @@
-"""nfgen: normalizing-flow image generators (RealNVP and Glow)."""
+"""nfgen: normalizing-flow image generators (Glow, RealNVP, Flow++, TarFlow).
 
-from nfgen.config import Config, load_config
-from nfgen.model import ImageFlow, build_model
+The public names are imported on first use (PEP 562), so ``import nfgen`` and the command line's
+``--help`` and ``--version`` do not import torch.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.setuptools.dynamic)
+
+# public name -> the module that defines it
+_LAZY = {"Config": "nfgen.config", "load_config": "nfgen.config", "ImageFlow": "nfgen.model",
+         "build_model": "nfgen.model"}
 __all__ = ["Config", "ImageFlow", "__version__", "build_model", "load_config"]
+
+if TYPE_CHECKING:
+    from nfgen.config import Config, load_config
+    from nfgen.model import ImageFlow, build_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'nfgen' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

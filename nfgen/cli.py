@@ -7,28 +7,18 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
-from torch.utils.data import Dataset
 
+import nfgen
 from nfgen import cli_support as opts
+from nfgen.cli_config import config_verb
+from nfgen.cli_data import data_app
 from nfgen.complexity import CODECS
-from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
-from nfgen.data import DataError, load_split, make_loader
-from nfgen.evaluate import (
-    check_likelihood,
-    class_log_probs,
-    conditional_bpd,
-    evaluate_bpd,
-    metric,
-)
-from nfgen.generate import check_grid_size, same_class_pairs, save_grid
-from nfgen.generate import interpolate as interpolate_images
-from nfgen.labels import take
+from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
 from nfgen.outputs import check_outputs, folder_outputs, is_stdout, opened
-from nfgen.training.distributed import is_main_process
-from nfgen.training.run import run_dir_for
-from nfgen.training.run import train as train_run
+
+# Each verb imports the library parts it uses (torch, torchvision, TensorBoard) when it runs:
+# `nfgen --help`, `--version` and a usage error answer without importing them (tests/test_packaging.py).
 
 # typer raises click's exceptions (its own vendored copy in typer >= 0.20): find the base class
 # through a name typer exports, so this works with either.
@@ -56,14 +46,30 @@ class _OneLineErrors(typer.core.TyperGroup):
 
 
 app = typer.Typer(
-    help="Train and use normalizing-flow image generators (Glow, RealNVP), and 2-D flows you can look at.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_OneLineErrors,
+    help="Train and use normalizing-flow image generators (Glow, RealNVP, Flow++, TarFlow), and 2-D flows you can "
+         "look at.",
+    no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
 
-Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nfgen {nfgen.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options of nfgen itself (the verbs have their own)."""
+
+
+Sets = opts.Sets
 Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda, then mps, then cpu).")]
 
 
 @app.command()
@@ -76,6 +82,11 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a flow; checkpoints, TensorBoard logs and sample grids go to the run folder."""
+    from nfgen.evaluate import metric
+    from nfgen.training.distributed import is_main_process
+    from nfgen.training.run import run_dir_for
+    from nfgen.training.run import train as train_run
+
     with opts.user_errors():
         if config is None:
             if not (resume and run_dir):
@@ -125,7 +136,12 @@ def sample(
             raise ConfigError("--annealed anneals the guidance weight: give --guidance W > 0 with it")
         opts.image_path(out)
         check_device_name(device)
-        model, cfg, names = opts.trained_classes(ckpt, None, device)
+        import torch  # after the option checks: a usage error answers without importing torch
+
+        from nfgen.generate import check_grid_size, save_grid
+
+        t = opts.load_trained(ckpt, None, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
@@ -161,16 +177,22 @@ def eval_bpd(
     device: Device = "auto",
 ) -> None:
     """Exact bits per dimension of a whole data split, with its standard error."""
+    import torch
+
+    from nfgen.data import make_loader
+    from nfgen.evaluate import check_likelihood, class_log_probs, conditional_bpd, evaluate_bpd
+
     with opts.user_errors():
         opts.in_range("--samples", samples, 1, 65536)
         opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
         opts.checked_split(split)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
         check_outputs({"--json": json_out}, overwrite)
         to_stdout = is_stdout(json_out)  # then the report goes to stderr
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -215,6 +237,13 @@ def interpolate(
 ) -> None:
     """Walk the latent space between pairs of real images, at every scale (a class-conditional
     model: each pair is two images of one class, encoded and decoded with that class)."""
+    import torch
+
+    from nfgen.data import DataError
+    from nfgen.generate import check_grid_size, same_class_pairs, save_grid
+    from nfgen.generate import interpolate as interpolate_images
+    from nfgen.labels import take
+
     with opts.user_errors():
         opts.in_range("--pairs", pairs, 1, 1024)
         opts.in_range("--steps", steps, 2, 1024)
@@ -222,10 +251,11 @@ def interpolate(
         opts.checked_split(split)
         opts.image_path(out)
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model = t.model
         check_grid_size(pairs * (steps + 2), model.shape, steps + 2, "--pairs or --steps")
         check_outputs({"--out": out}, overwrite, pictures=("--out",))
-        data = load_split(cfg, split)
+        data = t.split(split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
         generator = torch.Generator().manual_seed(seed)
@@ -261,8 +291,12 @@ def classify(
 ) -> None:
     """A class-conditional model as a classifier: argmax_y log p(x | y) (uniform class prior) on a
     split; accuracy and the confusion matrix, printed and drawn."""
+    import torch
+
     from nfgen.classify import classify as run_classifier
     from nfgen.classify import draw_confusion, format_confusion
+    from nfgen.data import make_loader
+    from nfgen.evaluate import check_likelihood
 
     with opts.user_errors():
         opts.in_range("--samples", samples, 1, 65536)
@@ -271,10 +305,11 @@ def classify(
         opts.image_path(out)
         check_outputs({"--out": out, "--json": json_out}, overwrite, pictures=("--out",))
         check_device_name(device)
-        model, cfg, names = opts.trained_classes(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg, names = t.model, t.cfg, t.class_names
         opts.conditional_only(model, "classify")
         check_likelihood(model)  # the classifier compares likelihoods: a Gaussian-noise model has none
-        data = load_split(cfg, split)
+        data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
         torch.manual_seed(0)
@@ -325,6 +360,9 @@ def score(
 ) -> None:
     """Anomaly scores of images (higher = more anomalous): bits/dim, complexity-corrected bits/dim,
     typicality; with --ood, AUROC / AUPR / FPR@95 of each against --in, and a histogram."""
+    from torch.utils.data import Dataset
+
+    from nfgen.evaluate import check_likelihood
     from nfgen.ood_metrics import histogram
     from nfgen.score import format_report, ood_report, score_names, score_sets, write_rows
 
@@ -341,16 +379,20 @@ def score(
         check_outputs({"--csv": csv_out, "--json": json_out, "--hist": hist}, overwrite, pictures=("--hist",))
         to_stdout = [p for p in (csv_out, json_out) if is_stdout(p)]
         check_device_name(device)
-        model, cfg = opts.trained(ckpt, set_, device)
+        t = opts.load_trained(ckpt, set_, device)
+        model, cfg = t.model, t.cfg
         check_likelihood(model)  # scores are built on bits/dim: a Gaussian-noise model has none
         sets: dict[str, Dataset] = {}
         for where in wanted:  # every image listed and its header read before any work
-            name, data = opts.image_set(cfg, model.shape, where)
+            name, data = opts.image_set(t, where)
+            if getattr(data, "skipped", None):  # said, not silently dropped
+                typer.echo(f"note: {where}: {len(data.skipped)} file(s) that are not images skipped, e.g. "
+                           f"{data.skipped[0]}", err=True)
             while name in sets:
                 name += "+"
             sets[name] = data
-        stats, measured = score_sets(model, cfg, ckpt, sets, codecs, samples, stats_images,
-                                     batch_size or cfg.train.batch_size, sys.stderr.isatty(),
+        stats, measured = score_sets(model, t.split("train"), ckpt, t.sha256, sets, codecs, samples, stats_images,
+                                     batch_size or cfg.train.batch_size, cfg.data.num_workers, sys.stderr.isatty(),
                                      lambda m: typer.echo(m, err=True))
         header = {"checkpoint": str(ckpt), "importance_samples": samples, "n_bits": cfg.model.n_bits,
                   "codecs": codecs, "train_mean_bpd": stats.mean, "scores": score_names(codecs)}
@@ -425,6 +467,10 @@ def density2d(
             true = f" (true density: {s['true_test_log_likelihood']:.4f})" if "true_test_log_likelihood" in s else ""
             typer.echo(f"done: test log-likelihood {s['test_log_likelihood']:.4f} ± {s['test_log_likelihood_stderr']:.4f}"
                        f"{true}; pictures in {folder / 'figures'}")
+
+
+app.command("config")(config_verb)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

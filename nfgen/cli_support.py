@@ -3,22 +3,45 @@ a trained checkpoint, a conditional model's labels, and the error policy (``user
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from torch.utils.data import Dataset
 
 from nfgen.config import Config, ConfigError, apply_overrides, check_device_name, config_from_dict
-from nfgen.data import SPLITS, DataError, load_folder, load_split
-from nfgen.evaluate import BpdResult, NotALikelihoodError
-from nfgen.generate import class_rows, label_rows
-from nfgen.model import ImageFlow
-from nfgen.outputs import OutputError
-from nfgen.training.checkpoint import CheckpointError, class_names_of, model_from_checkpoint
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+
+# Nothing here imports torch at import time: ``nfgen --help``, ``--version`` and a usage error
+# answer without it. Each helper imports what it needs when a verb calls it.
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    from nfgen.evaluate import BpdResult
+    from nfgen.model import ImageFlow
+
+from nfgen.user_input import parser
+
+# The errors a user can cause, by the module that defines each. They are looked up only among
+# modules already imported (an error of a module never imported cannot have been raised), so
+# catching them imports nothing.
+_USER_ERRORS = (("nfgen.errors", "DataError"), ("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
+                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
+                ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"),
+                ("nfgen.outputs", "OutputError"))
+_INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
+    found = (getattr(sys.modules[module], name, None) for module, name in names if module in sys.modules)
+    return tuple(c for c in found if isinstance(c, type))
+
+
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -33,13 +56,15 @@ def user_errors() -> Iterator[None]:
         yield
     except ConfigError as e:
         fail(str(e), 2)
-    except (DataError, CheckpointError, DivergenceError, FloatingPointError, NotALikelihoodError, OutputError) as e:
-        fail(str(e))
-    except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(128 + e.signum) from None
-    except OSError as e:
-        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+    except Exception as e:
+        if isinstance(e, (FloatingPointError, *_loaded(_USER_ERRORS))):
+            fail(str(e))
+        if isinstance(e, _loaded(_INTERRUPTED)):
+            typer.echo(str(e), err=True)
+            raise typer.Exit(128 + e.signum) from None  # type: ignore[attr-defined]
+        if isinstance(e, OSError):
+            fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+        raise
 
 
 def script_main(main: Callable[[], int | None]) -> int:
@@ -68,10 +93,14 @@ def image_path(path: Path) -> Path:
 
 
 def torch_device(name: str) -> torch.device:
+    from nfgen.devices import resolve_device
+
     return resolve_device(check_device_name(name))
 
 
 def checked_split(name: str) -> str:
+    from nfgen.data import SPLITS
+
     if name not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
     return name
@@ -84,15 +113,29 @@ def output_path(path: Path) -> Path:
     return path
 
 
-def trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
-    """Model and config from a checkpoint; ``--set`` may change where data lives, not the model."""
-    model, cfg, _ = trained_classes(ckpt, sets, device, ema)
-    return model, cfg
+@dataclass(frozen=True)
+class Trained:
+    """A trained checkpoint as the verbs use it."""
+
+    model: ImageFlow
+    cfg: Config  # the checkpoint's, with --set applied
+    class_names: list[str]  # label k's name (a conditional model's; "0", "1", ... if it kept none)
+    recorded: list[str] | None  # the class names the checkpoint recorded: what its data must have
+    sha256: str  # of the bytes the model was loaded from
+    path: Path
+
+    def split(self, name: str) -> Dataset:
+        """A split of the model's data, its class names checked against the model's."""
+        from nfgen.training.checkpoint import load_model_split
+
+        return load_model_split(self.cfg, name, self.recorded, self.path)
 
 
-def trained_classes(ckpt: Path, sets: list[str] | None, device: str,
-                     ema: bool = True) -> tuple[ImageFlow, Config, list[str]]:
-    """As ``trained``, and the names of the model's classes (none for an unconditional one)."""
+def load_trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> Trained:
+    """The model, config and class names of a checkpoint; ``--set`` may change where data lives,
+    not the model."""
+    from nfgen.training.checkpoint import LOADED_SHA256, class_names_of, model_from_checkpoint, recorded_classes
+
     model, cfg, state = model_from_checkpoint(ckpt, ema=ema, device=torch_device(device))
     names = class_names_of(state, cfg, ckpt)
     if sets:
@@ -100,9 +143,16 @@ def trained_classes(ckpt: Path, sets: list[str] | None, device: str,
         if new.model != cfg.model or new.dequantization != cfg.dequantization:
             raise ConfigError("--set may change data.* and train.* for a trained checkpoint, not the model")
         cfg = new
-    return model, cfg, names
+    return Trained(model, cfg, names, recorded_classes(state, ckpt), state[LOADED_SHA256], ckpt)
 
 
+def trained(ckpt: Path, sets: list[str] | None, device: str, ema: bool = True) -> tuple[ImageFlow, Config]:
+    """Model and config from a checkpoint (``load_trained``)."""
+    t = load_trained(ckpt, sets, device, ema)
+    return t.model, t.cfg
+
+
+@parser("--label")
 def label_index(value: str, names: list[str], null_learned: bool = False) -> int:
     """A ``--label``: a class name, else a class number (a name wins where the two disagree, as
     for folders named "1", "2", ...), or ``null``: the null class, the unconditional model that
@@ -114,7 +164,8 @@ def label_index(value: str, names: list[str], null_learned: bool = False) -> int
             raise ConfigError("--label null samples the null class (the unconditional model), which a model "
                               "trained without model.label_dropout never learned")
         return len(names)
-    if value.strip().lstrip("-").isdigit() and 0 <= int(value) < len(names):
+    # ASCII digits only: str.isdigit() accepts "³" and "①", which int() refuses.
+    if re.fullmatch(r"[0-9]{1,9}", value.strip()) and int(value) < len(names):
         return int(value)
     listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
     raise ConfigError(f"--label {value!r} is not a class of this model: give a number 0..{len(names) - 1}, "
@@ -131,6 +182,8 @@ def sample_labels(model: ImageFlow, cfg: Config, names: list[str], given: list[s
     """A conditional model's grid labels (a row per ``--label``, or per class, ``n`` split evenly
     across the rows as training's grids are) and row length; ``(None, None)`` for an
     unconditional model. Every mismatch of options and model refused."""
+    from nfgen.generate import class_rows, label_rows
+
     if not model.num_classes:
         if given or guidance or annealed:
             flag = "--label" if given else "--guidance" if guidance else "--annealed"
@@ -165,12 +218,14 @@ def item_names(data: Dataset) -> list[str]:
     return [str(f) for f in files] if files is not None else [str(i) for i in range(len(data))]  # type: ignore[arg-type]
 
 
-def image_set(cfg: Config, shape: tuple[int, int, int], where: str | Path) -> tuple[str, Dataset]:
-    """A split of the run's data (train, test) or a folder of images, with its name."""
+def image_set(t: Trained, where: str | Path) -> tuple[str, Dataset]:
+    """A split of the run's data (train, test; its classes checked) or a folder of images, with its name."""
+    from nfgen.data import SPLITS, load_folder
+
     if isinstance(where, str) and where in SPLITS:
-        return where, load_split(cfg, where)
+        return where, t.split(where)
     path = Path(where)
-    return path.name or str(path), load_folder(path, shape)
+    return path.name or str(path), load_folder(path, t.model.shape)
 
 
 def score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,

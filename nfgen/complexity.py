@@ -18,10 +18,13 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _png_payload(img: Image.Image) -> int:
@@ -62,6 +65,8 @@ CODECS: dict[str, Callable[[Image.Image], int]] = {"png": _png_payload, "webp": 
 def compressed_bits(images: torch.Tensor, n_bits: int, codec: str = "png") -> np.ndarray:
     """Per-image ``L(x)`` in bits: the length of ``codec``'s payload for each uint8 image of
     ``images`` ``[B, C, H, W]`` (C = 1 or 3) reduced to ``n_bits`` levels."""
+    import torch  # here, not at the top: the command line lists CODECS without importing torch
+
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; use one of: {', '.join(CODECS)}")
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):

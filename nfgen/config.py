@@ -7,10 +7,12 @@ says what would be valid, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nfgen.config_keys import opt
 from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, parse_duration: part of this module's API)
     MAX_DEPTH,
     ConfigError,
@@ -22,18 +24,20 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
     parse_override,
     read_yaml,
     resolve_path,
+    shipped_folder,
     shipped_names,
 )
+from nfgen.user_input import parser
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["mnist", "cifar10", "folder"] = "cifar10"
-    root: str = "data"  # where torchvision data sets live, or the image folder itself
-    download: bool = True  # torchvision data sets only; a folder is never downloaded
-    test_fraction: float = 0.1  # folder without train/ and test/ subfolders: held-out share
-    num_workers: int = 2
-    labels: bool = False  # folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)
+    dataset: Literal["mnist", "cifar10", "folder"] = opt("cifar10", "torchvision's MNIST or CIFAR-10, or a folder of images")
+    root: str = opt("data", "where torchvision data sets live, or the image folder itself")
+    download: bool = opt(True, "download a torchvision data set that is not under root (a folder never is)")
+    test_fraction: float = opt(0.1, "a folder without train/ and test/ subfolders: the share held out for testing")
+    num_workers: int = opt(2, "DataLoader worker processes (0: load in the training process)")
+    labels: bool = opt(False, "a folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)")
 
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
@@ -75,31 +79,34 @@ class _ArchSection:
 class GlowConfig(_ArchSection):
     """Glow (Kingma & Dhariwal, 2018): levels x [squeeze -> steps x (actnorm, 1x1 conv, coupling) -> split]."""
 
-    levels: int = 3  # scales L; H and W must be divisible by 2**L
-    steps: int = 32  # K steps of flow per level
-    hidden: int = 512  # conditioner width
-    blocks: int = 1  # conditioner depth (Glow's net: hidden 1x1 layers)
-    conditioner: str = "glow"  # glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)
-    conditioner_options: dict[str, Any] = field(default_factory=dict)
-    coupling: str = "affine"  # affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)
-    coupling_options: dict[str, Any] = field(default_factory=dict)  # e.g. {bins: 8, bound: 3.0} for spline
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
-    split_prior: Literal["learned", "standard"] = "learned"  # openai/glow's learned conditional prior per split
-    learn_top: bool = True  # learned mean and log-std of the top latent
+    levels: int = opt(3, "scales L; H and W must be divisible by 2**L")
+    steps: int = opt(32, "K steps of flow (actnorm, permutation, coupling) per level")
+    hidden: int = opt(512, "conditioner width")
+    blocks: int = opt(1, "conditioner depth (Glow's net: hidden 1x1 layers)")
+    conditioner: str = opt("glow", "glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)")
+    conditioner_options: dict[str, Any] = opt(help="options of the conditioner, e.g. {heads: 4} for attention", factory=dict)
+    coupling: str = opt("affine", "affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)")
+    coupling_options: dict[str, Any] = opt(help="options of the coupling transform, e.g. {bins: 8, bound: 3.0} for "
+                                                "spline", factory=dict)
+    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = opt(
+        "conv1x1_lu", "channel mixing before each coupling: Glow's invertible 1x1 conv (LU-factored or not), or fixed")
+    split_prior: Literal["learned", "standard"] = opt("learned", "openai/glow's learned conditional prior per split, "
+                                                                  "or N(0, I)")
+    learn_top: bool = opt(True, "learned mean and log-std of the top latent")
 
 
 @dataclass(frozen=True)
 class RealNVPConfig(_ArchSection):
     """RealNVP (Dinh et al., 2017): per scale, checkerboard couplings, squeeze, channel couplings, split."""
 
-    levels: int = 2  # scales; H and W must be divisible by 2**levels
-    steps: int = 3  # couplings per mask kind per scale (the paper: 3, and 4 checkerboard at the last)
-    hidden: int = 64  # conditioner width
-    blocks: int = 8  # residual blocks per conditioner
-    conditioner: str = "resnet"
-    conditioner_options: dict[str, Any] = field(default_factory=dict)
-    coupling: str = "affine"
-    coupling_options: dict[str, Any] = field(default_factory=dict)
+    levels: int = opt(2, "scales; H and W must be divisible by 2**levels")
+    steps: int = opt(3, "couplings per mask kind per scale (the paper: 3, and 4 checkerboard at the last)")
+    hidden: int = opt(64, "conditioner width")
+    blocks: int = opt(8, "residual blocks per conditioner")
+    conditioner: str = opt("resnet", "glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)")
+    conditioner_options: dict[str, Any] = opt(help="options of the conditioner", factory=dict)
+    coupling: str = opt("affine", "affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)")
+    coupling_options: dict[str, Any] = opt(help="options of the coupling transform", factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,17 +114,20 @@ class FlowppConfig(_ArchSection):
     """Flow++ (Ho et al., 2019): per level (a squeeze first from the second on), channel then
     checkerboard couplings, each after actnorm and a 1x1 conv. Defaults: the paper's CIFAR-10 body."""
 
-    levels: int = 2  # H and W must be divisible by 2**(levels - 1)
-    channel: tuple[int, ...] = (0, 2)  # channel-mask couplings per level
-    checkerboard: tuple[int, ...] = (4, 3)  # checkerboard couplings per level
-    split: bool = False  # factor half the channels out after each level but the last (Flow++'s CIFAR model: no)
-    hidden: int = 96  # conditioner width (the paper: 96)
-    blocks: int = 10  # conv-attention blocks per conditioner (the paper: 10)
-    conditioner: str = "attention"  # gated convolutions with multi-head self-attention
-    conditioner_options: dict[str, Any] = field(default_factory=dict)  # heads (4), dropout (the paper: 0.2)
-    coupling: str = "logistic_mixture"
-    coupling_options: dict[str, Any] = field(default_factory=dict)  # components (the paper: 32)
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
+    levels: int = opt(2, "levels; H and W must be divisible by 2**(levels - 1)")
+    channel: tuple[int, ...] = opt((0, 2), "channel-mask couplings per level")
+    checkerboard: tuple[int, ...] = opt((4, 3), "checkerboard couplings per level")
+    split: bool = opt(False, "factor half the channels out after each level but the last (Flow++'s CIFAR model: no)")
+    hidden: int = opt(96, "conditioner width (the paper: 96)")
+    blocks: int = opt(10, "conv-attention blocks per conditioner (the paper: 10)")
+    conditioner: str = opt("attention", "gated convolutions with multi-head self-attention (or glow | resnet)")
+    conditioner_options: dict[str, Any] = opt(help="options of the conditioner: heads (4), dropout (the paper: 0.2)",
+                                              factory=dict)
+    coupling: str = opt("logistic_mixture", "the coupling transform (Flow++: a mixture of logistics CDF)")
+    coupling_options: dict[str, Any] = opt(help="options of the coupling transform: components (the paper: 32)",
+                                           factory=dict)
+    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = opt(
+        "conv1x1_lu", "channel mixing after each actnorm: invertible 1x1 conv (LU-factored or not), or fixed")
 
     @property
     def squeezes(self) -> int:
@@ -142,14 +152,15 @@ class TarflowConfig(_ArchSection):
     patch sequence, each conditioned by a causal Transformer, alternating direction. Defaults:
     the paper's ImageNet 64x64 likelihood model (patch 2, 8 blocks x 8 layers, width 768)."""
 
-    patch: int = 2  # p: tokens are p x p patches; H and W must be divisible by p
-    blocks: int = 8  # T autoregressive flow blocks
-    layers: tuple[int, ...] = (8,)  # Transformer layers: one count for all blocks, or one per block ([8, 2, 2, 2]: deep-shallow)
-    width: int = 768  # Transformer width
-    heads: int = 12  # attention heads (head size width / heads; the paper: 64)
-    mlp_ratio: int = 4  # MLP hidden width / width
-    scale: Literal["affine", "additive"] = "affine"  # additive: volume-preserving (shifts only)
-    max_log_scale: float = 4.0  # |log-scale| per block is soft-clamped below this
+    patch: int = opt(2, "p: tokens are p x p patches; H and W must be divisible by p")
+    blocks: int = opt(8, "T autoregressive flow blocks")
+    layers: tuple[int, ...] = opt((8,), "Transformer layers: one count for all blocks, or one per block ([8, 2, 2, 2]: "
+                                        "deep-shallow)")
+    width: int = opt(768, "Transformer width")
+    heads: int = opt(12, "attention heads (head size width / heads; the paper: 64)")
+    mlp_ratio: int = opt(4, "MLP hidden width / width")
+    scale: Literal["affine", "additive"] = opt("affine", "affine, or additive: volume-preserving (shifts only)")
+    max_log_scale: float = opt(4.0, "|log-scale| per block is soft-clamped below this")
 
     def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
         c, h, w = image_shape
@@ -169,23 +180,24 @@ class TarflowConfig(_ArchSection):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["glow", "realnvp", "flowpp", "tarflow"] = "glow"
-    image_shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W; MNIST at 32 is zero-padded
-    n_bits: int = 8  # Glow's CelebA-HQ results use 5-bit images: fewer levels, easier detail
-    preprocess: Literal["shift", "logit"] = "shift"  # Glow: shift; RealNVP and Flow++: logit
-    logit_alpha: float = 0.05  # RealNVP's alpha for CIFAR-10 (Flow++ too)
+    arch: Literal["glow", "realnvp", "flowpp", "tarflow"] = opt("glow", "the architecture; its options are the section "
+                                                                          "model.<arch>")
+    image_shape: tuple[int, int, int] = opt((3, 32, 32), "C, H, W; MNIST at 32 is zero-padded")
+    n_bits: int = opt(8, "bits per pixel value (Glow's CelebA-HQ results use 5: fewer levels, easier detail)")
+    preprocess: Literal["shift", "logit"] = opt("shift", "Glow: shift to [-1/2, 1/2); RealNVP and Flow++: logit")
+    logit_alpha: float = opt(0.05, "preprocess logit: RealNVP's alpha for CIFAR-10 (Flow++ too)")
     # Class-conditional (0: unconditional). A label is embedded once, class_dim wide; every latent
     # gets a class-conditional Gaussian prior, and with class_in_body the body's layers see the
     # embedding too (couplings' nets as class_dim constant channels; TarFlow's blocks, added to tokens).
-    num_classes: int = 0
-    class_dim: int = 16
-    class_in_body: bool = True
-    label_dropout: float = 0.0  # training labels swapped for the null class; > 0 makes guidance possible
+    num_classes: int = opt(0, "classes of a class-conditional model (0: unconditional)")
+    class_dim: int = opt(16, "width of the class embedding")
+    class_in_body: bool = opt(True, "the body's layers see the class too (else only the latents' priors)")
+    label_dropout: float = opt(0.0, "share of training labels swapped for the null class; > 0 makes guidance possible")
     # The active architecture's section; the others stay unset (None).
-    glow: GlowConfig | None = None
-    realnvp: RealNVPConfig | None = None
-    flowpp: FlowppConfig | None = None
-    tarflow: TarflowConfig | None = None
+    glow: GlowConfig | None = opt(None, "Glow (Kingma & Dhariwal, 2018): arch glow's options")
+    realnvp: RealNVPConfig | None = opt(None, "RealNVP (Dinh et al., 2017): arch realnvp's options")
+    flowpp: FlowppConfig | None = opt(None, "Flow++ (Ho et al., 2019): arch flowpp's options")
+    tarflow: TarflowConfig | None = opt(None, "TarFlow (Zhai et al., 2025): arch tarflow's options")
 
     @property
     def options(self) -> Any:
@@ -211,64 +223,69 @@ class DequantizationConfig:
     # uniform | variational: likelihood mode (exact bits/dim of the discrete image).
     # gaussian: generation mode (TarFlow, Zhai et al., 2025): noise N(0, sigma^2) on the bin centres,
     # and samples denoised by one Tweedie step; its numbers are no likelihood of the discrete image.
-    kind: Literal["uniform", "variational", "gaussian"] = "uniform"
+    kind: Literal["uniform", "variational", "gaussian"] = opt(
+        "uniform", "uniform or variational: likelihood mode; gaussian: generation mode (noise, Tweedie denoising)")
     # gaussian: the noise std on nfgen's image scale, where the image spans [0, 1) (u-space, and the
     # same after preprocess: shift); a paper's sigma on [-1, 1] data is twice this (TarFlow's 0.05 -> 0.025).
-    sigma: float = 0.0  # 0: unset (every other kind)
+    sigma: float = opt(0.0, "gaussian: the noise std on the [0, 1) image scale (TarFlow's 0.05 on [-1, 1] is 0.025); "
+                            "0: unset")
     # variational: q(eps | x) is a flow of checkerboard couplings conditioned on features of x
-    steps: int = 4  # couplings in q(eps | x)
-    hidden: int = 32  # conditioner width
-    blocks: int = 1  # conditioner depth
-    conditioner: str = "glow"  # Flow++: attention
-    conditioner_options: dict[str, Any] = field(default_factory=dict)
-    coupling: str = "affine"  # Flow++: logistic_mixture
-    coupling_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = opt(4, "variational: couplings in q(eps | x)")
+    hidden: int = opt(32, "variational: conditioner width")
+    blocks: int = opt(1, "variational: conditioner depth")
+    conditioner: str = opt("glow", "variational: the conditioner (Flow++: attention)")
+    conditioner_options: dict[str, Any] = opt(help="variational: options of the conditioner", factory=dict)
+    coupling: str = opt("affine", "variational: the coupling transform (Flow++: logistic_mixture)")
+    coupling_options: dict[str, Any] = opt(help="variational: options of the coupling transform", factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    batch_size: int = 64
-    grad_accum: int = 1  # micro-batches per update: effective batch = batch_size * grad_accum
-    optimizer: Literal["adam", "adamw", "adamax"] = "adam"  # adamw: decoupled weight decay (TarFlow)
-    betas: tuple[float, float] = (0.9, 0.999)  # TarFlow: (0.9, 0.95)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 500  # linear warm-up; Glow's large lr is unstable without it
-    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to final_lr_factor * lr at max_steps
-    final_lr_factor: float = 0.0
-    max_steps: int = 10000
+    device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+    seed: int = opt(0, "seeds the model's initial weights, the data order and the noise")
+    batch_size: int = opt(64, "images per update, over all processes")
+    grad_accum: int = opt(1, "micro-batches per update: each holds batch_size / grad_accum images")
+    optimizer: Literal["adam", "adamw", "adamax"] = opt("adam", "adamw: decoupled weight decay (TarFlow)")
+    betas: tuple[float, float] = opt((0.9, 0.999), "the optimizer's betas (TarFlow: [0.9, 0.95])")
+    lr: float = opt(1e-3, "peak learning rate")
+    weight_decay: float = opt(0.0, "weight decay (adamw: decoupled)")
+    warmup_steps: int = opt(500, "linear learning-rate warm-up; Glow's large lr is unstable without it")
+    schedule: Literal["constant", "cosine"] = opt("constant", "after warm-up; cosine decays to final_lr_factor * lr at "
+                                                              "max_steps")
+    final_lr_factor: float = opt(0.0, "schedule cosine: the last learning rate, as a share of lr")
+    max_steps: int = opt(10000, "updates in the whole run")
     # Wall-clock budget of each job (each start or --resume): seconds, or "90s", "10m", "2h", "1h30m",
     # "4:00:00"; training stops in time for its final evaluation, samples and last.pt. null: none.
-    max_time: float | str | None = None
-    grad_clip: float = 50.0  # max global grad norm; 0 disables
-    ema_decay: float = 0.0  # 0 disables; e.g. 0.999 evaluates and samples an averaged model
-    log_every: int = 50
-    eval_every: int = 1000
-    eval_batches: int = 0  # 0 evaluates the whole test split
-    sample_every: int = 1000
-    sample_count: int = 64
-    sample_temperatures: tuple[float, ...] = (0.7, 1.0)
-    checkpoint_every: int = 500
-    compile: bool = False  # torch.compile the flow body (first steps are slow while it compiles)
-    amp: bool = False  # bf16 autocast for the conditioner nets (CUDA; CPUs with native bf16); log-dets and loss stay float32
-    channels_last: bool = True  # channels-last memory order for the body's convolutions (same numbers, faster)
-    memory_saving: bool = False  # backward reconstructs activations with the inverse instead of storing them
-    max_bad_steps: int = 20  # consecutive non-finite losses/gradients (updates skipped) before acting
-    on_divergence: Literal["stop", "rollback"] = "stop"  # rollback: reload last.pt, lower the lr
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
+    max_time: float | str | None = opt(None, "wall-clock budget of each job (start or --resume): seconds, or 90s, 10m, 2h, "
+                                             "1h30m, 4:00:00; null: none")
+    grad_clip: float = opt(50.0, "max global gradient norm; 0 disables")
+    ema_decay: float = opt(0.0, "exponential moving average of the weights, evaluated and sampled (e.g. 0.999); 0: off")
+    log_every: int = opt(50, "steps between logged losses")
+    eval_every: int = opt(1000, "steps between test evaluations")
+    eval_batches: int = opt(0, "test batches per evaluation; 0: the whole test split")
+    sample_every: int = opt(1000, "steps between sample grids")
+    sample_count: int = opt(64, "samples per grid")
+    sample_temperatures: tuple[float, ...] = opt((0.7, 1.0), "a grid at each of these temperatures")
+    checkpoint_every: int = opt(500, "steps between checkpoints (last.pt)")
+    compile: bool = opt(False, "torch.compile the flow body (the first steps are slow while it compiles)")
+    amp: bool = opt(False, "bf16 autocast for the conditioner nets (CUDA; CPUs with native bf16); log-dets and loss "
+                           "stay float32")
+    channels_last: bool = opt(True, "channels-last memory order for the body's convolutions (same numbers, faster)")
+    memory_saving: bool = opt(False, "backward reconstructs activations with the inverse instead of storing them")
+    max_bad_steps: int = opt(20, "consecutive non-finite losses or gradients (updates skipped) before on_divergence")
+    on_divergence: Literal["stop", "rollback"] = opt("stop", "stop, or rollback: reload last.pt and lower the lr")
+    rollback_lr_factor: float = opt(0.5, "rollback: the lr is multiplied by this")
+    max_rollbacks: int = opt(3, "rollbacks before the run stops")
 
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"
-    run_dir: str = ""  # empty: runs/<name>
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dequantization: DequantizationConfig = field(default_factory=DequantizationConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = opt("run", "the run's name: its folder is runs/<name>")
+    run_dir: str = opt("", "the run folder; empty: runs/<name>")
+    data: DataConfig = opt(help="the images a model learns from", factory=DataConfig)
+    model: ModelConfig = opt(help="the flow: image shape, architecture, class conditioning", factory=ModelConfig)
+    dequantization: DequantizationConfig = opt(help="how discrete pixels become continuous values", factory=DequantizationConfig)
+    train: TrainConfig = opt(help="optimisation, schedule, logging, evaluation, checkpoints", factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML and checkpoints; unset sections (other architectures) left out."""
@@ -427,14 +444,15 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
+@parser("device")
 def check_device_name(name: str, what: str = "--device") -> str:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, by its form (whether CUDA is present is
-    checked when the device is used)."""
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, by its form (whether the machine has
+    it is checked when the device is used: ``nfgen.devices``)."""
     head, _, index = name.partition(":")
-    ok = name in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit() and len(index) <= 3)
+    ok = name in ("auto", "cpu", "cuda", "mps") or (head == "cuda" and re.fullmatch(r"[0-9]{1,3}", index) is not None)
     _check(ok, f"{what} must be {DEVICE_HELP}, got {name!r}")
     return name
 
@@ -481,8 +499,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return check_data_matches_model(config_from_dict(_migrate_model(data, overriding=True)))
 
 
-# The shipped configs live in the repository's top-level configs/ (an editable install).
-SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs are package data (nfgen/configs/), found the same way in a checkout, an
+# editable install and an installed wheel.
+SHIPPED = shipped_folder()
 
 
 def shipped_configs() -> list[str]:

@@ -11,10 +11,13 @@ import math
 import re
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from nfgen.user_input import parser
 
 
 class ConfigError(ValueError):
@@ -162,6 +165,7 @@ def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return 0
 
 
+@parser("--set")
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=3e-4"`` -> ``(["train", "lr"], 0.0003)``; values parse as YAML."""
     if "=" not in text:
@@ -194,6 +198,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+@parser("config file")
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a YAML config file; every way the file can be wrong is a ``ConfigError``."""
     try:
@@ -214,6 +219,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def shipped_folder(*parts: str) -> Path:
+    """The folder of configs shipped inside the package (``nfgen/configs``, or a subfolder), found
+    through ``importlib.resources``: beside the code in a checkout or an editable install, in
+    site-packages from a wheel. A wheel installs unzipped, so the folder is a real directory."""
+    return Path(str(resources.files("nfgen").joinpath("configs", *parts)))
 
 
 def shipped_names(folder: Path) -> list[str]:
@@ -239,6 +251,7 @@ _CLOCK = re.compile(r"(?P<h>\d+):(?P<m>[0-5]\d):(?P<s>[0-5]\d)")  # Slurm's --ti
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
+@parser("duration")
 def parse_duration(value: float | str | None, what: str = "train.max_time") -> float | None:
     """Seconds from a number of seconds or a duration such as ``90s``, ``10m``, ``2h``, ``1h30m``,
     ``1.5h``, ``1d`` or ``4:00:00`` (H:MM:SS); None stays None. A ``ConfigError`` otherwise."""

@@ -2,7 +2,7 @@
 class-conditional model, and their loaders.
 
 Wraps ``torchvision.datasets.MNIST`` and ``CIFAR10`` (their own on-disk formats and downloads)
-and a folder of the user's images (any of ``torchvision.datasets.folder.IMG_EXTENSIONS``),
+and a folder of the user's images (any format Pillow reads, by extension: ``IMAGE_EXTENSIONS``),
 with torchvision transforms doing the pixel work. Every user-facing problem is a
 ``DataError`` with a one-line message that says what to do.
 
@@ -19,12 +19,9 @@ through symbolic links, each real file once.
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
-import math
 import os
 import pickle
-import struct
 from pathlib import Path
 from urllib.error import URLError
 
@@ -32,26 +29,24 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from nfgen.config import Config, check_data_matches_model
 from nfgen.costs import check_image
+from nfgen.errors import DataError
 from nfgen.image_modes import SUPPORTED, ModeError, to_mode
 from nfgen.labels import CIFAR10_CLASSES, MNIST_CLASSES, Labelled
+from nfgen.torchvision_files import check_cifar10, check_mnist, cifar10_missing, mnist_missing
 
 SPLITS = ("train", "test")
-
-
-class DataError(Exception):
-    """A data set that cannot be loaded, with a one-line message saying what to do."""
-
-    def __init__(self, message: str) -> None:
-        # A DataLoader worker's error reaches the main process as DataError("Caught DataError in
-        # DataLoader worker ...\nOriginal Traceback ...\nnfgen.data.DataError: <message>"): keep
-        # only the message, so the user sees one line and no traceback.
-        if "Original Traceback" in message:
-            message = message.strip().splitlines()[-1].removeprefix(f"{__name__}.DataError: ")
-        super().__init__(message)
+# Every format Pillow can read (GIF, ICO, TGA, ... besides torchvision's list): an image in a
+# folder is read, or refused loudly if it cannot be decoded, never skipped for its format.
+# Pillow's stubs for scientific data, video and vector formats (they need other software to
+# decode) are not images to it: such files are skipped, and reported, like any other non-image.
+_NOT_RASTER = {"BUFR", "GRIB", "HDF5", "FITS", "MPEG", "WMF", "EPS"}
+IMAGE_EXTENSIONS = tuple(sorted(e for e, f in Image.registered_extensions().items()
+                                if f in Image.OPEN and f not in _NOT_RASTER))
+FORMATS_HINT = "any format Pillow reads: .png, .jpg, .gif, .webp, .bmp, .tif, ..."
+NULL_CLASS = "null"  # --label null: the null class; no class folder may take its name
 
 
 class ImagesOnly(Dataset[torch.Tensor]):
@@ -74,6 +69,7 @@ class ImageFiles(Dataset[torch.Tensor]):
 
     def __init__(self, files: list[Path], mode: str, size: tuple[int, int]) -> None:
         self.files = files
+        self.skipped: list[Path] = []  # load_folder's: files under the folder that are not images
         self.mode = mode
         self.size = size
         # Resize(int) sets the shorter side; max(H, W) makes both sides cover a non-square crop.
@@ -157,10 +153,10 @@ def _torchvision_split(cfg: Config, train: bool) -> tuple[Dataset[torch.Tensor],
         # MNIST is 28x28; at 32x32 it is zero-padded 2 pixels a side (as openai/glow does), so
         # that squeezing can halve it more times.
         pad = (cfg.model.image_shape[1] - 28) // 2
-        missing, check = _mnist_missing(where), _check_mnist
+        missing, check = mnist_missing(where), check_mnist
     else:
         cls, name, where, pad = datasets.CIFAR10, "CIFAR-10", root / "cifar-10-batches-py", 0
-        missing, check = _cifar10_missing(where), _check_cifar10
+        missing, check = cifar10_missing(where), check_cifar10
     if missing and not d.download:
         names = ", ".join(p.name for p in missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise DataError(
@@ -205,99 +201,7 @@ def _torchvision_split(cfg: Config, train: bool) -> tuple[Dataset[torch.Tensor],
     return ImagesOnly(base), labels, names
 
 
-# MNIST's IDX files as torchvision reads them (uncompressed), per split: (images, labels).
-MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: 0x08 (uint8) << 8 | number of dimensions
-
-
-def _mnist_legacy(raw: Path) -> bool:
-    """Whether torchvision's old cache is there, which it loads instead of the raw files."""
-    return all((raw.parent / "processed" / f).is_file() for f in ("training.pt", "test.pt"))
-
-
-def _mnist_missing(raw: Path) -> list[Path]:
-    if _mnist_legacy(raw):
-        return []
-    return [raw / f for pair in MNIST_FILES.values() for f in pair if not (raw / f).is_file()]
-
-
-def _check_mnist(raw: Path) -> None:
-    """Each IDX file's header agrees with its size, each split has as many labels as images, and
-    the splits are neither swapped (MNIST's 60,000 train and 10,000 test) nor the same file.
-    Other counts are allowed: subsets in the IDX format are common."""
-    if _mnist_legacy(raw):
-        return
-    counts = {}
-    for split, (images, labels) in MNIST_FILES.items():
-        n_images, n_labels = _idx_count(raw / images, IDX_IMAGES), _idx_count(raw / labels, IDX_LABELS)
-        if n_images != n_labels:
-            raise DataError(
-                f"{raw / images} holds {n_images:,} images but {raw / labels} holds {n_labels:,} "
-                f"labels: the two files are from different sets; delete them and download again"
-            )
-        counts[split] = n_images
-    train, test = (raw / MNIST_FILES[s][0] for s in SPLITS)
-    if counts == {"train": 10_000, "test": 60_000}:
-        raise DataError(
-            f"MNIST's train and test files are swapped: {train.name} holds 10,000 images and "
-            f"{test.name} 60,000 (the train split has 60,000): swap the train-* and t10k-* files in {raw}"
-        )
-    if counts["train"] == counts["test"] and filecmp.cmp(train, test, shallow=False):
-        raise DataError(f"{test} is a copy of {train}, so test bits/dim would not measure "
-                        f"generalisation: put MNIST's test images (t10k-*) in {raw}")
-
-
-def _idx_count(path: Path, magic: int) -> int:
-    """The number of records in an uncompressed uint8 IDX file (MNIST images 28x28, or labels),
-    after checking that its header describes the file."""
-    kind = "images" if magic == IDX_IMAGES else "labels"
-    ndim = magic & 0xFF
-    header = 4 * (1 + ndim)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(header)
-    if head[:2] == b"\x1f\x8b":
-        raise DataError(f"{path} is gzip-compressed, but is read uncompressed: rename it to "
-                        f"{path.name}.gz and decompress it (gunzip {path.name}.gz)")
-    found = int.from_bytes(head[:4], "big")
-    if len(head) >= 4 and found != magic:
-        raise DataError(f"{path} is not an MNIST {kind} file (IDX magic number {found}, expected "
-                        f"{magic}): delete it and download again (data.download: true)")
-    if len(head) < header:
-        raise DataError(f"{path} is truncated ({size} bytes, shorter than its {header}-byte header): "
-                        f"delete it and download again (data.download: true)")
-    shape = list(struct.unpack(f">{ndim}I", head[4:]))
-    if kind == "images" and shape[1:] != [28, 28]:
-        raise DataError(f"{path} holds {shape[1]}x{shape[2]} images, but MNIST's are 28x28: delete "
-                        f"it and download again (data.download: true)")
-    expected = header + math.prod(shape)
-    if size != expected:
-        what = "truncated" if size < expected else f"corrupt ({size - expected:,} bytes too long)"
-        raise DataError(
-            f"{path} is {what}: its header counts {shape[0]:,} {kind}, {expected:,} bytes, but the "
-            f"file has {size:,}: delete it and download again (data.download: true)"
-        )
-    return shape[0]
-
-
-def _cifar10_missing(folder: Path) -> list[Path]:
-    names = [f for f, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]
-    return [folder / f for f in [*names, datasets.CIFAR10.meta["filename"]] if not (folder / f).is_file()]
-
-
-def _check_cifar10(folder: Path) -> None:
-    """Each file matches the official one's md5 (torchvision's own check, which otherwise only
-    says "not found or corrupted", for all files at once)."""
-    c = datasets.CIFAR10
-    for name, md5 in [*c.train_list, *c.test_list, (c.meta["filename"], c.meta["md5"])]:
-        # Looked up at call time, so that tests on tiny files can relax it (tests/datasets.py).
-        if not datasets.cifar.check_integrity(str(folder / name), md5):
-            raise DataError(f"{folder / name} is truncated or corrupt (its md5 is not the official "
-                            f"file's): delete it and download again (data.download: true)")
-
-
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
     """Image files under ``folder`` (recursively, through symbolic links to folders and files),
     sorted; hidden files and folders (e.g. macOS ``._name.png`` resource forks, which are not
     images) are skipped.
@@ -324,7 +228,9 @@ def _image_files(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             path = Path(top) / name
-            if name.startswith(".") or path.suffix.lower() not in IMG_EXTENSIONS:
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                if skipped is not None and not name.startswith("."):
+                    skipped.append(path)  # reported by the caller: nothing dropped silently
                 continue
             if not path.exists():
                 raise DataError(f"{path} is a broken symbolic link (to {os.readlink(path)}): fix or delete it")
@@ -351,6 +257,9 @@ def _class_folders(folder: Path) -> list[str]:
     if not names:
         raise DataError(f"{folder} has no class subfolders, but data.labels is true: put each class's images "
                         f"in its own subfolder ({folder}/<class>/...), or set data.labels: false")
+    if NULL_CLASS in names:
+        raise DataError(f"{folder / NULL_CLASS} is a class folder named {NULL_CLASS!r}, the name of the null class "
+                        "(the unconditional model of label dropout, --label null): rename the folder")
     return names
 
 
@@ -382,7 +291,7 @@ def _labels_of(files: list[Path], folder: Path, names: list[str]) -> torch.Tenso
     empty = [n for i, n in enumerate(names) if not bool((labels_t == i).any())]
     if empty:
         raise DataError(f"class folder {folder / empty[0]} holds no images ({len(empty)} class folder(s) are "
-                        f"empty): add images ({', '.join(IMG_EXTENSIONS)}) or remove the folder")
+                        f"empty): add images ({FORMATS_HINT}) or remove the folder")
     return labels_t
 
 
@@ -396,7 +305,7 @@ def _folder_split(cfg: Config, split: str) -> tuple[ImageFiles, torch.Tensor | N
     if all(has.values()):
         files = _image_files(root / split)
         if not files:
-            raise DataError(f"no images in {root / split}: add images ({', '.join(IMG_EXTENSIONS)})")
+            raise DataError(f"no images in {root / split}: add images ({FORMATS_HINT})")
         if cfg.data.labels:
             names = _split_classes(root)
             labels = _labels_of(files, root / split, names)
@@ -410,7 +319,7 @@ def _folder_split(cfg: Config, split: str) -> tuple[ImageFiles, torch.Tensor | N
         files = _image_files(root)
         if len(files) < 2:
             raise DataError(
-                f"{len(files)} images in {root} (searched recursively for {', '.join(IMG_EXTENSIONS)}): "
+                f"{len(files)} images in {root} (searched recursively for {FORMATS_HINT}): "
                 f"a train and a test split need at least 2"
             )
         if cfg.data.labels:  # of every file, before the split: a class may be absent from the test split
@@ -422,6 +331,11 @@ def _folder_split(cfg: Config, split: str) -> tuple[ImageFiles, torch.Tensor | N
         keep = [(p in held_out) == (split == "test") for p in files]
         files = [p for p, k in zip(files, keep) if k]
         labels = labels[torch.tensor(keep)] if labels is not None else None
+        absent = [n for i, n in enumerate(names) if split == "train" and not bool((labels == i).any())]
+        if absent:  # the model would have a class it never saw an image of
+            raise DataError(f"class folder {root / absent[0]} has no image in the training split (all held out for "
+                            f"the test split; {len(absent)} class(es) so): add images, or use {root}/train and "
+                            f"{root}/test folders")
     return _checked_images(files, cfg.model.image_shape), labels, names
 
 
@@ -432,11 +346,14 @@ def load_folder(root: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found: give a folder of images")
-    files = _image_files(root)
+    skipped: list[Path] = []
+    files = _image_files(root, skipped)
     if not files:
-        raise DataError(f"no images in {root} (searched recursively for {', '.join(IMG_EXTENSIONS)}): "
+        raise DataError(f"no images in {root} (searched recursively for {FORMATS_HINT}): "
                         f"give a folder of images")
-    return _checked_images(files, shape)
+    images = _checked_images(files, shape)
+    images.skipped = sorted(skipped)  # files that are not images, for the caller to report
+    return images
 
 
 def _checked_images(files: list[Path], shape: tuple[int, int, int]) -> ImageFiles:

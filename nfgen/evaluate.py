@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
+from nfgen.config import Config
 from nfgen.labels import split_batch
 from nfgen.model import ImageFlow
 
@@ -17,11 +18,16 @@ class NotALikelihoodError(ValueError):
     """Bits/dim asked of a model trained with Gaussian noise (generation mode), which has none."""
 
 
-def check_likelihood(model: ImageFlow) -> None:
-    """Refuse, in one line saying why, to measure bits/dim of a generation-mode model."""
-    if model.noise_sigma is not None:
+def check_likelihood(model: ImageFlow | Config) -> None:
+    """Refuse, in one line saying why, to measure bits/dim of a generation-mode model: a built
+    one, or one a config describes (before it is trained: a script that tables bits/dim)."""
+    if isinstance(model, ImageFlow):
+        sigma = model.noise_sigma
+    else:
+        sigma = model.dequantization.sigma if model.dequantization.kind == "gaussian" else None
+    if sigma is not None:
         raise NotALikelihoodError(
-            f"this model was trained with Gaussian noise augmentation (sigma {model.noise_sigma:g}): its density "
+            f"this model was trained with Gaussian noise augmentation (sigma {sigma:g}): its density "
             "is of the noisy continuous image, not a likelihood of the discrete image, so it has no bits/dim; "
             "train with dequantization.kind uniform or variational to measure bits/dim")
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from nfgen.atomic import atomic_write
 from nfgen.costs import check_grid
 from nfgen.model import ImageFlow
 
@@ -37,9 +38,16 @@ def grid(images: Tensor, nrow: int | None = None) -> Tensor:
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:
+    """A grid picture, written atomically (``nfgen.atomic``) in the format of its extension."""
+    from PIL import Image
+
+    path = Path(path)
     nrow = grid_nrow(images.shape[0], nrow)
     check_grid(images.shape[0], nrow, tuple(images.shape[1:]), "the number of images")
-    save_image(to_float(images).cpu(), str(path), nrow=nrow, padding=2)
+    form = Image.registered_extensions().get(path.suffix.lower())
+    if form is None:
+        raise ValueError(f"{path}: no image writer knows the extension {path.suffix or '(none)'!r}")
+    atomic_write(path, lambda f: save_image(to_float(images).cpu(), f, format=form, nrow=nrow, padding=2))
 
 
 def class_rows(num_classes: int, count: int) -> tuple[Tensor, int]:

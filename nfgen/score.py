@@ -13,17 +13,15 @@
   ``batch_typicality`` is their batch test.
 
 The training split's bits/dim are computed once per checkpoint and kept beside it
-(``<checkpoint>.train-bpd.json``), keyed by everything they depend on.
+(``<checkpoint>.train-bpd.json``), keyed by the content they were computed from
+(``nfgen.fingerprint``): the bytes the model was loaded from and the images and labels measured.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +32,16 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from nfgen.atomic import atomic_write_text
 from nfgen.complexity import compressed_bits
-from nfgen.config import Config
-from nfgen.data import DataError, ImageFiles, load_split, make_loader
+from nfgen.data import DataError, ImageFiles, make_loader
+from nfgen.fingerprint import Fingerprint, of_batches
 from nfgen.labels import Labelled, split_batch
 from nfgen.model import ImageFlow
 from nfgen.ood_metrics import format_table, separation
 
 STATS_SUFFIX = ".train-bpd.json"
-STATS_FORMAT = 1
+STATS_FORMAT = 2  # 2: keyed by content (1 keyed the data by its folder path)
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class Measured:
     names: list[str]  # each image's path, or its index in a split that has no files
     bpd: np.ndarray  # bits/dim under the model
     complexity: dict[str, np.ndarray]  # codec -> L(x) / D, bits/dim
+    data_fingerprint: str = ""  # of the images (and labels) measured, nfgen.fingerprint
 
     def columns(self, train_mean: float) -> dict[str, np.ndarray]:
         """Every per-image column, the anomaly scores among them (``score_names``)."""
@@ -97,7 +97,9 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
     bpd, bits = [], {c: [] for c in codecs}
+    seen = Fingerprint()
     for batch in tqdm(loader, desc=what, disable=not progress, leave=False):
+        seen.batch(batch)
         x, _ = split_batch(batch)  # a split's labels are not used: see bits_per_dim
         bpd.append(bits_per_dim(model, x, n_samples).double().cpu().numpy())
         for c in codecs:
@@ -107,7 +109,7 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
     if bad:
         raise FloatingPointError(f"{bad} of {len(values)} images of {what} gave a non-finite bits/dim; "
                                  "the model is numerically broken on them")
-    return Measured(_names(dataset), values, {c: np.concatenate(v) for c, v in bits.items()})
+    return Measured(_names(dataset), values, {c: np.concatenate(v) for c, v in bits.items()}, seen.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -133,20 +135,11 @@ def stats_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + STATS_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def stats_key(ckpt: Path, cfg: Config, n_samples: int, limit: int) -> dict:
-    """What the training statistics depend on: the weights, the estimator and the data."""
-    d = cfg.data
-    return {"format": STATS_FORMAT, "checkpoint_sha256": _sha256(ckpt), "importance_samples": n_samples,
-            "max_images": limit, "data": {"dataset": d.dataset, "root": str(Path(d.root).resolve()),
-                                          "test_fraction": d.test_fraction}}
+def stats_key(model_sha256: str, data_fingerprint: str, n_samples: int, limit: int) -> dict:
+    """What the training statistics depend on, by content (``nfgen.fingerprint``): the bytes the
+    model was loaded from, the images and labels measured, and the estimator."""
+    return {"format": STATS_FORMAT, "checkpoint_sha256": model_sha256, "data_fingerprint": data_fingerprint,
+            "importance_samples": n_samples, "max_images": limit}
 
 
 def load_stats(path: Path, key: dict) -> TrainStats | None:
@@ -165,36 +158,34 @@ def load_stats(path: Path, key: dict) -> TrainStats | None:
 def save_stats(path: Path, stats: TrainStats) -> None:
     """Atomically (a temporary file in the same folder, renamed over ``path``)."""
     record = {"key": stats.key, **stats.summary(), "train_bpd": stats.bpd.tolist()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(record))
 
 
-def training_stats(model: ImageFlow, cfg: Config, ckpt: Path, n_samples: int = 1, limit: int = 0,
-                   batch_size: int = 64, progress: bool = False,
-                   warn: Callable[[str], None] = print) -> TrainStats:
-    """The training split's bits/dim under the model (at most ``limit`` images, a fixed random
-    subset; 0: all), read from beside ``ckpt`` or computed and stored there. Failing to store
-    them only warns: they are a cache."""
-    key = stats_key(ckpt, cfg, n_samples, limit)
-    path = stats_path(ckpt)
-    stats = load_stats(path, key)
-    if stats is not None:
-        return stats
-    data = load_split(cfg, "train")
+def subset(data: Dataset, limit: int = 0) -> Dataset:
+    """A fixed random subset of ``limit`` of ``data``'s images, in order (0: all)."""
     if 0 < limit < len(data):  # type: ignore[arg-type]
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
         data = Subset(data, sorted(order[:limit].tolist()))
+    return data
+
+
+def training_stats(model: ImageFlow, train_data: Dataset, ckpt: Path, model_sha256: str, n_samples: int = 1,
+                   limit: int = 0, batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                   warn: Callable[[str], None] = print) -> TrainStats:
+    """The bits/dim of the training split ``train_data`` under the model (at most ``limit``
+    images, a fixed random subset; 0: all), read from beside ``ckpt`` when stored there for this
+    model (``model_sha256``: of the bytes it was loaded from) and these very images, else computed
+    and stored there under the fingerprint of the images measured. Failing to store them only
+    warns: they are a cache."""
+    data = subset(train_data, limit)
+    loader = make_loader(data, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
+    path = stats_path(ckpt)
+    stats = load_stats(path, stats_key(model_sha256, of_batches(loader), n_samples, limit))
+    if stats is not None:
+        return stats
     torch.manual_seed(0)  # the dequantization noise: the same statistics every time
-    bpd = measure(model, data, "the train split", (), n_samples, batch_size, cfg.data.num_workers, progress).bpd
-    stats = TrainStats(bpd, key)
+    m = measure(model, data, "the train split", (), n_samples, batch_size, num_workers, progress)
+    stats = TrainStats(m.bpd, stats_key(model_sha256, m.data_fingerprint, n_samples, limit))
     try:
         save_stats(path, stats)
     except OSError as e:
@@ -203,17 +194,19 @@ def training_stats(model: ImageFlow, cfg: Config, ckpt: Path, n_samples: int = 1
     return stats
 
 
-def score_sets(model: ImageFlow, cfg: Config, ckpt: Path, sets: dict[str, Dataset[torch.Tensor]],
-               codecs: Sequence[str] = ("png",), n_samples: int = 1, stats_images: int = 0, batch_size: int = 64,
-               progress: bool = False, warn: Callable[[str], None] = print) -> tuple[TrainStats, dict[str, Measured]]:
+def score_sets(model: ImageFlow, train_data: Dataset, ckpt: Path, model_sha256: str,
+               sets: dict[str, Dataset[torch.Tensor]], codecs: Sequence[str] = ("png",), n_samples: int = 1,
+               stats_images: int = 0, batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+               warn: Callable[[str], None] = print) -> tuple[TrainStats, dict[str, Measured]]:
     """Every set measured, each with the same seeded dequantization noise, then the training
-    statistics (stored beside ``ckpt``): an image of ``sets`` that cannot be decoded stops the
-    work before anything is written."""
+    statistics (stored beside ``ckpt``, see ``training_stats``): an image of ``sets`` that
+    cannot be decoded stops the work before anything is written."""
     measured = {}
     for name, data in sets.items():
         torch.manual_seed(0)
-        measured[name] = measure(model, data, name, codecs, n_samples, batch_size, cfg.data.num_workers, progress)
-    return training_stats(model, cfg, ckpt, n_samples, stats_images, batch_size, progress, warn), measured
+        measured[name] = measure(model, data, name, codecs, n_samples, batch_size, num_workers, progress)
+    return training_stats(model, train_data, ckpt, model_sha256, n_samples, stats_images, batch_size,
+                          num_workers, progress, warn), measured
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Each set is a folder of PNGs (no download needed):
   blocks): the same concept from another data set.
 - photos: random 64x64 crops of scikit-learn's two sample photographs, box-downscaled to 8x8,
   written in colour (nfgen converts them to grey as it does any image a grey model scores).
-- inverted: scikit-learn's digits (the test split of scripts/make_digits.py, 1500 onwards; at
+- inverted: scikit-learn's digits (the test split of nfgen data digits, 1500 onwards; at
   most its 297) with 255 - v: the same strokes, the background white.
 """
 
@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nfgen.cli_support import script_main
-
-N_TRAIN = 1500  # scripts/make_digits.py's split: the inverted set uses the held-out digits
+N_TRAIN = 1500  # nfgen data digits's split: the inverted set uses the held-out digits
 
 
 def _write(folder: Path, images: list[np.ndarray]) -> None:
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         crops.append(shrink(np.ascontiguousarray(photo[top:top + 64, left:left + 64])))
     sets["photos"] = crops
     digits = np.rint(load_digits().images[N_TRAIN:] * 255 / 16).astype(np.uint8)
-    if s != 8:  # as scripts/make_digits.py --size upscales them
+    if s != 8:  # as nfgen data digits --size upscales them
         digits = np.stack([np.asarray(Image.fromarray(im).resize((s, s), Image.BICUBIC)) for im in digits])
     sets["inverted"] = list(255 - digits[:n])
     for name, images in sets.items():
@@ -82,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(script_main(main))  # the command line's one-line errors
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """A fair race: test likelihood against wall-clock time, nfgen configs beside normflows' Glow.
 
-    python scripts/make_mnist.py data                      # once: 4,000 / 1,000 real MNIST digits
+    nfgen data mnist data                                  # once: 4,000 / 1,000 real MNIST digits
     python scripts/race.py --budget 10m --data data --normflows \\
         --config glow_mnist.yaml --set model.glow.steps=8 --set model.glow.hidden=128 \\
         --config realnvp_mnist.yaml --json race.json
@@ -61,6 +61,7 @@ from nfgen import load_config
 from nfgen.cli_support import script_main
 from nfgen.config import Config, ConfigError, config_from_dict, parse_duration
 from nfgen.data import DataError, load_split
+from nfgen.evaluate import NotALikelihoodError, check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train
@@ -108,6 +109,7 @@ def race_sets(spec: dict) -> list[str]:
 # ------------------------------------------------------------------ the workers (one process each)
 def nfgen_worker(spec: dict) -> dict:
     cfg = load_config(spec["config"], [*race_sets(spec), *spec["sets"]])
+    check_likelihood(cfg)  # every nfgen contender's figures are bits per real pixel
     run_dir, share = Path(spec["run_dir"]), spec["budget"] / spec["points"]
     last = run_dir / "checkpoints" / "last.pt"
     points, diverged = [], None
@@ -277,7 +279,7 @@ def table(report: dict) -> str:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", help="wall-clock budget of each contender: seconds or 90s, 10m, 1h")
-    parser.add_argument("--data", default="data", help="data.root holding MNIST/raw (scripts/make_mnist.py DIR)")
+    parser.add_argument("--data", default="data", help="data.root holding MNIST/raw (nfgen data mnist DIR)")
     parser.add_argument("--config", action=_Contender, dest="contenders", default=[],
                         help="an nfgen config (path or shipped name), repeatable")
     parser.add_argument("--set", action=_Contender, dest="contenders", metavar="KEY=VALUE",
@@ -318,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.contenders:
             cfg = load_config(c["config"], [*race_sets(common), *c["sets"]])
             load_split(cfg, "test")  # an image shape MNIST cannot give is refused now
-    except (ConfigError, DataError) as e:
-        hint = f" (write them with: python scripts/make_mnist.py {args.data})" if isinstance(e, DataError) else ""
+            check_likelihood(cfg)  # a Gaussian-noise model's noisy NLL is no bits per real pixel
+    except (ConfigError, DataError, NotALikelihoodError) as e:
+        hint = f" (write them with: nfgen data mnist {args.data})" if isinstance(e, DataError) else ""
         print(f"race: error: {e}{hint}", file=sys.stderr)
         return 2
 

@@ -33,8 +33,6 @@ from nfgen.training.logging import NullLogger
 from nfgen.training.run import train
 from nfgen.training.trainer import Trainer
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
 
 def cfg(root: Path, dataset: str, shape: list[int], num_classes: int, **data: object):
     return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, **data},
@@ -199,7 +197,7 @@ def test_loader_batches_are_images_and_their_labels(tmp_path):
 def test_make_digits_classes_writes_one_folder_per_digit(tmp_path):
     from sklearn.datasets import load_digits
 
-    done = subprocess.run([sys.executable, str(SCRIPTS / "make_digits.py"), str(tmp_path), "--classes"],
+    done = subprocess.run([sys.executable, "-m", "nfgen", "data", "digits", str(tmp_path), "--classes"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     targets = load_digits().target

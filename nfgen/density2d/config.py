@@ -8,11 +8,12 @@ fitted by reverse KL, a sampler (``moons``, ..., ``csv``) by maximum likelihood.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from nfgen.config import MAX_SEED, check_device_name
+from nfgen.config_keys import opt
 from nfgen.config_parse import (
     MAX_DEPTH,
     ConfigError,
@@ -21,68 +22,75 @@ from nfgen.config_parse import (
     apply_overrides,
     read_yaml,
     resolve_path,
+    shipped_folder,
     shipped_names,
 )
 from nfgen.density2d.expression import ExpressionError, compile_energy
-from nfgen.density2d.targets import TARGET_NAMES, is_energy
+from nfgen.density2d.targets import MAX_BOX, TARGET_NAMES, is_energy
 
 # The shipped 2-D configs: a folder of their own, so the image commands' list of shipped configs
-# (configs/*.yaml, each an image model) does not hold them.
-SHIPPED = Path(__file__).resolve().parent.parent.parent / "configs" / "density2d"
+# (nfgen/configs/*.yaml, each an image model) does not hold them.
+SHIPPED = shipped_folder("density2d")
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    name: str = "ring"  # ring | u1..u4 | expression (energies); moons | circles | 8gaussians | checkerboard | pinwheel | csv
-    expression: str = ""  # name: expression: the energy U(z1, z2), p~ = exp(-U), e.g. "0.5*((sqrt(z1**2+z2**2)-2)/0.4)**2"
-    csv: str = ""  # name: csv: a file of x,y rows (a header line is allowed)
-    box: float = 0.0  # half-width of the square [-box, box]^2 of pictures and quadrature; 0: the target's own
-    test_fraction: float = 0.2  # csv: share of the points held out for the test log-likelihood
+    name: str = opt("ring", "ring | u1..u4 | expression (energies); moons | circles | 8gaussians | checkerboard | "
+                            "pinwheel | csv (samples)")
+    expression: str = opt("", "name expression: the energy U(z1, z2), p~ = exp(-U), e.g. "
+                              "0.5*((sqrt(z1**2+z2**2)-2)/0.4)**2")
+    csv: str = opt("", "name csv: a file of x,y rows (a header line is allowed)")
+    box: float = opt(0.0, "half-width of the square [-box, box]^2 of pictures and quadrature; 0: the target's own")
+    test_fraction: float = opt(0.2, "csv: share of the points held out for the test log-likelihood")
 
 
 @dataclass(frozen=True)
 class FlowConfig:
-    kind: Literal["planar", "radial", "coupling"] = "planar"
-    layers: int = 8  # planar or radial layers, or coupling steps (actnorm, permutation, coupling)
-    coupling: str = "affine"  # coupling: a registered transform (affine | additive | spline | logistic_mixture)
-    coupling_options: dict[str, Any] = field(default_factory=dict)  # e.g. {bins: 8, bound: 5.0} for spline
-    hidden: int = 64  # coupling: width of the MLP conditioner
-    blocks: int = 2  # coupling: hidden layers of the MLP beyond the first
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = "conv1x1_lu"
+    kind: Literal["planar", "radial", "coupling"] = opt("planar", "planar or radial flows (Rezende & Mohamed, 2015), "
+                                                                  "or couplings")
+    layers: int = opt(8, "planar or radial layers, or coupling steps (actnorm, permutation, coupling)")
+    coupling: str = opt("affine", "coupling: a registered transform (affine | additive | spline | logistic_mixture)")
+    coupling_options: dict[str, Any] = opt(help="coupling: the transform's options, e.g. {bins: 8, bound: 5.0} for "
+                                                "spline", factory=dict)
+    hidden: int = opt(64, "coupling: width of the MLP conditioner")
+    blocks: int = opt(2, "coupling: hidden layers of the MLP beyond the first")
+    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = opt(
+        "conv1x1_lu", "coupling: mixing of the two coordinates between couplings")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    device: str = "cpu"  # a 2-D flow is a few thousand parameters: kernel launches dominate on a GPU
-    seed: int = 0
-    batch_size: int = 256  # flow samples (energy) or data points (samples) per step
-    lr: float = 1e-3
-    max_steps: int = 5000
-    grad_clip: float = 10.0  # max global gradient norm; 0 disables
-    anneal_steps: int = 0  # energy: log p~ weighted by min(1, 0.01 + step / anneal_steps) (Rezende & Mohamed); 0: off
-    log_every: int = 50
-    eval_every: int = 500  # samples: test log-likelihood every so many steps (and at the end)
-    checkpoint_every: int = 1000
-    picture_every: int = 0  # TensorBoard pictures every so many steps; 0: at the end only
-    max_bad_steps: int = 20  # consecutive non-finite losses (updates skipped) before stopping
+    device: str = opt("cpu", "cpu by default: a 2-D flow is a few thousand parameters, kernel launches dominate on a GPU")
+    seed: int = opt(0, "seeds the initial weights and every draw")
+    batch_size: int = opt(256, "flow samples (energy) or data points (samples) per step")
+    lr: float = opt(1e-3, "Adam's learning rate")
+    max_steps: int = opt(5000, "updates")
+    grad_clip: float = opt(10.0, "max global gradient norm; 0 disables")
+    anneal_steps: int = opt(0, "energy: log p~ weighted by min(1, 0.01 + step / anneal_steps) (Rezende & Mohamed); 0: off")
+    log_every: int = opt(50, "steps between logged losses")
+    eval_every: int = opt(500, "samples: test log-likelihood every so many steps (and at the end)")
+    checkpoint_every: int = opt(1000, "steps between checkpoints")
+    picture_every: int = opt(0, "TensorBoard pictures every so many steps; 0: at the end only")
+    max_bad_steps: int = opt(20, "consecutive non-finite losses (updates skipped) before stopping")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    samples: int = 100_000  # flow samples for the final bound and importance-weighted log Z; synthetic test points
-    quadrature: int = 1000  # cells per side of the grid that integrates exp(-U) for the true log Z
-    grid: int = 200  # cells per side of the pictures
-    dpi: int = 80
+    samples: int = opt(100_000, "flow samples for the final bound and importance-weighted log Z; synthetic test points")
+    quadrature: int = opt(1000, "cells per side of the grid that integrates exp(-U) for the true log Z")
+    grid: int = opt(200, "cells per side of the pictures")
+    dpi: int = opt(80, "resolution of the pictures")
 
 
 @dataclass(frozen=True)
 class Density2DConfig:
-    name: str = "density2d"
-    run_dir: str = ""  # empty: runs/<name>
-    target: TargetConfig = field(default_factory=TargetConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = opt("density2d", "the run's name: its folder is runs/<name>")
+    run_dir: str = opt("", "the run folder; empty: runs/<name>")
+    target: TargetConfig = opt(help="what the flow fits: an energy exp(-U) (reverse KL) or points (likelihood)",
+                               factory=TargetConfig)
+    flow: FlowConfig = opt(help="the 2-D flow over N(0, I)", factory=FlowConfig)
+    train: TrainConfig = opt(help="optimisation and logging", factory=TrainConfig)
+    eval: EvalConfig = opt(help="the final estimates and the pictures", factory=EvalConfig)
 
     @property
     def objective(self) -> str:
@@ -113,7 +121,7 @@ def _validate_flow(f: FlowConfig) -> None:
 def validate(cfg: Density2DConfig) -> Density2DConfig:
     t, f, tr, ev = cfg.target, cfg.flow, cfg.train, cfg.eval
     _check(t.name in TARGET_NAMES, f"target.name {t.name!r} is not one of {', '.join(TARGET_NAMES)}")
-    _check(0 <= t.box <= 1e4, f"target.box must be in [0, 1e4] (0: the target's own), got {t.box}")
+    _check(0 <= t.box <= MAX_BOX, f"target.box must be in [0, {MAX_BOX:g}] (0: the target's own), got {t.box}")
     if t.name == "expression":
         _check(t.box > 0, "target.name expression needs target.box > 0: the square its mass lies in")
         try:

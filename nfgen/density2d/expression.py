@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nfgen.user_input import parser
+
 MAX_LENGTH = 1000  # characters: a formula, not a program
 MAX_NODES = 400
 
@@ -40,7 +42,12 @@ def _compile(node: ast.AST) -> Fn:
     if isinstance(node, ast.Expression):
         return _compile(node.body)
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        value = float(node.value)
+        try:
+            value = float(node.value)  # an integer of 309 digits or more overflows
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ExpressionError(f"the number {_short(ast.unparse(node))} is too large for a float64; rescale the formula")
         return lambda z1, z2: torch.full_like(z1, value)
     if isinstance(node, ast.Name):
         if node.id == "z1":
@@ -72,6 +79,11 @@ def _compile(node: ast.AST) -> Fn:
                           f"the functions {', '.join(FUNCTIONS)}")
 
 
+def _short(text: str) -> str:
+    return text if len(text) <= 20 else f"{text[:8]}...{text[-4:]} ({len(text)} characters)"
+
+
+@parser("target.expression")
 def compile_energy(text: str) -> Callable[[Tensor], Tensor]:
     """``U`` as a function of points ``[N, 2]`` -> ``[N]``; an ``ExpressionError`` if the text is
     not such a formula."""

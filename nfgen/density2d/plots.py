@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from nfgen.atomic import atomic_write
 from nfgen.costs import check_figure
 
 
@@ -110,10 +111,7 @@ def training_figure(history: dict[str, list[float]], objective: str, reference: 
 def save_png(fig: Figure, path: Path, dpi: int) -> None:
     """Written beside its target and renamed over it: a picture is whole or absent."""
     check_figure(*fig.get_size_inches(), dpi, f"the picture {path.name}", "eval.dpi")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    tmp.replace(path)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
 
 
 def to_image(fig: Figure, dpi: int) -> Tensor:

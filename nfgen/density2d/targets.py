@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from nfgen.density2d.expression import compile_energy
+from nfgen.user_input import parser
 
 Energy = Callable[[Tensor], Tensor]  # points [N, 2] -> U [N]
 Sampler = Callable[[int, torch.Generator], Tensor]  # (n, generator) -> points [n, 2]
@@ -163,6 +164,7 @@ SAMPLERS: dict[str, tuple[Sampler, Energy | None, float]] = {
     "checkerboard": (checkerboard, checkerboard_log_density, 4.5),
     "pinwheel": (pinwheel, None, 4.5),
 }
+MAX_BOX = 1e4  # the largest square half-width, given (target.box) or derived from a CSV's points
 USER = ("expression", "csv")  # a user's energy formula, a user's file of points
 TARGET_NAMES = (*ENERGIES, *SAMPLERS, *USER)
 
@@ -180,7 +182,8 @@ def read_points(path: str | Path, limit: int = 10_000_000) -> Tensor:
     path = Path(path)
     rows: list[tuple[float, float]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
+        with path.open(newline="", encoding="utf-8-sig") as f:
             for i, row in enumerate(csv.reader(f)):
                 cells = [c.strip() for c in row if c.strip()]
                 if not cells:
@@ -215,20 +218,30 @@ def build_target(name: str, expression: str = "", csv_path: str = "", box: float
     if name == "expression":
         return EnergyTarget(name, compile_energy(expression), box)
     if name == "csv":
-        points = read_points(csv_path)
-        n_test = int(round(test_fraction * len(points)))
-        if n_test < 1 or len(points) - n_test < 2:
-            raise TargetError(f"{csv_path} has {len(points)} points: too few to hold out "
-                              f"{test_fraction:g} of them for testing and train on the rest")
-        order = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))
-        train, test = points[order[n_test:]], points[order[:n_test]]
-        extent = float(points.abs().max()) if box == 0 else box
-        own = box or math.ceil(1.1 * extent * 2) / 2  # a 10% margin, rounded up to a half
-
-        def draw(n: int, g: torch.Generator) -> Tensor:
-            return train[torch.randint(0, len(train), (n,), generator=g)]
-
-        return SampleTarget(name, draw, test, own)
+        return csv_target(csv_path, box, test_fraction, seed)
     sampler, log_density, own_box = SAMPLERS[name]
     test = sampler(test_points, torch.Generator().manual_seed(seed + 1))
     return SampleTarget(name, sampler, test, box or own_box, log_density)
+
+
+@parser("target.csv")
+def csv_target(path: str | Path, box: float = 0.0, test_fraction: float = 0.2, seed: int = 0) -> SampleTarget:
+    """A user's CSV of points, a seeded ``test_fraction`` of them held out; ``box`` 0: a square
+    10% wider than the points reach, which must be at most ``MAX_BOX`` like a ``target.box``."""
+    points = read_points(path)
+    n_test = int(round(test_fraction * len(points)))
+    if n_test < 1 or len(points) - n_test < 2:
+        raise TargetError(f"{path} has {len(points)} points: too few to hold out "
+                          f"{test_fraction:g} of them for testing and train on the rest")
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(seed))
+    train, test = points[order[n_test:]], points[order[:n_test]]
+    extent = float(points.abs().max())
+    if box == 0 and 1.1 * extent > MAX_BOX:
+        raise TargetError(f"{path}: a point lies at {extent:.4g} from the origin, so the square holding the points "
+                          f"would be wider than target.box's limit {MAX_BOX:g}: rescale the data")
+    own = box or max(math.ceil(1.1 * extent * 2) / 2, 0.5)  # a 10% margin, rounded up to a half
+
+    def draw(n: int, g: torch.Generator) -> Tensor:
+        return train[torch.randint(0, len(train), (n,), generator=g)]
+
+    return SampleTarget("csv", draw, test, own)

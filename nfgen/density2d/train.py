@@ -23,6 +23,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nfgen.atomic import atomic_write_text
 from nfgen.config_parse import ConfigError
 from nfgen.data import DataError
 from nfgen.density2d.config import Density2DConfig
@@ -40,10 +41,12 @@ from nfgen.density2d.estimates import (
 from nfgen.density2d.model import build_density2d
 from nfgen.density2d.plots import density_figure, histogram_density, save_png, to_image, training_figure
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
+from nfgen.devices import resolve_device
 from nfgen.training.checkpoint import save_checkpoint
+from nfgen.training.loaders import STOP_SIGNALS
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted, resolve_device
+from nfgen.training.trainer import DivergenceError, TrainingInterrupted
 from nfgen.training.writes import SideWrites
 
 OUTPUTS = ("figures", "summary.json")  # besides what clear_run removes: what --overwrite deletes
@@ -69,10 +72,7 @@ def prepare_target(cfg: Density2DConfig) -> tuple[EnergyTarget | SampleTarget, Q
     try:
         quad = quadrature_log_z(target, cfg.eval.quadrature)
     except QuadratureError as e:
-        raise ConfigError(f"target.{'expression' if t.name == 'expression' else 'name'}: {e}") from None
-    if t.name == "expression" and quad.edge_fraction > 1e-3:
-        raise ConfigError(f"target.expression: {quad.edge_fraction:.1%} of exp(-U)'s mass on the box lies in its "
-                          f"outermost cells: the density is not normalisable, or target.box ({t.box:g}) is too small")
+        raise ConfigError(f"{'target.expression' if t.name == 'expression' else f'target {t.name}'}: {e}") from None
     return target, quad
 
 
@@ -212,7 +212,26 @@ class _Training:
         self.logger.scalars(values, self.step)
 
     # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_signal = signum
+
+    def _stopped(self, what: str) -> TrainingInterrupted:
+        assert self.stop_signal is not None
+        return TrainingInterrupted(self.stop_signal, self.run_dir / "checkpoints" / "last.pt", what)
+
     def run_loop(self) -> dict[str, Any]:
+        """Train, then the final phase; SIGINT and SIGTERM (Ctrl-C, ``kill``, a scheduler) stop
+        it cleanly, as they stop ``train``: the step or final piece under way finishes, is
+        written, and then the run stops."""
+        self.stop_signal: int | None = None
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        try:
+            return self._loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _loop(self) -> dict[str, Any]:
         t = self.t
         bar = tqdm(total=t.max_steps, disable=not self.progress, desc="density2d", dynamic_ncols=True)
         clock = time.perf_counter()
@@ -235,36 +254,38 @@ class _Training:
                     self.write_pictures(final=False)
                 if self.step % t.checkpoint_every == 0 and not done:
                     self.writes.attempt("checkpoint last.pt", self.run_dir / "checkpoints", self.save)
-        except KeyboardInterrupt:
-            bar.close()
-            raise TrainingInterrupted(signal.SIGINT, self.save()) from None
+                if self.stop_signal is not None and not done:
+                    self.save()
+                    raise self._stopped(f"at step {self.step} of {t.max_steps}; density2d has no --resume: "
+                                        "run it again with --overwrite to start over")
         finally:
             bar.close()
         train_time = time.perf_counter() - clock
         self.save()
         clock = time.perf_counter()
+        # The final phase in pieces, each written as soon as it is done: a stop between them keeps
+        # the numbers (summary.json) already computed.
         numbers = self.evaluate()
-        paths = self.write_pictures(final=True)
         summary = {
             "name": self.cfg.name, "objective": self.cfg.objective, "target": self.target.name,
             "flow": describe_flow(self.cfg), "parameters": sum(p.numel() for p in self.model.parameters()),
             "steps": self.step, "skipped_steps": self.bad_steps, "batch_size": t.batch_size,
             "train_seconds": round(train_time, 2), "eval_seconds": round(time.perf_counter() - clock, 2),
-            **numbers,
-            "pictures": [str(p.relative_to(self.run_dir)) for p in paths],
+            **numbers, "pictures": [],
         }
         if self.quad is not None:
             summary["quadrature"] = {"cells_per_side": self.quad.n, "box": self.quad.box,
                                      "edge_fraction": self.quad.edge_fraction}
         self.logger.scalars({k: v for k, v in numbers.items() if isinstance(v, float) and math.isfinite(v)}, self.step)
-        _write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if self.stop_signal is not None:
+            raise self._stopped(f"and its final numbers in {self.run_dir / 'summary.json'}; the pictures were not "
+                                "drawn (run it again with --overwrite for them)")
+        paths = self.write_pictures(final=True)
+        summary["pictures"] = [str(p.relative_to(self.run_dir)) for p in paths]
+        summary["eval_seconds"] = round(time.perf_counter() - clock, 2)
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def train_density2d(cfg: Density2DConfig, run_dir: Path, overwrite: bool = False, progress: bool = True,
@@ -272,19 +293,19 @@ def train_density2d(cfg: Density2DConfig, run_dir: Path, overwrite: bool = False
     """Train the 2-D flow of ``cfg`` in ``run_dir``; returns the summary (also ``summary.json``)."""
     resolve_device(cfg.train.device)
     target, quad = prepare_target(cfg)
-    check_run_dir(run_dir, resume=False, overwrite=overwrite)
+    check_run_dir(run_dir, resume=False, overwrite=overwrite, resumable=False)
     lock = RunFolderLock(run_dir)
     writes = SideWrites()
     logger = RunLogger(run_dir / "tb", writes, make_writer)
     try:
         lock.acquire()
-        check_run_dir(run_dir, resume=False, overwrite=overwrite)  # again, now that no one else can write
+        check_run_dir(run_dir, resume=False, overwrite=overwrite, resumable=False)  # again, now that no one else can write
         training = _Training(cfg, run_dir, target, quad, logger, writes, progress)
         if overwrite and checkpoints_in(run_dir):
             clear_run(run_dir)
             shutil.rmtree(run_dir / "figures", ignore_errors=True)
             (run_dir / "summary.json").unlink(missing_ok=True)
-        _write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return training.run_loop()
     finally:
         logger.close()

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 import nfgen
+from nfgen.atomic import atomic_write
 from nfgen.config import Config, ConfigError, config_from_dict
+from nfgen.fingerprint import read_hashed
+from nfgen.labels import Labelled
 from nfgen.model import ImageFlow, build_model
 
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
+LOADED_SHA256 = "loaded_sha256"  # load_checkpoint's: the sha256 of the bytes the state came from
 
 
-# save_checkpoint's temporary files: ".<name>.<8 random chars from mkstemp>.tmp" beside the target.
+# save_checkpoint's temporary files: ".<name>.<8 random hex digits>.tmp" beside the target
+# (nfgen.atomic's form; mkstemp's 8 random characters, which older nfgen left, match too).
 _TEMP_NAME = re.compile(r"\.(?P<target>[^/]+)\.[a-z0-9_]{8}\.tmp")
 
 
@@ -89,37 +94,27 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a crash
     at any moment leaves either the old complete file or the new complete one."""
     path = Path(path)
-    state = {"format": FORMAT, "nfgen_version": nfgen.__version__, **state}
-    tmp = None
+    state = {"format": FORMAT, "nfgen_version": nfgen.__version__,
+             **{k: v for k, v in state.items() if k != LOADED_SHA256}}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, lambda f: torch.save(state, f))  # with the user's umask, as any file
     except OSError as e:
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
                               "the previous checkpoint, if any, is unchanged") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint; tensors land on the CPU."""
+    """Read and check a checkpoint; tensors land on the CPU. ``state[LOADED_SHA256]``: the
+    sha256 of the bytes it was read from (not a field of the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data, sha256 = read_hashed(path)  # hashed as read: the key of what is computed from this model
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
         raise CheckpointError(f"{path} is not a readable nfgen checkpoint (truncated or corrupt?)") from None
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
@@ -127,6 +122,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if state["format"] > FORMAT:
         raise CheckpointError(f"{path} was written by a newer nfgen ({state.get('nfgen_version')}, "
                               f"format {state['format']}); upgrade nfgen to read it")
+    state[LOADED_SHA256] = sha256
     return state
 
 
@@ -172,7 +168,7 @@ def training_state(state: dict[str, Any], path: str | Path = "checkpoint") -> Tr
     if not (py_ok and _is_byte_tensor(rng.get("torch"))
             and isinstance(cuda, list) and all(_is_byte_tensor(t) for t in cuda)):
         raise CheckpointError(f"{path}: 'rng' does not hold valid random generator states")
-    names = class_names_of(state, config_of(state, path), path) if state.get("class_names") is not None else None
+    names = recorded_classes(state, path)
     return TrainingState(model, ema, opt, sched, progress, rng, names)
 
 
@@ -214,6 +210,38 @@ def class_names_of(state: dict[str, Any], cfg: Config, path: str | Path = "check
         raise CheckpointError(f"{path} names {len(names)} classes but its model has {k} (model.num_classes): "
                               "the file is damaged or was edited")
     return names
+
+
+def check_data_classes(recorded: list[str] | None, data: Dataset, path: str | Path = "checkpoint") -> None:
+    """The one check every verb that reads labelled data for a trained model makes (through
+    ``load_model_split``; ``train --resume`` too): the data's class names, label ``k`` named
+    ``[k]``, are the ones the model learnt (``recorded``: the checkpoint's, None when it kept
+    none). A renamed class folder would keep the count and silently change what each label means."""
+    base = data.dataset if isinstance(data, Subset) else data
+    if recorded is None or not isinstance(base, Labelled) or base.class_names == recorded:
+        return
+    raise CheckpointError(f"{path} was trained on the classes {_listed(recorded)}, but the data now has "
+                          f"{_listed(base.class_names)}: use the run's own data (or --set data.root=...) with "
+                          "those class folders")
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def load_model_split(cfg: Config, split: str, recorded: list[str] | None, path: str | Path = "checkpoint") -> Dataset:
+    """A split of a trained model's data (``cfg``: its checkpoint's, ``--set`` applied), its
+    classes checked against the ones the model learnt (``check_data_classes``)."""
+    from nfgen.data import load_split  # data.py needs nothing of checkpoints; imported here to stay light
+
+    data = load_split(cfg, split)
+    check_data_classes(recorded, data, path)
+    return data
+
+
+def recorded_classes(state: dict[str, Any], path: str | Path = "checkpoint") -> list[str] | None:
+    """The class names a checkpoint recorded, checked; None if it kept none (unconditional, or old)."""
+    return class_names_of(state, config_of(state, path), path) if state.get("class_names") is not None else None
 
 
 def restore_model(model: ImageFlow, weights: dict[str, Any], path: str | Path = "checkpoint") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ def rank_from_env() -> Rank:
 
     def number(name: str, default: str) -> int:
         text = env.get(name, default).strip()
-        if not text.isdigit():
+        if re.fullmatch(r"[0-9]{1,9}", text) is None:  # ASCII: "³".isdigit() is true, int("³") fails
             raise ConfigError(f"environment variable {name}={env.get(name)!r} is not a non-negative integer; "
                               "unset it, or launch with torchrun")
         return int(text)

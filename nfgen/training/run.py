@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from collections.abc import Callable
@@ -12,9 +11,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from nfgen.atomic import atomic_write_text
 from nfgen.config import Config, ConfigError
 from nfgen.costs import Memory, available_memory
 from nfgen.data import load_split
+from nfgen.devices import resolve_device
 from nfgen.generate import check_grid_size, class_rows
 from nfgen.model import build_model
 from nfgen.training import distributed
@@ -23,7 +24,7 @@ from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger, RunLogger
 from nfgen.training.memory import check_training_fits
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run, remove_stale_temp_files
-from nfgen.training.trainer import Trainer, resolve_device
+from nfgen.training.trainer import Trainer
 from nfgen.training.writes import SideWrites
 
 
@@ -103,9 +104,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = Fa
 def _write_config(path: Path, cfg: Config) -> None:
     """Atomically, like checkpoints: a plain ``--resume`` reads this file, so a kill while it is
     written must leave the old one or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")  # only the lock holder writes here
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank) -> float:

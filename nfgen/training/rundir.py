@@ -2,47 +2,54 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import socket
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from nfgen.training.checkpoint import CheckpointError, remove_temp_files
 
-LOCK_NAME = ".lock"  # in the run folder; holds the PID and host of the training that writes there
+LOCK_NAME = ".lock"  # in the run folder: the lock itself (filelock's)
+HOLDER_NAME = ".lock.holder"  # beside it: the PID and host of the training that holds the lock
 CHECKPOINT_NAMES = ("last.pt", "best.pt")  # what training writes into <run>/checkpoints
 RUN_PARTS = ("checkpoints", "tb", "samples")  # what --overwrite deletes
 
 
 class RunFolderLock:
-    """An exclusive ``flock`` on ``<run>/.lock`` for the life of one training process. The OS
-    drops it when the process ends however it ends (SIGKILL, OOM), so a stale lock is impossible;
-    the file itself stays and only says who held it last."""
+    """An exclusive lock on ``<run>/.lock`` for the life of one training process, through
+    ``filelock`` (``flock`` on Unix, ``msvcrt`` on Windows): the OS drops it when the process
+    ends however it ends (SIGKILL, OOM), so a stale lock is impossible. The holder writes its
+    PID and host into ``<run>/.lock.holder`` for the message another training gets; that file
+    stays and only says who held the lock last. (The holder is a file of its own because
+    Windows cannot read a locked region, and filelock may truncate the lock file it opens.)"""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_NAME
-        self.fd: int | None = None
+        self.holder = run_dir / HOLDER_NAME
+        self.lock: FileLock | None = None
 
     def acquire(self) -> RunFolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(self.path, timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointError(f"{self.path.parent} is in use by another training ({holder}); "
+            lock.acquire()
+        except Timeout:
+            try:
+                holder = self.holder.read_text(errors="replace")[:200].strip()
+            except OSError:
+                holder = ""
+            raise CheckpointError(f"{self.path.parent} is in use by another training ({holder or 'another process'}); "
                                   "wait for it to finish or stop it, or choose another --run-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
+        self.lock = lock
+        self.holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the last descriptor drops the flock
-            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def checkpoints_in(run_dir: Path) -> list[Path]:
@@ -52,9 +59,10 @@ def checkpoints_in(run_dir: Path) -> list[Path]:
     return [p for name in CHECKPOINT_NAMES if (p := run_dir / "checkpoints" / name).exists()]
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite.
-    Only reads; --overwrite's deletion happens in ``clear_run`` once the new run is known to start."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, resumable: bool = True) -> None:
+    """Refuse to mix two runs in one folder: an existing run needs --resume or --overwrite (a
+    verb without --resume, ``resumable`` false, is not told to pass it). Only reads;
+    --overwrite's deletion happens in ``clear_run`` once the new run is known to start."""
     held = checkpoints_in(run_dir)
     last = run_dir / "checkpoints" / "last.pt"
     if resume:
@@ -63,8 +71,10 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise CheckpointError(f"nothing to resume: {last} does not exist{extra}")
         return
     if held and not overwrite:
-        raise CheckpointError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite "
-                              f"to start over (it has checkpoints/{' and '.join(p.name for p in held)})")
+        how = "pass --resume to continue it or --overwrite to start over" if resumable else \
+            "pass --overwrite to start over, or give another --run-dir"
+        raise CheckpointError(f"{run_dir} already holds a run; {how} "
+                              f"(it has checkpoints/{' and '.join(p.name for p in held)})")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

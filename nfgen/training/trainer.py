@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
+from nfgen.devices import resolve_device
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
@@ -30,6 +31,7 @@ from nfgen.training.checkpoint import (
     CheckpointError,
     Progress,
     TrainingState,
+    check_data_classes,
     load_checkpoint,
     restore_model,
     save_checkpoint,
@@ -49,18 +51,9 @@ class DivergenceError(Exception):
 class TrainingInterrupted(Exception):
     """Raised after a clean stop on SIGINT / SIGTERM; ``last.pt`` has been written."""
 
-    def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, "
-                         "continue with --resume")
+    def __init__(self, signum: int, path: Path, then: str = "continue with --resume") -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, {then}")
         self.signum = signum
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"train.device is {name!r} but CUDA is not available; use auto or cpu")
-    return torch.device(name)
 
 
 class Trainer:
@@ -162,11 +155,7 @@ class Trainer:
         continues the saved average with the new decay, and a run without an average starts one
         from its current weights at the next update."""
         reached = state.progress.step
-        if state.class_names is not None and state.class_names != self.class_names:
-            # Same count, other names (a class folder renamed, added and removed): the labels
-            # would silently mean other classes than the ones the model learnt.
-            raise CheckpointError(f"{path} was trained on the classes {', '.join(state.class_names)}, but the data "
-                                  f"now has {', '.join(self.class_names or [])}: resume on the run's own data")
+        check_data_classes(state.class_names, self.train_set, path)  # the verbs' check, by the same function
         if self.t.max_steps <= reached:
             raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
                               f"{path} has reached; set train.max_steps above {reached} to continue")
