@@ -14,11 +14,23 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.s
 # public name -> the module that defines it
 _LAZY = {"Config": "nfgen.config", "load_config": "nfgen.config", "ImageFlow": "nfgen.model",
          "build_model": "nfgen.model"}
-__all__ = ["Config", "ImageFlow", "__version__", "build_model", "load_config"]
+__all__ = ["Config", "ImageFlow", "__version__", "build_model", "load", "load_config"]
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
     from nfgen.config import Config, load_config
     from nfgen.model import ImageFlow, build_model
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> ImageFlow:
+    """A trained model from a checkpoint file or an ``nfgen export`` folder, in evaluation mode,
+    with ``model.config`` and ``model.class_names`` attached (see ``nfgen.api.load``)."""
+    from nfgen.api import load as load_model  # imported on use: ``import nfgen`` stays light
+
+    return load_model(path, device, ema)
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ import nfgen
 from nfgen import cli_support as opts
 from nfgen.cli_config import config_verb
 from nfgen.cli_data import data_app
+from nfgen.cli_fid import eval_fid
 from nfgen.complexity import CODECS
 from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
 from nfgen.outputs import check_outputs, folder_outputs, is_stdout, opened
@@ -90,7 +91,7 @@ def train(
     with opts.user_errors():
         if config is None:
             if not (resume and run_dir):
-                raise ConfigError("give --config FILE (or --resume with --run-dir to continue a run)")
+                raise ConfigError("give --config FILE, or continue a run with `nfgen train --resume --run-dir DIR`")
             cfg = load_config(run_dir / "config.yaml", set_)
         else:
             cfg = load_config(config, set_)
@@ -120,12 +121,15 @@ def sample(
                                             "in every conditional layer (0: none; needs model.label_dropout > 0).")] = 0.0,
     annealed: Annotated[bool, typer.Option(help="TarFlow: grow the guidance weight over the tokens, w (i + 1) / (N - 1) "
                                            "at token i + 1 of N.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (memory grows with it); --n or more "
+                                            "draws exactly what one batch of --n does.")] = 256,
     overwrite: Overwrite = False,
     device: Device = "auto",
 ) -> None:
     """Write a grid of samples drawn at a temperature (a class-conditional model: a row per class)."""
     with opts.user_errors():
         opts.in_range("--n", n, 1, 65536)
+        opts.in_range("--batch-size", batch_size, 1, 65536)
         opts.in_range("--nrow", n if nrow is None else nrow, 1, n)
         opts.in_range("--seed", seed, 0, MAX_SEED)
         if not 0 < temperature <= 100:  # also false for nan
@@ -138,7 +142,7 @@ def sample(
         check_device_name(device)
         import torch  # after the option checks: a usage error answers without importing torch
 
-        from nfgen.generate import check_grid_size, save_grid
+        from nfgen.generate import check_grid_size, sample_in_batches, save_grid
 
         t = opts.load_trained(ckpt, None, device)
         model, cfg, names = t.model, t.cfg, t.class_names
@@ -150,8 +154,8 @@ def sample(
         check_outputs({"--out": out, "--each": singles}, overwrite, pictures=("--out", "--each"))
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None
-        images = model.sample(count, temperature, generator=generator, denoise=denoised, labels=labels,
-                              guidance=guidance, annealed=annealed)
+        images = sample_in_batches(model, count, batch_size, temperature, generator, labels, sys.stderr.isatty(),
+                                   denoise=denoised, guidance=guidance, annealed=annealed)
         save_grid(images, opts.output_path(out), nrow)
         for image, path in zip(images, singles):
             save_grid(image[None], opts.output_path(path), 1)
@@ -231,6 +235,7 @@ def interpolate(
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("interp.png"),
     spherical: Annotated[bool, typer.Option(help="Spherical instead of linear interpolation.")] = False,
     seed: Annotated[int, typer.Option(help="Chooses the image pairs.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Pairs encoded and decoded at a time.")] = 64,
     set_: Sets = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -247,6 +252,7 @@ def interpolate(
     with opts.user_errors():
         opts.in_range("--pairs", pairs, 1, 1024)
         opts.in_range("--steps", steps, 2, 1024)
+        opts.in_range("--batch-size", batch_size, 1, 65536)
         opts.in_range("--seed", seed, 0, MAX_SEED)
         opts.checked_split(split)
         opts.image_path(out)
@@ -269,7 +275,12 @@ def interpolate(
         else:
             idx = torch.randperm(len(data), generator=generator)[: 2 * pairs]
         x, _ = take(data, idx.tolist())
-        rows = interpolate_images(model, x[:pairs], x[pairs:], steps, spherical, labels=labels)
+        chunks = []
+        for i in opts.progress(range(0, pairs, batch_size), "interpolate"):  # --batch-size pairs at a time
+            part = slice(i, min(i + batch_size, pairs))
+            chunks.append(interpolate_images(model, x[:pairs][part], x[pairs:][part], steps, spherical,
+                                             labels=None if labels is None else labels[part]).cpu())
+        rows = torch.cat(chunks)
         save_grid(rows.flatten(0, 1), opts.output_path(out), nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 
@@ -415,6 +426,30 @@ def score(
 
 
 @app.command()
+def export(
+    ckpt: Ckpt,
+    out: Annotated[Path, typer.Option(help="Folder to write model.safetensors, config.json and README.md into.")],
+    ema: Annotated[bool, typer.Option(help="Export the EMA weights where the checkpoint has them.")] = True,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also upload the folder to this Hugging Face Hub model "
+                                                    "repository (user/name; needs pip install 'nfgen[hub]').")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier export in --out.")] = False,
+) -> None:
+    """Write a checkpoint's model as safetensors weights plus its config and class names, for
+    nfgen.load(DIR) and the Hugging Face Hub."""
+    from nfgen.export import export_model, hub_api
+    from nfgen.export import push_to_hub as upload
+
+    with opts.user_errors():
+        api = hub_api() if push_to_hub else None  # a missing extra fails before anything is written
+        files = export_model(ckpt, out, overwrite, ema)
+        sizes = ", ".join(f"{p.name} {p.stat().st_size:,} bytes" for p in files)
+        typer.echo(f"exported {ckpt} to {out}: {sizes}")
+        if push_to_hub:
+            upload(out, push_to_hub, api)
+            typer.echo(f"uploaded to https://huggingface.co/{push_to_hub}")
+
+
+@app.command()
 def check(
     ckpt: Annotated[Path | None, typer.Option(help="Checkpoint to examine.")] = None,
     config: Annotated[str | None, typer.Option(help="Or a YAML config: examine a freshly built model "
@@ -471,6 +506,7 @@ def density2d(
 
 app.command("config")(config_verb)
 app.add_typer(data_app, name="data")
+app.command("eval-fid")(eval_fid)
 
 
 def main() -> None:

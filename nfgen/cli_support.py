@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -43,6 +43,8 @@ def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
 
+T = TypeVar("T")
+
 
 def fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
@@ -75,6 +77,13 @@ def script_main(main: Callable[[], int | None]) -> int:
             return main() or 0
     except typer.Exit as e:
         return e.exit_code
+
+
+def progress(items: Iterable[T], what: str) -> Iterable[T]:
+    """``items`` with a progress bar on stderr, drawn only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, leave=False, disable=not sys.stderr.isatty())
 
 
 def in_range(name: str, value: int, low: int, high: int) -> None:

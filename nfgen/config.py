@@ -38,6 +38,8 @@ class DataConfig:
     test_fraction: float = opt(0.1, "a folder without train/ and test/ subfolders: the share held out for testing")
     num_workers: int = opt(2, "DataLoader worker processes (0: load in the training process)")
     labels: bool = opt(False, "a folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)")
+    hflip: bool = opt(False, "random horizontal flips of training images (never test images), drawn from (seed, epoch, "
+                             "batch) so resume stays exact; for photographs (TarFlow's ImageNet), not digits")
 
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
@@ -154,8 +156,8 @@ class TarflowConfig(_ArchSection):
 
     patch: int = opt(2, "p: tokens are p x p patches; H and W must be divisible by p")
     blocks: int = opt(8, "T autoregressive flow blocks")
-    layers: tuple[int, ...] = opt((8,), "Transformer layers: one count for all blocks, or one per block ([8, 2, 2, 2]: "
-                                        "deep-shallow)")
+    layers: tuple[int, ...] = opt((8,), "Transformer layers: one count for all blocks, or one per block in data-to-latent "
+                                        "order ([2, 2, 2, 8]: STARFlow's deep-shallow layout, the deep block last)")
     width: int = opt(768, "Transformer width")
     heads: int = opt(12, "attention heads (head size width / heads; the paper: 64)")
     mlp_ratio: int = opt(4, "MLP hidden width / width")
@@ -193,6 +195,8 @@ class ModelConfig:
     class_dim: int = opt(16, "width of the class embedding")
     class_in_body: bool = opt(True, "the body's layers see the class too (else only the latents' priors)")
     label_dropout: float = opt(0.0, "share of training labels swapped for the null class; > 0 makes guidance possible")
+    null_class: Literal["learned", "mean"] = opt("learned", "the null class's embedding: its own learned row, or the mean "
+                                                 "of the class embeddings (apple/ml-tarflow's)")
     # The active architecture's section; the others stay unset (None).
     glow: GlowConfig | None = opt(None, "Glow (Kingma & Dhariwal, 2018): arch glow's options")
     realnvp: RealNVPConfig | None = opt(None, "RealNVP (Dinh et al., 2017): arch realnvp's options")
@@ -260,12 +264,16 @@ class TrainConfig:
                                              "1h30m, 4:00:00; null: none")
     grad_clip: float = opt(50.0, "max global gradient norm; 0 disables")
     ema_decay: float = opt(0.0, "exponential moving average of the weights, evaluated and sampled (e.g. 0.999); 0: off")
-    log_every: int = opt(50, "steps between logged losses")
+    log_every: int = opt(50, "steps between logged scalars (TensorBoard, metrics.jsonl) and, off a terminal, log lines")
     eval_every: int = opt(1000, "steps between test evaluations")
     eval_batches: int = opt(0, "test batches per evaluation; 0: the whole test split")
     sample_every: int = opt(1000, "steps between sample grids")
     sample_count: int = opt(64, "samples per grid")
     sample_temperatures: tuple[float, ...] = opt((0.7, 1.0), "a grid at each of these temperatures")
+    fid_every: int = opt(0, "steps between sample-quality measurements (nfgen eval-fid's numbers against the test "
+                            "split, logged as test/fid, ...); 0: never")
+    fid_samples: int = opt(1000, "samples per sample-quality measurement")
+    fid_features: str = opt("", "TorchScript feature extractor for fid_every (empty: the FID Inception network)")
     checkpoint_every: int = opt(500, "steps between checkpoints (last.pt)")
     compile: bool = opt(False, "torch.compile the flow body (the first steps are slow while it compiles)")
     amp: bool = opt(False, "bf16 autocast for the conditioner nets (CUDA; CPUs with native bf16); log-dets and loss "
@@ -276,6 +284,10 @@ class TrainConfig:
     on_divergence: Literal["stop", "rollback"] = opt("stop", "stop, or rollback: reload last.pt and lower the lr")
     rollback_lr_factor: float = opt(0.5, "rollback: the lr is multiplied by this")
     max_rollbacks: int = opt(3, "rollbacks before the run stops")
+    wandb_project: str | None = opt(None, "Weights & Biases (pip install 'nfgen[wandb]'): mirror the scalars and "
+                                          "sample grids to this project; null: off")
+    wandb_entity: str | None = opt(None, "the W&B team or user; null: your default")
+    wandb_run_name: str | None = opt(None, "the W&B run's name; null: the config's name")
 
 
 @dataclass(frozen=True)
@@ -414,6 +426,8 @@ def validate(cfg: Config) -> Config:
     _check(0 <= m.label_dropout < 1, f"model.label_dropout must be in [0, 1), got {m.label_dropout}")
     _check(m.num_classes > 0 or m.label_dropout == 0,
            "model.label_dropout needs a class-conditional model (model.num_classes > 0)")
+    _check(m.num_classes > 0 or m.null_class == "learned",
+           "model.null_class needs a class-conditional model (model.num_classes > 0)")
     _validate_noise(dq, m)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
     _check_couplings("dequantization", dq, memory_saving=False)
@@ -424,6 +438,8 @@ def validate(cfg: Config) -> Config:
                  "sample_every", "sample_count", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
     _check(t.sample_count <= 4096, f"train.sample_count must be <= 4096, got {t.sample_count}")
+    _check(t.fid_every >= 0 and 2 <= t.fid_samples <= 1_000_000,
+           f"train.fid_every must be >= 0 and train.fid_samples in 2..1000000, got {t.fid_every}, {t.fid_samples}")
     _check(0 <= t.seed <= MAX_SEED, f"train.seed must be in 0..{MAX_SEED}, got {t.seed}")
     _check(0 < t.lr <= 10, f"train.lr must be in (0, 10], got {t.lr}")
     _check(0 <= t.weight_decay <= 1, f"train.weight_decay must be in [0, 1], got {t.weight_decay}")

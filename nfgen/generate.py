@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
 
 from nfgen.atomic import atomic_write
 from nfgen.costs import check_grid
@@ -73,6 +75,24 @@ def sample_grid(model: ImageFlow, count: int, temperature: float = 1.0,
         return model.sample(count, temperature, generator), None
     labels, nrow = class_rows(model.num_classes, count)
     return model.sample(len(labels), temperature, generator, labels=labels), nrow
+
+
+def sample_in_batches(model: ImageFlow, n: int, batch_size: int, temperature: float = 1.0,
+                      generator: torch.Generator | None = None, labels: Tensor | None = None,
+                      progress: bool = False, **options: Any) -> Tensor:
+    """``model.sample`` of ``n`` images, ``batch_size`` at a time (memory grows with the batch,
+    not with ``n``), with a progress bar if ``progress``; ``labels`` ``[n]`` are split with them,
+    ``options`` (denoise, guidance, annealed) passed on. One batch covering all ``n`` draws what
+    one ``model.sample`` call does; smaller batches draw other samples of the same distribution,
+    the same for the same generator seed and batch size."""
+    chunks = []
+    with tqdm(total=n, desc="sample", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            chunks.append(model.sample(stop - start, temperature, generator=generator,
+                                       labels=None if labels is None else labels[start:stop], **options).cpu())
+            bar.update(stop - start)
+    return torch.cat(chunks)
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:

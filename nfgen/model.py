@@ -43,7 +43,13 @@ class ImageFlow(nn.Module):
     size as ``context_dim`` (``class_in_body``) gets the embedding as its context. Label
     ``num_classes`` is the null class, which training with ``label_dropout`` teaches the
     unconditional density (``drop_labels``), for classifier-free guidance at sampling.
+
+    A model from ``nfgen.load`` carries the ``config`` it was built from and its ``class_names``
+    (label ``k`` is ``class_names[k]``; ``None`` for an unconditional model).
     """
+
+    config: Config | None = None
+    class_names: list[str] | None = None
 
     def __init__(self, body: MultiScaleFlow, preprocess: Flow, dequantizer: nn.Module, n_bits: int = 8,
                  classes: ClassEmbedding | None = None, class_in_body: bool = False, label_dropout: float = 0.0) -> None:
@@ -374,7 +380,7 @@ def build_unchecked(config: Config) -> ImageFlow:
         options = dataclasses.asdict(dq)
         del options["kind"], options["sigma"]  # which dequantizer, gaussian's noise; the rest configures the variational one
         dequantizer = VariationalDequantizer(shape, **options)
-    classes = ClassEmbedding(m.num_classes, m.class_dim) if m.num_classes else None
+    classes = ClassEmbedding(m.num_classes, m.class_dim, m.null_class) if m.num_classes else None
     model = ImageFlow(body, preprocess, dequantizer, m.n_bits, classes, m.class_in_body, m.label_dropout)
     set_memory_saving(model, t.memory_saving)
     set_channels_last(model, t.channels_last)

@@ -151,7 +151,7 @@ def test_budget_stop_ends_within_the_budget_with_a_final_evaluation_and_last_pt(
     assert trainer.step in scalars(run, "test/bpd")  # the final evaluation, at the step reached
     assert scalars(run, "time/train_seconds")[trainer.step] <= took
     out = capsys.readouterr().out
-    assert f"stopped at step {trainer.step} of 1000" in out and "continue with --resume" in out
+    assert f"stopped at step {trainer.step} of 1000" in out and f"continue with: nfgen train --resume --run-dir {run}" in out
 
 
 def test_each_resumed_job_gets_a_new_budget_and_the_run_stays_exact(data, tmp_path):
@@ -311,4 +311,5 @@ def test_a_budget_stop_says_what_the_final_phase_cost_and_what_to_lower(data, tm
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"stopped at step {trainer.step} of 1000" in last
     assert "sample grids 50.0s" in last and "evaluation 0.5s" in last and "checkpoints 0.0s" in last
-    assert "lower train.sample_count" in last and last.endswith("continue with --resume")
+    assert "lower train.sample_count" in last
+    assert last.endswith(f"continue with: nfgen train --resume --run-dir {tmp_path / 'run'}")

@@ -5,6 +5,7 @@ function (``nfgen.training.checkpoint.check_data_classes``)."""
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,9 @@ READERS = {
     "score --ood": ["--in", "test", "--ood", "{data}/test/0", "--hist", "{tmp}/h.png"],
     "score --folder": ["--folder", "{data}/test"],  # scores a folder, but its statistics read the training split
     "interpolate": ["--split", "test", "--pairs", "1", "--steps", "2", "--out", "{tmp}/i.png"],
+    "eval-fid": ["--ref", "test", "--n", "8", "--features", "{data}/../pixels.pt", "--no-cache"],
 }
-NO_DATA = {"sample", "check"}
+NO_DATA = {"sample", "check", "export"}  # export copies the class names, reads no data
 
 
 @pytest.fixture
@@ -50,6 +52,9 @@ def conditional(tmp_path) -> tuple[Path, Path]:
     ckpt = tmp_path / "run" / "last.pt"
     save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(),
                            "class_names": ["0", "1", "2"]})
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10; eval-fid --features loads it
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(tmp_path / "pixels.pt"))  # eval-fid's features
     return ckpt, data
 
 

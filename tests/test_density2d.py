@@ -319,3 +319,13 @@ def test_planar_and_radial_flows_train_on_both_objectives(tmp_path):
                          train={"max_steps": 10}, eval={"samples": 500})
         result = nfgen("density2d", "--config", config, "--run-dir", tmp_path / kind, "--no-progress")
         assert result.exit_code == 0, result.output
+
+
+def test_off_a_terminal_progress_is_plain_lines_not_bar_redraws(tmp_path):
+    # Redirected to a file (a cluster job), the bar's carriage-return redraws would all stay.
+    result = nfgen("density2d", "--config", "ring_planar", "--run-dir", tmp_path / "run", "--set", "train.max_steps=40",
+                   "--set", "train.log_every=20", "--set", "flow.layers=2", "--set", "eval.samples=500")
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.output
+    assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("step ")] == \
+        ["step 1 of 40", "step 20 of 40", "step 40 of 40"]

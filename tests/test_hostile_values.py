@@ -19,9 +19,11 @@ BASE = {"name": "r", "data": {"dataset": "folder", "root": "data"},
         "model": {"arch": "glow", "image_shape": [1, 8, 8], "glow": {"levels": 2, "steps": 1, "hidden": 8}}}
 # (key, value) pairs that are legitimately valid: free-form names and paths, a one-temperature
 # list, a gradient clip so large it never clips, a section given as null (its defaults).
+WANDB = ("train.wandb_project", "train.wandb_entity", "train.wandb_run_name")  # free-form W&B names
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
-         ("train.grad_clip", 2**64)}
-NULLABLE = {"train.max_time"}  # null: no time budget
+         ("train.grad_clip", 2**64), *((key, "abc") for key in WANDB),
+         ("train.fid_features", "abc")}  # a file name, checked when training starts (and only with fid_every)
+NULLABLE = {"train.max_time", *WANDB}  # null: no time budget; no W&B (project), its defaults (entity, run name)
 
 
 def _keys(cls: type, prefix: str, data: dict) -> list[str]:

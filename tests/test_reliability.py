@@ -163,6 +163,9 @@ class FullDiskWriter:
     def add_image(self, *args) -> None:
         pass
 
+    def add_text(self, *args) -> None:
+        pass
+
     def flush(self) -> None:
         disk_full()
 
@@ -318,8 +321,10 @@ def test_divergence_before_any_checkpoint_names_none(data, tmp_path, monkeypatch
     config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2, checkpoint_every=100,
                                                       on_divergence=on_divergence))
     result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
-    assert "before any checkpoint was written" in result.output and "last.pt" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0]
+    assert "before any checkpoint was written" in errors[0] and "last.pt" not in errors[0]
+    assert "Traceback" not in result.output
     assert not (run / "checkpoints" / "last.pt").exists()
 
 
@@ -398,7 +403,8 @@ def test_hostile_inputs_get_one_clear_line(data, tmp_path, trained):
         (["interpolate", "--ckpt", str(trained), "--out", str(existing), "--pairs", "1"], 1, "exists; pass --overwrite"),
         (["eval-bpd", "--ckpt", str(trained), "--json", str(existing)], 1, "exists; pass --overwrite"),
         (["train", "--config", str(write_yaml(tmp_path / "g.yaml", good)), "--run-dir", str(trained.parent.parent)], 1,
-         "already holds a run; pass --resume"),
+         f"already holds a run (checkpoints/last.pt and best.pt); continue it with `nfgen train --resume --run-dir "
+         f"{trained.parent.parent}`"),
     ]
     for args, code, message in cases:
         result = runner.invoke(app, args)

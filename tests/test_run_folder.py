@@ -93,8 +93,8 @@ def test_a_folder_with_only_best_pt_holds_a_run(run, tmp_path):
     before = snapshot(run)
     config = run / "config.yaml"
     one_line(nfgen("train", "--config", config, "--run-dir", run, "--no-progress"), 1,
-             "already holds a run; pass --resume to continue it or --overwrite to start over (it has "
-             "checkpoints/best.pt)")
+             f"already holds a run (checkpoints/best.pt); continue it with `nfgen train --resume --run-dir {run}`, "
+             "or pass --overwrite to start over")
     one_line(nfgen("train", "--run-dir", run, "--resume", "--no-progress"), 1,
              "last.pt does not exist (best.pt is there, but a run resumes from last.pt)")
     assert snapshot(run) == before

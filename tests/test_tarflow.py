@@ -58,9 +58,10 @@ def test_log_scales_stay_bounded_whatever_the_parameters():
 
 
 def test_layers_per_block_give_the_deep_shallow_design():
-    body = build_tarflow((1, 8, 8), patch=2, blocks=4, layers=(3, 1, 1, 1), width=8, heads=2)
+    # STARFlow's layout: shallow blocks next to the data, the deep one last (next to the latent).
+    body = build_tarflow((1, 8, 8), patch=2, blocks=4, layers=(1, 1, 1, 3), width=8, heads=2)
     blocks = [f for f in body.levels[0].flow.flows if isinstance(f, AutoregressiveBlock)]
-    assert [len(b.net.layers) for b in blocks] == [3, 1, 1, 1]
+    assert [len(b.net.layers) for b in blocks] == [1, 1, 1, 3]
     assert [b.reverse for b in blocks] == [False, True, False, True]
     one = config_from_dict({"model": {"arch": "tarflow", "image_shape": [1, 8, 8], "tarflow": {"layers": 2}}})
     assert one.model.tarflow.layers == (2,)  # one count: every block

@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,7 +234,10 @@ class _Training:
 
     def _loop(self) -> dict[str, Any]:
         t = self.t
-        bar = tqdm(total=t.max_steps, disable=not self.progress, desc="density2d", dynamic_ncols=True)
+        # The bar only on a terminal (as training's): redrawn into a log file it is megabytes on one
+        # line. Off a terminal, a plain line every train.log_every steps instead.
+        on_terminal = self.progress and sys.stderr.isatty()
+        bar = tqdm(total=t.max_steps, disable=not on_terminal, desc="density2d", dynamic_ncols=True)
         clock = time.perf_counter()
         try:
             while self.step < t.max_steps:
@@ -246,6 +250,9 @@ class _Training:
                                           f"in a row at step {self.step}; lower train.lr or set train.grad_clip")
                 if self.step % t.log_every == 0 or self.step == 1:
                     self._log(stats)
+                    if self.progress and not on_terminal:
+                        print(f"step {self.step} of {t.max_steps}: {key} {stats[key]:.4f}, "
+                              f"{time.perf_counter() - clock:.1f} s", flush=True)
                 done = self.step == t.max_steps
                 if isinstance(self.target, SampleTarget) and (self.step % t.eval_every == 0 or done):
                     ll = self.test_log_likelihood()

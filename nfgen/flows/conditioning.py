@@ -28,14 +28,26 @@ from nfgen.flows.base import Flow
 T = TypeVar("T", Tensor, tuple[Tensor, ...])
 
 
-class ClassEmbedding(nn.Module):
-    """Labels ``0..num_classes-1`` (and ``num_classes``, the null class) to vectors ``[B, dim]``."""
+NULL_CLASSES = ("learned", "mean")
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+
+class ClassEmbedding(nn.Module):
+    """Labels ``0..num_classes-1`` (and ``num_classes``, the null class) to vectors ``[B, dim]``.
+
+    The null class's vector is its own learned row (``null="learned"``), or the mean of the
+    class rows (``"mean"``: apple/ml-tarflow's choice, so the unconditional model is the average
+    class, and its training moves every class row). Every layer maps the embedding linearly,
+    and a linear map of the mean is the mean of the maps: the mean here is the reference's mean
+    of its per-block class embeddings. The table keeps its ``num_classes + 1`` rows either way
+    (under ``"mean"`` the last is unused), so both kinds of checkpoint have one shape."""
+
+    def __init__(self, num_classes: int, dim: int, null: str = "learned") -> None:
         super().__init__()
         if num_classes < 1 or dim < 1:
             raise ValueError(f"a class embedding needs num_classes >= 1 and dim >= 1, got {num_classes}, {dim}")
-        self.num_classes = num_classes
+        if null not in NULL_CLASSES:
+            raise ValueError(f"null must be one of {', '.join(NULL_CLASSES)}, got {null!r}")
+        self.num_classes, self.null_kind = num_classes, null
         self.table = nn.Embedding(num_classes + 1, dim)
 
     @property
@@ -49,7 +61,12 @@ class ClassEmbedding(nn.Module):
         if labels.numel() and not is_fake(labels) and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(f"labels must be in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
                              f"class), got {labels.min().item()}..{labels.max().item()}")
-        return self.table(labels.to(self.table.weight.device))
+        labels = labels.to(self.table.weight.device)
+        if self.null_kind == "learned":
+            return self.table(labels)
+        is_null = (labels == self.num_classes)[:, None]
+        mean = self.table.weight[: self.num_classes].mean(0)
+        return torch.where(is_null, mean, self.table(labels.clamp(max=self.num_classes - 1)))
 
 
 @dataclass(frozen=True)

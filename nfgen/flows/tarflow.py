@@ -183,8 +183,10 @@ def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequenc
                   heads: int = 12, mlp_ratio: int = 4, scale: str = "affine", max_log_scale: float = 4.0,
                   context_dim: int = 0) -> MultiScaleFlow:
     """Patchify, then ``blocks`` autoregressive blocks alternating direction. ``layers`` is one
-    count for every block, or one per block: STARFlow's deep-shallow design is ``[8, 2, 2, 2]``
-    (one deep block, then shallow ones). The latent is the patchified image. The keyword names are
+    count for every block, or one per block, in data-to-latent order: STARFlow's deep-shallow
+    design (Gu et al., 2025) is ``[2, 2, 2, 8]``: shallow blocks next to the data and one deep
+    block last, next to the latent, where generation starts (apple/ml-starflow runs its deep
+    "top" block last in the forward pass and first when sampling). The latent is the patchified image. The keyword names are
     those of the config's ``model.tarflow`` section; ``context_dim`` is the size of the class
     embedding every block sees (0: unconditional)."""
     layers = list(layers)

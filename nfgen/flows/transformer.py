@@ -88,11 +88,19 @@ class CausalTransformer(nn.Module):
         h = self.proj_in(x) + pos
         return h if context is None else h + context[:, None]
 
+    def _out(self, h: Tensor) -> Tensor:
+        """The final norm and output projection in the weights' own precision (float32), autocast
+        or not: a flow's shifts and log-scales come out of it, and a bf16 projection would round
+        every log-det term to 8 bits of mantissa (the reference too computes its scales in
+        float32; its likelihood models train without autocast at all)."""
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.proj_out(self.norm(h.to(self.proj_out.weight.dtype)))
+
     def forward(self, x: Tensor, pos: Tensor, context: Tensor | None = None) -> Tensor:
         h = self._embed(x, pos, context)
         for layer in self.layers:
             h = layer(h)
-        return self.proj_out(self.norm(h))
+        return self._out(h)
 
     def step(self, x: Tensor, pos: Tensor, at: int, cache: KVCache, context: Tensor | None = None) -> Tensor:
         """Outputs at positions ``at..at+T-1`` from their tokens ``x`` ``[B, T, dim_in]``, given
@@ -100,4 +108,4 @@ class CausalTransformer(nn.Module):
         h = self._embed(x, pos, context)
         for i, layer in enumerate(self.layers):
             h = layer(h, cache, i, at)
-        return self.proj_out(self.norm(h))
+        return self._out(h)

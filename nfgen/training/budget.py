@@ -87,10 +87,10 @@ LOWER = {"eval": "train.eval_batches", "samples": "train.sample_count (or fewer 
          "save": "the model's size (or train.ema_decay: 0, no EMA copy)"}
 
 
-def stop_report(budget: Budget, step: int, max_steps: int, path: object) -> str:
+def stop_report(budget: Budget, step: int, max_steps: int, path: object, resume: str = "--resume") -> str:
     """The line that ends a job stopped by its budget: where it stopped, what the final phase
     measured (each part's seconds) and, when that phase took a large share of the budget, what
-    to lower to leave more of it to training."""
+    to lower to leave more of it to training; then how to continue (``resume``, a command)."""
     elapsed = budget.elapsed()
     over = (f"; {format_seconds(elapsed - budget.seconds)} over it: a step or the final phase ran slower than "
             "measured" if elapsed > budget.seconds else "")
@@ -104,7 +104,7 @@ def stop_report(budget: Budget, step: int, max_steps: int, path: object) -> str:
     if budget.final_reserve() > budget.seconds / 4:  # the final phase, not training, took the budget
         ranked = sorted(parts, key=parts.get, reverse=True)  # type: ignore[arg-type]
         line += f": to train longer in this budget lower {LOWER[ranked[0]]}, then {LOWER[ranked[1]]}"
-    return line + "; continue with --resume"
+    return line + f"; continue with: {resume}"
 
 
 _END = object()

@@ -21,7 +21,7 @@ from nfgen.model import build_model
 from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
-from nfgen.training.logging import NullLogger, RunLogger
+from nfgen.training.logging import NullLogger, RunLogger, flat_config, run_logger
 from nfgen.training.memory import check_training_fits
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run, remove_stale_temp_files
 from nfgen.training.trainer import Trainer
@@ -58,6 +58,25 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
         raise ConfigError(f"train.optimizer cannot change on --resume ({path} was trained with "
                           f"{saved.train.optimizer!r}, whose state it holds); start a new run to use "
                           f"{cfg.train.optimizer!r}")
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``"train.lr: 0.002 -> 0.001"`` for each key whose value differs (keys only one has, too)."""
+    a, b = flat_config(old.to_dict()), flat_config(new.to_dict())
+    return [f"{k}: {a.get(k, '(none)')} -> {b.get(k, '(none)')}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+
+
+def _keep_old_config(run_dir: Path, saved: Config, cfg: Config, step: int) -> None:
+    """A resume that changes keys says which, and keeps the config it replaces as config.<step>.yaml."""
+    changes = config_changes(saved, cfg)
+    if not changes:
+        return
+    kept = run_dir / f"config.{step}.yaml"
+    _write_config(kept, saved)
+    print(f"resuming at step {step} with {len(changes)} changed key{'s' * (len(changes) != 1)} "
+          f"(the old config is kept as {kept}):", flush=True)
+    for line in changes:
+        print(f"  {line}", flush=True)
 
 
 def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, progress: bool,
@@ -117,20 +136,24 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: 
         check_run_dir(run_dir, resume, overwrite)
     distributed.barrier(rank)
     writes = SideWrites()
-    logger = RunLogger(run_dir / "tb", writes) if rank.is_main else NullLogger()  # opens at its first write
+    logger = run_logger(cfg, run_dir, writes) if rank.is_main else NullLogger()  # opens at its first write
     try:
-        state = None
+        state = saved_cfg = None
         if resume:  # the checkpoint's own checks first: they say most precisely what is wrong
             saved = load_checkpoint(last)
-            check_resumable(cfg, config_of(saved, last), last)
+            saved_cfg = config_of(saved, last)
+            check_resumable(cfg, saved_cfg, last)
             state = training_state(saved, last)
         trainer = build_trainer(cfg, run_dir, logger, rank, progress, writes)
         if state is not None:
             trainer.resume(state, last)
+            logger.resume_at(state.progress.step)
         distributed.barrier(rank)
         if rank.is_main:
             if overwrite and not resume and checkpoints_in(run_dir):
                 clear_run(run_dir)
+            if saved_cfg is not None:
+                _keep_old_config(run_dir, saved_cfg, cfg, state.progress.step)
             _write_config(run_dir / "config.yaml", cfg)
         distributed.barrier(rank)
         return trainer.run_loop()

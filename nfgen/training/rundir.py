@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -14,7 +15,15 @@ from nfgen.training.checkpoint import CheckpointError, remove_temp_files
 LOCK_NAME = ".lock"  # in the run folder: the lock itself (filelock's)
 HOLDER_NAME = ".lock.holder"  # beside it: the PID and host of the training that holds the lock
 CHECKPOINT_NAMES = ("last.pt", "best.pt")  # what training writes into <run>/checkpoints
-RUN_PARTS = ("checkpoints", "tb", "samples")  # what --overwrite deletes
+RUN_PARTS = ("checkpoints", "tb", "samples")  # what --overwrite deletes, with RUN_FILES
+RUN_FILES = ("metrics.jsonl", "config.*.yaml")  # the metrics and the configs a resume replaced
+
+
+def resume_command(run_dir: Path, *sets: str) -> str:
+    """The command that continues the run in ``run_dir`` (with its own config.yaml), for every
+    message that says to continue; ``sets`` are ``--set`` overrides it needs."""
+    extra = "".join(f" --set {shlex.quote(s)}" for s in sets)
+    return f"nfgen train --resume --run-dir {shlex.quote(str(run_dir))}{extra}"
 
 
 class RunFolderLock:
@@ -71,10 +80,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, resumable: bool 
             raise CheckpointError(f"nothing to resume: {last} does not exist{extra}")
         return
     if held and not overwrite:
-        how = "pass --resume to continue it or --overwrite to start over" if resumable else \
-            "pass --overwrite to start over, or give another --run-dir"
-        raise CheckpointError(f"{run_dir} already holds a run; {how} "
-                              f"(it has checkpoints/{' and '.join(p.name for p in held)})")
+        how = (f"continue it with `{resume_command(run_dir)}`, or pass --overwrite to start over" if resumable
+               else "pass --overwrite to start over, or give another --run-dir")
+        raise CheckpointError(f"{run_dir} already holds a run (checkpoints/{' and '.join(p.name for p in held)}); {how}")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
@@ -84,6 +92,9 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """--overwrite: delete the old run's checkpoints, logs and samples."""
+    """--overwrite: delete the old run's checkpoints, logs, metrics and samples."""
     for sub in RUN_PARTS:
         shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for pattern in RUN_FILES:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)

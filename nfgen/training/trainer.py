@@ -17,15 +17,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from nfgen.config import Config, ConfigError, parse_duration
 from nfgen.devices import resolve_device
 from nfgen.evaluate import bpd_values, metric, summarize
+from nfgen.fidelity.monitor import FidMonitor
 from nfgen.generate import grid, sample_grid, save_grid
 from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
+from nfgen.training.augment import flip_draws, hflip
 from nfgen.training.budget import Budget, estimate_batches, stop_report, timed_batches
 from nfgen.training.checkpoint import (
     CheckpointError,
@@ -37,9 +38,11 @@ from nfgen.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from nfgen.training.console import Console, log_step, start_console
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
+from nfgen.training.rundir import resume_command
 from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
 
@@ -51,7 +54,8 @@ class DivergenceError(Exception):
 class TrainingInterrupted(Exception):
     """Raised after a clean stop on SIGINT / SIGTERM; ``last.pt`` has been written."""
 
-    def __init__(self, signum: int, path: Path, then: str = "continue with --resume") -> None:
+    def __init__(self, signum: int, path: Path, then: str | None = None) -> None:
+        then = then or f"continue with: {resume_command(path.parent.parent)}"  # path: <run>/checkpoints/last.pt
         super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}, {then}")
         self.signum = signum
 
@@ -94,6 +98,9 @@ class Trainer:
                   "training slower; set train.amp: false", file=sys.stderr)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
+        self.fid = FidMonitor(self.t, test_set, self.device) if self.t.fid_every and self.rank.is_main else None
+        if self.fid is not None:
+            self.fid.check()  # a missing feature extractor fails now, not at the first measurement
         self.class_names = check_classes(model.num_classes, train_set, test_set)
         self._drops = model.num_classes > 0 and model.label_dropout > 0
         self.optimizer = make_optimizer(self.model.parameters(), self.t)
@@ -108,6 +115,7 @@ class Trainer:
         self.budget = Budget(parse_duration(self.t.max_time) or math.inf, clock)
         self.seconds_before = 0.0  # training time of the jobs before this one (a resumed run)
         self.stopped_by_budget = False
+        self.console = Console(cfg.train.max_steps, 0, metric=self.metric.tag, enabled=False)
 
     # ----------------------------------------------------------------- state
     @property
@@ -157,8 +165,9 @@ class Trainer:
         reached = state.progress.step
         check_data_classes(state.class_names, self.train_set, path)  # the verbs' check, by the same function
         if self.t.max_steps <= reached:
-            raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which "
-                              f"{path} has reached; set train.max_steps above {reached} to continue")
+            raise ConfigError(f"train.max_steps {self.t.max_steps} is not above step {reached}, which {path} has "
+                              f"reached; set train.max_steps above {reached} to continue, e.g. "
+                              f"{resume_command(self.run_dir, f'train.max_steps={2 * reached}')}")
         self.load_state(state, path)
         self.seconds_before = state.progress.train_seconds  # here, not in load_state: a rollback keeps the time spent
 
@@ -244,6 +253,9 @@ class Trainer:
                 for batch in batches:
                     self.progress.batch_in_epoch += 1
                     x, labels = split_batch(batch)
+                    if self.cfg.data.hflip:  # one global draw per batch, sliced like the batch
+                        flips = flip_draws(self.t.seed, self.progress.epoch, self.progress.batch_in_epoch, big)
+                        x = hflip(x, flips[r * small:(r + 1) * small])
                     noise = self.model.draw_noise(big)[r * small:(r + 1) * small]
                     # Label dropout's draws too are one global draw, sliced: N ranks drop the
                     # labels one process would. None (no draw) when nothing is dropped.
@@ -362,7 +374,7 @@ class Trainer:
         self._apply_lr()
         self.logger.scalars({"train/rollbacks": rollbacks}, self.step)
         if self.rank.is_main:
-            tqdm.write(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}", file=sys.stderr)
+            self.console.warn(f"warning: {where}; rolled back to step {self.step} with lr x{lr_scale:g}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
@@ -425,8 +437,8 @@ class Trainer:
             finally:
                 logger.close()
 
-    def _report_budget_stop(self, path: Path, bar: tqdm) -> None:
-        bar.write(stop_report(self.budget, self.step, self.t.max_steps, path))
+    def _report_budget_stop(self, path: Path) -> None:
+        self.console.write(stop_report(self.budget, self.step, self.t.max_steps, path, resume_command(self.run_dir)))
 
     def _loop(self) -> float:
         t = self.t
@@ -435,40 +447,31 @@ class Trainer:
         if self.budget.limited:
             self._measure_final_phase()
         batches = self._train_batches()
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.show_bar, desc="train",
-                   dynamic_ncols=True)
+        self.console = start_console(self)  # the bar or log lines, after the banner; the config to the logger
         test_bpd = math.nan
-        clock, images = time.perf_counter(), 0
         try:
             while self.step < t.max_steps:
                 with self.budget.timed("step"):
                     micro = [next(batches) for _ in range(t.grad_accum)]
                     bpd, grad_norm = self.run_step(micro)
-                images += self.t.batch_size * t.grad_accum  # global images per step
-                rate = images / max(time.perf_counter() - clock, 1e-9)
-                bar.update(1)
-                bar.set_postfix({self.metric.tag: f"{bpd:.3f}", "img_s": f"{rate:.0f}"})
+                rate = self.console.step(self.step, bpd, t.batch_size * t.grad_accum)  # global images per step
                 if self.step % t.log_every == 0 or self.step == 1:
-                    self.logger.scalars({f"train/{self.metric.tag}": bpd, "train/grad_norm": grad_norm,
-                                         "train/lr": self.scheduler.get_last_lr()[0],
-                                         "train/images_per_sec": rate,
-                                         "train/skipped_steps": self.progress.bad_steps,
-                                         "time/train_seconds": self.train_seconds()}, self.step)
-                    clock, images = time.perf_counter(), 0
+                    log_step(self, bpd, grad_norm, rate)  # the scalars to the logger, a line to the console
                 self.stopped_by_budget = self.step < t.max_steps and self._out_of_time()
                 done = self.step == t.max_steps or self.stopped_by_budget
                 if self.step % t.eval_every == 0 or done:
                     test_bpd = self.evaluate()
-                    if self.rank.is_main:
-                        bar.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
+                    self.console.write(f"step {self.step}: test {self.metric.text} {test_bpd:.4f}")
+                if self.fid is not None and self.step % t.fid_every == 0:  # beside bits/dim, on a forked RNG
+                    with self.budget.timed("eval"), self._forked_rng():
+                        self.logger.scalars(self.fid.measure(self.eval_model), self.step)
                 if self.step % t.sample_every == 0 or done:
                     self.write_samples()
                 if self.consecutive_bad >= t.max_bad_steps:
                     self._recover_from_divergence()
                     batches.close()
                     batches = self._train_batches()  # the data position came back with the checkpoint
-                    bar.reset(total=t.max_steps)
-                    bar.update(self.step)
+                    self.console.reset(self.step)
                     continue
                 if self.step % t.checkpoint_every == 0 and not done and self.consecutive_bad == 0:
                     self._side_save("last.pt")
@@ -479,10 +482,10 @@ class Trainer:
                     raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
                 if self.stopped_by_budget:
                     if self.rank.is_main:
-                        self._report_budget_stop(path, bar)
+                        self._report_budget_stop(path)
                     break
         finally:
             batches.close()  # stops DataLoader workers now, not whenever the generator is collected
-            bar.close()
+            self.console.close()
         return test_bpd
 
