@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from nfgen.costs import figure_side, format_count, max_pixels
 from nfgen.evaluate import class_log_probs
 from nfgen.model import ImageFlow
 
 MAX_ANNOTATED = 30  # classes up to which the picture writes each cell's count (more are unreadable)
+MIN_NAMED_CELL = 14  # pixels a cell needs for its class name beside it: 10-point text at 100 dpi
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,14 @@ def format_confusion(result: Classification) -> str:
                      for r in rows)
 
 
-def draw_confusion(result: Classification, path: str | Path, title: str = "") -> None:
+def draw_confusion(result: Classification, path: str | Path, title: str = "") -> str | None:
     """The confusion matrix as a picture: each cell shaded by its share of the true class's
-    images (rows sum to 1), with its count written in it; class names label the axes."""
+    images (rows sum to 1), with its count written in it; class names label the axes.
+
+    Pictures are bounded by one rule (``costs.max_pixels``): with many classes (a 1,000-class
+    model would want 45,000 pixels a side) the picture is drawn at the largest size under it,
+    without the names where a cell is too small for them; the returned note says so (None when
+    nothing was left out). The numbers are in the table and the JSON."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -101,12 +108,25 @@ def draw_confusion(result: Classification, path: str | Path, title: str = "") ->
     conf = result.confusion()
     k = conf.shape[0]
     share = (conf.double() / conf.sum(1, keepdim=True).clamp(min=1)).numpy()
-    side = max(3.5, 0.45 * k + 1.8)
+    dpi = 100
+    wanted = max(3.5, 0.45 * k + 1.8)
+    side = figure_side(wanted, 0.8, dpi)
+    named = side * dpi / k >= MIN_NAMED_CELL  # pixels per cell
+    note = None
+    if side < wanted:
+        note = (f"the confusion matrix of {k} classes is drawn at {round((side + 0.8) * dpi)} x {round(side * dpi)} "
+                f"pixels, under the limit of {format_count(max_pixels())} for a picture, instead of "
+                f"{round((wanted + 0.8) * dpi)} x {round(wanted * dpi)}"
+                + ("" if named else ", without class names (too small to read)") + "; the JSON and the table hold every count")
     fig, ax = plt.subplots(figsize=(side + 0.8, side))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(k), result.class_names, rotation=90 if max(map(len, result.class_names)) > 2 else 0)
-    ax.set_yticks(range(k), result.class_names)
+    if named:
+        ax.set_xticks(range(k), result.class_names, rotation=90 if max(map(len, result.class_names)) > 2 else 0)
+        ax.set_yticks(range(k), result.class_names)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= MAX_ANNOTATED:
@@ -116,5 +136,6 @@ def draw_confusion(result: Classification, path: str | Path, title: str = "") ->
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title or f"accuracy {result.accuracy:.3f} ({result.correct} of {len(result.labels)})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+    return note

@@ -16,6 +16,7 @@ from nfgen.cli_data import data_app
 from nfgen.cli_fid import eval_fid
 from nfgen.complexity import CODECS
 from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
+from nfgen.outputs import check_outputs, folder_outputs, is_stdout, opened
 
 # Each verb imports the library parts it uses (torch, torchvision, TensorBoard) when it runs:
 # `nfgen --help`, `--version` and a usage error answer without importing them (tests/test_packaging.py).
@@ -141,23 +142,23 @@ def sample(
         check_device_name(device)
         import torch  # after the option checks: a usage error answers without importing torch
 
-        from nfgen.generate import sample_in_batches, save_grid
+        from nfgen.generate import check_grid_size, sample_in_batches, save_grid
 
         t = opts.load_trained(ckpt, None, device)
         model, cfg, names = t.model, t.cfg, t.class_names
         labels, per_row = opts.sample_labels(model, cfg, names, label or [], n, guidance, annealed)
         count = n if labels is None else len(labels)  # a row per class: n rounded down to whole rows
         nrow = nrow if nrow is not None else per_row
-        opts.output_path(out, overwrite)
+        check_grid_size(count, model.shape, nrow, "--n")
+        singles = [] if each is None else folder_outputs(each, [f"{i:05d}.png" for i in range(count)])
+        check_outputs({"--out": out, "--each": singles}, overwrite, pictures=("--out", "--each"))
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         denoised = denoise and model.noise_sigma is not None
         images = sample_in_batches(model, count, batch_size, temperature, generator, labels, sys.stderr.isatty(),
                                    denoise=denoised, guidance=guidance, annealed=annealed)
-        save_grid(images, out, nrow)
-        if each is not None:
-            each.mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(images):
-                save_grid(image[None], opts.output_path(each / f"{i:05d}.png", overwrite), 1)
+        save_grid(images, opts.output_path(out), nrow)
+        for image, path in zip(images, singles):
+            save_grid(image[None], opts.output_path(path), 1)
         how = f", denoised by one Tweedie step (sigma {model.noise_sigma:g})" if denoised else ""
         if labels is not None:
             rows = [names[int(y)] if int(y) < len(names) else "null" for y in labels[::per_row]]
@@ -172,7 +173,8 @@ def eval_bpd(
     ckpt: Ckpt,
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     samples: Annotated[int, typer.Option(help="Dequantization draws per image; > 1 gives the importance-weighted estimate.")] = 1,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON; - for standard "
+                                                  "output.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
@@ -192,8 +194,8 @@ def eval_bpd(
         t = opts.load_trained(ckpt, set_, device)
         model, cfg = t.model, t.cfg
         check_likelihood(model)  # before anything is written: a Gaussian-noise model has no bits/dim
-        if json_out is not None:
-            opts.output_path(json_out, overwrite)
+        check_outputs({"--json": json_out}, overwrite)
+        to_stdout = is_stdout(json_out)  # then the report goes to stderr
         data = t.split(split)
         loader = make_loader(data, batch_size or cfg.train.batch_size, shuffle=False,
                              num_workers=cfg.data.num_workers, pin_memory=False)
@@ -209,7 +211,7 @@ def eval_bpd(
             typer.echo(f"{split} bits/dim, conditional -log p(x | y) with the true labels: {c.conditional.bpd:.4f} "
                        f"± {c.conditional.stderr:.4f}\n{split} bits/dim, marginal -log p(x), p(x) = mean_y p(x | y) "
                        f"over {c.num_classes} classes: {c.marginal.bpd:.4f} ± {c.marginal.stderr:.4f}\n"
-                       f"({c.conditional.n_images} images, {how})")
+                       f"({c.conditional.n_images} images, {how})", err=to_stdout)
             record = {"conditional": {**opts.bpd_record(c.conditional), "means": "-log p(x | y), y the true label"},
                       "marginal": {**opts.bpd_record(c.marginal), "means": "-log p(x), p(x) = mean_y p(x | y) (uniform "
                                    "class prior)"},
@@ -217,10 +219,11 @@ def eval_bpd(
         else:
             r = evaluate_bpd(model, loader, n_samples=samples, progress=sys.stderr.isatty())
             opts.finite(r.n_nonfinite, r.n_images)
-            typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, {how})")
+            typer.echo(f"{split} bits/dim: {r.bpd:.4f} ± {r.stderr:.4f} ({r.n_images} images, {how})", err=to_stdout)
             record = {**opts.bpd_record(r), **common, "n_images": r.n_images}
         if json_out is not None:
-            json_out.write_text(json.dumps(record, indent=2) + "\n")
+            with opened(json_out) as f:
+                f.write(json.dumps(record, indent=2) + "\n")
 
 
 @app.command()
@@ -242,8 +245,8 @@ def interpolate(
     import torch
 
     from nfgen.data import DataError
+    from nfgen.generate import check_grid_size, same_class_pairs, save_grid
     from nfgen.generate import interpolate as interpolate_images
-    from nfgen.generate import same_class_pairs, save_grid
     from nfgen.labels import take
 
     with opts.user_errors():
@@ -256,7 +259,8 @@ def interpolate(
         check_device_name(device)
         t = opts.load_trained(ckpt, set_, device)
         model = t.model
-        opts.output_path(out, overwrite)
+        check_grid_size(pairs * (steps + 2), model.shape, steps + 2, "--pairs or --steps")
+        check_outputs({"--out": out}, overwrite, pictures=("--out",))
         data = t.split(split)
         if len(data) < 2 * pairs:
             raise DataError(f"the {split} split has {len(data)} images; --pairs {pairs} needs {2 * pairs}")
@@ -277,7 +281,7 @@ def interpolate(
             chunks.append(interpolate_images(model, x[:pairs][part], x[pairs:][part], steps, spherical,
                                              labels=None if labels is None else labels[part]).cpu())
         rows = torch.cat(chunks)
-        save_grid(rows.flatten(0, 1), out, nrow=steps + 2)
+        save_grid(rows.flatten(0, 1), opts.output_path(out), nrow=steps + 2)
         typer.echo(f"wrote {pairs} interpolations of {steps} steps to {out}")
 
 
@@ -310,8 +314,7 @@ def classify(
         opts.in_range("--batch-size", 1 if batch_size is None else batch_size, 1, 65536)
         opts.checked_split(split)
         opts.image_path(out)
-        for path in (out, json_out):
-            opts.fresh(path, overwrite)
+        check_outputs({"--out": out, "--json": json_out}, overwrite, pictures=("--out",))
         check_device_name(device)
         t = opts.load_trained(ckpt, set_, device)
         model, cfg, names = t.model, t.cfg, t.class_names
@@ -324,19 +327,21 @@ def classify(
         result = run_classifier(model, loader, names, samples, sys.stderr.isatty())
         if not torch.isfinite(result.log_probs).all():
             raise FloatingPointError("some images gave a non-finite log p(x | y); the model is numerically broken on them")
-        to_stdout = json_out is not None and str(json_out) == "-"
+        to_stdout = is_stdout(json_out)
         typer.echo(f"{split} accuracy: {result.accuracy:.4f} ({result.correct} of {len(result.labels)} images), "
                    f"Bayes classifier argmax_y log p(x | y) over {len(names)} classes, uniform prior, "
                    f"{samples} dequantization sample(s)\n{format_confusion(result)}", err=to_stdout)
-        draw_confusion(result, opts.output_path(out, True), f"{ckpt}: {split}, accuracy {result.accuracy:.3f} "
-                       f"({result.correct} of {len(result.labels)})")
-        if json_out is not None:
+        if json_out is not None:  # the numbers first: the picture is the part that may be degraded
             record = {"checkpoint": str(ckpt), "split": split, "importance_samples": samples, "class_prior": "uniform",
                       "class_names": names, "accuracy": result.accuracy, "n_images": len(result.labels),
                       "confusion": result.confusion().tolist(), "confusion_axes": "row: true class, column: predicted",
                       "images": result.records(opts.item_names(data))}
-            with opts.opened(json_out) as f:
+            with opened(json_out) as f:
                 f.write(json.dumps(record, indent=2) + "\n")
+        note = draw_confusion(result, opts.output_path(out), f"{ckpt}: {split}, accuracy {result.accuracy:.3f} "
+                              f"({result.correct} of {len(result.labels)})")
+        if note:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(f"confusion matrix picture: {out}", err=to_stdout)
 
 
@@ -382,11 +387,8 @@ def score(
             if c not in CODECS:
                 raise ConfigError(f"--codec must be one of {', '.join(CODECS)}, got {c!r}")
         wanted, hist = opts.score_wanted(split, folder, in_, ood, hist)
-        to_stdout = [p for p in (csv_out, json_out) if p is not None and str(p) == "-"]
-        if len(to_stdout) > 1:
-            raise ConfigError("--csv and --json cannot both be standard output")
-        for path in (csv_out, json_out, hist):
-            opts.fresh(path, overwrite)
+        check_outputs({"--csv": csv_out, "--json": json_out, "--hist": hist}, overwrite, pictures=("--hist",))
+        to_stdout = [p for p in (csv_out, json_out) if is_stdout(p)]
         check_device_name(device)
         t = opts.load_trained(ckpt, set_, device)
         model, cfg = t.model, t.cfg
@@ -410,16 +412,16 @@ def score(
             report = {**header, **ood_report(measured, in_name, stats, codecs, batch_test_size)}
             typer.echo(format_report(report), err=bool(to_stdout))
             histogram({s: m.columns(stats.mean) for s, m in measured.items()}, in_name, score_names(codecs),
-                      opts.output_path(hist, True), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
+                      opts.output_path(hist), f"{ckpt}: {in_name} against {len(sets) - 1} other set(s)")
             if json_out is not None:
-                with opts.opened(json_out) as f:
+                with opened(json_out) as f:
                     f.write(json.dumps(report, indent=2) + "\n")
             typer.echo(f"histogram: {hist}", err=True)
         elif json_out is not None:
-            with opts.opened(json_out) as f:
+            with opened(json_out) as f:
                 write_rows(measured, stats.mean, f, True, header)
         if csv_out is not None or (hist is None and not to_stdout):  # one set: CSV on stdout by default
-            with opts.opened(csv_out) as f:
+            with opened(csv_out) as f:
                 write_rows(measured, stats.mean, f, False, header)
 
 

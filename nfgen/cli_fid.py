@@ -11,6 +11,7 @@ import typer
 
 from nfgen import cli_support as opts
 from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
+from nfgen.outputs import check_outputs, is_stdout, opened
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -86,7 +87,7 @@ def eval_fid(
             raise ConfigError(f"--threshold must be a probability in (0, 1], got {threshold}")
         if gen is not None and (label or guidance or annealed):
             raise ConfigError("--label, --guidance and --annealed choose how --ckpt is sampled; --gen images are given")
-        opts.fresh(json_out, overwrite)
+        check_outputs({"--json": json_out}, overwrite)
         check_device_name(device)
         extractors.need_torch_fidelity()
         dev = opts.torch_device(device)
@@ -144,8 +145,8 @@ def eval_fid(
                                 "n_images": n_gen, "n_nonfinite": generated.n_nonfinite,
                                 "nonfinite_rule": "counted, and left out of every metric", "sampling": sampling},
                   "image_shape": list(shape)}
-        to_stdout = json_out is not None and str(json_out) == "-"
+        to_stdout = is_stdout(json_out)
         typer.echo(summary(result, n_gen, reference.n, generated.n_nonfinite), err=to_stdout)
         if json_out is not None:
-            with opts.opened(json_out) as f:
+            with opened(json_out) as f:
                 f.write(json.dumps(record, indent=2) + "\n")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -31,12 +31,9 @@ from nfgen.user_input import parser
 # catching them imports nothing.
 _USER_ERRORS = (("nfgen.errors", "DataError"), ("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
                 ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
-                ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"))
+                ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"),
+                ("nfgen.outputs", "OutputError"))
 _INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)
-
-
-class OutputExistsError(Exception):
-    """An output file that is there already, and no ``--overwrite``."""
 
 
 def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
@@ -62,7 +59,7 @@ def user_errors() -> Iterator[None]:
     except ConfigError as e:
         fail(str(e), 2)
     except Exception as e:
-        if isinstance(e, (FloatingPointError, OutputExistsError, *_loaded(_USER_ERRORS))):
+        if isinstance(e, (FloatingPointError, *_loaded(_USER_ERRORS))):
             fail(str(e))
         if isinstance(e, _loaded(_INTERRUPTED)):
             typer.echo(str(e), err=True)
@@ -70,6 +67,16 @@ def user_errors() -> Iterator[None]:
         if isinstance(e, OSError):
             fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
         raise
+
+
+def script_main(main: Callable[[], int | None]) -> int:
+    """A script's ``main`` (scripts/) under the command line's error policy, ``user_errors``: a
+    user's mistake is one line on stderr and a non-zero exit code, never a traceback."""
+    try:
+        with user_errors():
+            return main() or 0
+    except typer.Exit as e:
+        return e.exit_code
 
 
 def progress(items: Iterable[T], what: str) -> Iterable[T]:
@@ -108,9 +115,9 @@ def checked_split(name: str) -> str:
     return name
 
 
-def output_path(path: Path, overwrite: bool) -> Path:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+def output_path(path: Path) -> Path:
+    """An output file checked by ``check_outputs`` before the work, about to be written: its
+    folders are created now."""
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -228,23 +235,6 @@ def image_set(t: Trained, where: str | Path) -> tuple[str, Dataset]:
         return where, t.split(where)
     path = Path(where)
     return path.name or str(path), load_folder(path, t.model.shape)
-
-
-def fresh(path: Path | None, overwrite: bool) -> Path | None:
-    """An output that must not exist yet (unless --overwrite); created only once the work is done."""
-    if path is not None and str(path) != "-" and path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    return path
-
-
-@contextmanager
-def opened(path: Path | None) -> Iterator[TextIO]:
-    if path is None or str(path) == "-":
-        yield sys.stdout
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        yield f
 
 
 def score_wanted(split: str | None, folder: Path | None, in_: str | None, ood: list[Path] | None,

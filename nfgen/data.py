@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from nfgen.config import Config, check_data_matches_model
+from nfgen.costs import check_image
 from nfgen.errors import DataError
 from nfgen.image_modes import SUPPORTED, ModeError, to_mode
 from nfgen.labels import CIFAR10_CLASSES, MNIST_CLASSES, Labelled
@@ -70,6 +71,7 @@ class ImageFiles(Dataset[torch.Tensor]):
         self.files = files
         self.skipped: list[Path] = []  # load_folder's: files under the folder that are not images
         self.mode = mode
+        self.size = size
         # Resize(int) sets the shorter side; max(H, W) makes both sides cover a non-square crop.
         self.transform = transforms.Compose(
             [transforms.Resize(max(size)), transforms.CenterCrop(size), transforms.PILToTensor()]
@@ -83,6 +85,9 @@ class ImageFiles(Dataset[torch.Tensor]):
         try:
             with Image.open(path) as img:
                 source = img.mode
+                # The header is read, no pixel yet: refuse a size whose decoding or resizing
+                # would not fit (the file may have changed since the folder was listed).
+                check_image(path, img.width, img.height, self.size, DataError)
                 # A camera stores a photo as its sensor read it, with an EXIF tag saying how to
                 # turn it upright; viewers obey the tag, so the upright image is the one the user
                 # sees and chose. to_mode decodes the whole file: corrupt data fails here.
@@ -352,20 +357,22 @@ def load_folder(root: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
 
 
 def _checked_images(files: list[Path], shape: tuple[int, int, int]) -> ImageFiles:
-    _check_headers(files)
     c, h, w = shape
+    _check_headers(files, (h, w))
     return ImageFiles(files, "L" if c == 1 else "RGB", (h, w))
 
 
-def _check_headers(files: list[Path]) -> None:
+def _check_headers(files: list[Path], size: tuple[int, int]) -> None:
     """Open every file's header before training starts (cheap: no pixels are decoded), so a
-    non-image or a broken file is reported now rather than hours into a run."""
+    non-image, a broken file or one too large to decode and resize to ``size`` is reported now
+    rather than hours into a run."""
     for path in files:
         try:
             with Image.open(path) as img:
-                mode = img.mode  # parsing the header is the check
+                mode, width, height = img.mode, img.width, img.height  # parsing the header is the check
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path} ({e}): fix or delete the file") from None
+        check_image(path, width, height, size, DataError)
         if mode not in SUPPORTED:
             raise DataError(f"image {path} has mode {mode}, which nfgen cannot convert to grey or RGB "
                             f"without guessing: save it as 8-bit grey or RGB (e.g. PNG)")

@@ -13,6 +13,7 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from nfgen.atomic import atomic_write
+from nfgen.costs import check_grid
 from nfgen.model import ImageFlow
 
 
@@ -20,9 +21,21 @@ def to_float(images: Tensor) -> Tensor:
     return images.float() / 255.0
 
 
+def grid_nrow(n: int, nrow: int | None = None) -> int:
+    """Images per row of a grid of ``n``: ``nrow``, or a square."""
+    return nrow or max(1, int(math.sqrt(n)))
+
+
+def check_grid_size(n: int, shape: tuple[int, int, int], nrow: int | None, lower: str) -> None:
+    """Refuse, before anything is sampled, a grid over the one bound on pictures
+    (``costs.check_grid``); ``lower`` names the option that sets ``n``."""
+    check_grid(n, grid_nrow(n, nrow), shape, lower)
+
+
 def grid(images: Tensor, nrow: int | None = None) -> Tensor:
     """uint8 images -> a float grid [3, H', W'] for TensorBoard."""
-    nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
+    nrow = grid_nrow(images.shape[0], nrow)
+    check_grid(images.shape[0], nrow, tuple(images.shape[1:]), "the number of images")
     return make_grid(to_float(images).cpu(), nrow=nrow, padding=2)
 
 
@@ -31,7 +44,8 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None
     from PIL import Image
 
     path = Path(path)
-    nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
+    nrow = grid_nrow(images.shape[0], nrow)
+    check_grid(images.shape[0], nrow, tuple(images.shape[1:]), "the number of images")
     form = Image.registered_extensions().get(path.suffix.lower())
     if form is None:
         raise ValueError(f"{path}: no image writer knows the extension {path.suffix or '(none)'!r}")

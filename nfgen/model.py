@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nfgen.config import Config, config_from_dict
+from nfgen.costs import Memory, available_memory, check_memory, format_count, model_cost
 from nfgen.dequantize import GaussianDequantizer, UniformDequantizer, VariationalDequantizer
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.conditioning import ClassEmbedding, ClassPrior, Guided
@@ -343,12 +344,29 @@ ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
 }
 
 
-def build_model(config: Config | Mapping[str, Any]) -> ImageFlow:
+def build_model(config: Config | Mapping[str, Any], memory: Memory = available_memory) -> ImageFlow:
     """Build an ImageFlow from a Config, or a dict with ``model`` / ``dequantization`` keys; the
     training options that change how it computes, not what (memory saving, channels-last), are
-    applied to the built model."""
+    applied to the built model. A model whose parameters would not fit in the machine's memory
+    (``memory``, injectable) is refused (``ConfigError``) before any is allocated."""
     if not isinstance(config, Config):
         config = config_from_dict(dict(config))
+    cost = model_cost(lambda: build_unchecked(config))
+    check_memory(cost.parameters, "cpu", f"a {config.model.arch} model of {format_count(cost.parameters // 4)} "
+                 "parameters", model_sizes(config), memory)
+    return build_unchecked(config)
+
+
+def model_sizes(config: Config) -> str:
+    """What to lower when a model is too large: its section's sizes (``model.tarflow.width``, ...)."""
+    m = config.model
+    keys = [f"model.{m.arch}.{k}" for k, v in dataclasses.asdict(m.options).items()
+            if isinstance(v, int | list) and not isinstance(v, bool)]
+    return f"its sizes ({', '.join(keys)})" if keys else f"the sizes in model.{m.arch}"
+
+
+def build_unchecked(config: Config) -> ImageFlow:
+    """``build_model`` without the memory check (what the check itself builds on fake tensors)."""
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
     context_dim = m.class_dim if m.num_classes and m.class_in_body else 0

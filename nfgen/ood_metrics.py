@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nfgen.costs import check_figure
+
 
 def _curve(in_scores: np.ndarray, out_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (false positives, true positives) flagging ``score >= t`` for each distinct
@@ -86,7 +88,9 @@ def histogram(scores: dict[str, dict[str, np.ndarray]], in_name: str, names: Seq
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 2.8), squeeze=False)
+    size = (3.3 * len(names), 2.8)
+    check_figure(*size, 80, f"the histogram of {len(names)} scores", "the number of scores (--codec)")
+    fig, axes = plt.subplots(1, len(names), figsize=size, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, score in zip(axes[0], names):
         ours = scores[in_name][score]
@@ -111,5 +115,5 @@ def histogram(scores: dict[str, dict[str, np.ndarray]], in_name: str, names: Seq
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80)  # the dpi check_figure was given
     plt.close(fig)

@@ -54,6 +54,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nfgen import build_model, load_config
+from nfgen.cli_support import script_main
 from nfgen.config import Config, validate
 from nfgen.training.memory import saved_activation_bytes
 from nfgen.training.step import MicroBatch, autocast, initialize, make_forward, make_optimizer, train_step
@@ -615,4 +616,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

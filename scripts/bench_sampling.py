@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nfgen.cli_support import script_main
 from nfgen.config import load_config  # noqa: E402
 from nfgen.flows.tarflow import set_kv_cache  # noqa: E402
 from nfgen.model import ImageFlow, build_model  # noqa: E402
@@ -76,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script_main(main))  # the command line's one-line errors

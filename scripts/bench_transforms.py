@@ -12,10 +12,12 @@ affine, measured in the same run, mean anything across machines. One thread by d
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
+from nfgen.cli_support import script_main
 from nfgen.flows.transforms import make_transform
 
 CASES = [
@@ -64,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script_main(main))  # the command line's one-line errors

@@ -12,10 +12,12 @@ mean anything across machines. One thread.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
+from nfgen.cli_support import script_main
 from nfgen.flows.base import Sequential
 from nfgen.flows.vector import Planar, Radial
 
@@ -50,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script_main(main))  # the command line's one-line errors

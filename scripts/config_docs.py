@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from nfgen.cli_config import with_reference
+from nfgen.cli_support import script_main
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configs.md"
 
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

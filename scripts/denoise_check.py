@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from nfgen.cli_support import script_main
 from nfgen.data import load_split
 from nfgen.training.checkpoint import model_from_checkpoint
 
@@ -60,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

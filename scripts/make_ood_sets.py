@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from nfgen.cli_support import script_main
+
 N_TRAIN = 1500  # nfgen data digits's split: the inverted set uses the held-out digits
 
 
@@ -80,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

@@ -23,6 +23,7 @@ import sys
 import torch
 
 from nfgen import build_model, load_config
+from nfgen.cli_support import script_main
 from nfgen.training.step import initialize, make_forward, make_optimizer, train_step
 
 # Self-CPU rows that are the step's real work: convolutions (oneDNN's and aten's) and matrix
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))  # the command line's one-line errors

@@ -28,6 +28,10 @@ counted.
   non-finite loss), under the same stop rule (``nfgen.training.budget``: each share ends with its
   evaluation inside it, the evaluation's time measured once up front).
 
+A contender that diverges keeps its points up to then and is marked DIVERGED; one whose process
+fails is marked FAILED (exit code) and the race goes on: the others' results are printed and
+written (the race then exits 1).
+
 What each pays inside its budget: both their training steps, their first batch's actnorm init
 and the evaluations; nfgen also its per-job start (a timing of the final phase, the sample grids
 its trainer writes and ``last.pt``). Process start, data loading and the final sampling are
@@ -54,12 +58,14 @@ from pathlib import Path
 import torch
 
 from nfgen import load_config
+from nfgen.cli_support import script_main
 from nfgen.config import Config, ConfigError, config_from_dict, parse_duration
 from nfgen.data import DataError, load_split
 from nfgen.evaluate import NotALikelihoodError, check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train
+from nfgen.training.trainer import DivergenceError
 
 MARK = "RACE_RESULT "  # prefixes the one stdout line a worker reports
 REAL_PIXELS = 28 * 28  # MNIST's; padding to 32x32 adds none
@@ -106,23 +112,31 @@ def nfgen_worker(spec: dict) -> dict:
     check_likelihood(cfg)  # every nfgen contender's figures are bits per real pixel
     run_dir, share = Path(spec["run_dir"]), spec["budget"] / spec["points"]
     last = run_dir / "checkpoints" / "last.pt"
-    points = []
+    points, diverged = [], None
     for k in range(spec["points"]):
         job = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_time=share))
-        bpd = train(job, run_dir, resume=k > 0, overwrite=k == 0, progress=False)
+        try:
+            bpd = train(job, run_dir, resume=k > 0, overwrite=k == 0, progress=False)
+        except DivergenceError as e:  # a result of the race, not a failure of it: its points so far
+            diverged = str(e)
+            break
         progress = load_checkpoint(last)["progress"]
         nats = bpd * math.prod(cfg.model.image_shape) * math.log(2)
         points.append({"seconds": progress["train_seconds"], "step": progress["step"],
                        "bits_per_real_pixel": bits_per_real_pixel(nats)})
         if progress["step"] >= cfg.train.max_steps:
             break
+    if not last.is_file():  # diverged before its first checkpoint: nothing to sample
+        return {"points": points, "params": None, "skipped_steps": None, "nonfinite_samples": None,
+                "diverged": diverged}
+    progress = load_checkpoint(last)["progress"]
     model, _, _ = model_from_checkpoint(last, device=torch.device(spec["device"]))  # the EMA, as evaluated
     nonfinite = {}
     for t in TEMPERATURES:
         generator = torch.Generator(model._ref().device).manual_seed(spec["seed"])
         nonfinite[f"{t:g}"] = count_nonfinite(lambda n, t=t, g=generator: model.sample_continuous(n, t, g))
     return {"points": points, "params": sum(p.numel() for p in model.parameters()),
-            "skipped_steps": progress["bad_steps"], "nonfinite_samples": nonfinite}
+            "skipped_steps": progress["bad_steps"], "nonfinite_samples": nonfinite, "diverged": diverged}
 
 
 def normflows_worker(spec: dict) -> dict:
@@ -227,23 +241,38 @@ def spawn(spec: dict) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
                           stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-    if proc.returncode or not lines:
-        raise SystemExit(f"race: {label(spec)} failed (exit code {proc.returncode}); its error is above")
+    if proc.returncode or not lines:  # reported, and the race goes on: the others' results stand
+        print(f"race: {label(spec)} failed (exit code {proc.returncode}); its error is above", file=sys.stderr)
+        return {"contender": label(spec), "points": [], "params": None, "skipped_steps": None,
+                "nonfinite_samples": None, "failed": f"exit code {proc.returncode}",
+                "process_seconds": time.monotonic() - start}
     return {"contender": label(spec), **json.loads(lines[-1][len(MARK):]), "process_seconds": time.monotonic() - start}
+
+
+def status(result: dict) -> str:
+    """What a contender's row ends with: finished, diverged (its points up to then) or failed."""
+    if result.get("failed"):
+        return f"FAILED ({result['failed']})"
+    if result.get("diverged"):
+        return "DIVERGED (points until then)"
+    return "finished"
 
 
 def table(report: dict) -> str:
     n = report["points"]
     head = (f"{'contender':<44} {'params':>9} {'steps':>6} {'skip':>4} "
             + " ".join(f"{f'{(k + 1) / n:.0%} of budget':>18}" for k in range(n))
-            + f" {'non-finite T=1':>14} {'T=0.7':>6}")
+            + f" {'non-finite T=1':>14} {'T=0.7':>6}  status")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         cells = [f"{p['bits_per_real_pixel']:.4f} @{p['seconds']:.0f}s" for p in r["points"]]
         cells += ["-"] * (n - len(cells))
-        nf = r["nonfinite_samples"]
-        lines.append(f"{r['contender'][:44]:<44} {r['params']:>9,} {r['points'][-1]['step']:>6} {r['skipped_steps']:>4} "
-                     + " ".join(f"{c:>18}" for c in cells) + f" {nf['1']:>14} {nf['0.7']:>6}")
+        nf = r["nonfinite_samples"] or {"1": "-", "0.7": "-"}
+        params = "-" if r["params"] is None else f"{r['params']:,}"
+        steps = r["points"][-1]["step"] if r["points"] else "-"
+        skipped = "-" if r["skipped_steps"] is None else r["skipped_steps"]
+        lines.append(f"{r['contender'][:44]:<44} {params:>9} {steps:>6} {skipped:>4} "
+                     + " ".join(f"{c:>18}" for c in cells) + f" {nf['1']:>14} {nf['0.7']:>6}  {status(r)}")
     return "\n".join(lines)
 
 
@@ -312,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
-    return 0
+    return 1 if any(r.get("failed") for r in results) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -210,3 +210,106 @@ def test_train_without_a_budget_reports_its_time(data, tmp_path):
     train(cfg(data, max_steps=4), run, progress=False)
     seconds = load_checkpoint(run / "checkpoints/last.pt")["progress"]["train_seconds"]
     assert seconds > 0 and scalars(run, "time/train_seconds")[4] <= seconds
+
+
+# ------------------------------------------------------------------ the final phase, measured by running it
+class WritingClock(VirtualClock):
+    """A virtual clock on which writing a sample grid costs time in proportion to its images, as
+    encoding a PNG does: ``per_image`` seconds per image for the PNG and again for TensorBoard's
+    image. Training steps cost ``step`` seconds per pass of the body. Nothing real is timed."""
+
+    def __init__(self, step: float, per_image: float) -> None:
+        super().__init__()
+        self.step, self.per_image = step, per_image
+
+    def attach(self, model: torch.nn.Module) -> WritingClock:
+        model.body.register_forward_pre_hook(lambda *args: setattr(self, "now", self.now + self.step))
+        return self
+
+    def grid_written(self, images: int) -> None:
+        self.now += self.per_image * images
+
+
+class SlowGridWrites(SideWrites):
+    """The trainer's write policy, with each sample grid's PNG taking time on ``clock``."""
+
+    def __init__(self, clock: WritingClock, images: int) -> None:
+        super().__init__()
+        self.clock, self.images = clock, images
+
+    def attempt(self, what, path, write):
+        if what == "sample grid":
+            self.clock.grid_written(self.images)
+        return super().attempt(what, path, write)
+
+
+class SlowImageWriter:
+    """A TensorBoard writer whose ``add_image`` takes time on the clock, by the grid's images."""
+
+    def __init__(self, clock: WritingClock, images: int, log_dir: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.clock, self.images, self.inner = clock, images, SummaryWriter(log_dir)
+
+    def add_image(self, *args, **kwargs):
+        self.clock.grid_written(self.images)
+        return self.inner.add_image(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def budget_trainer(config, run: Path, clock: WritingClock):
+    images = config.train.sample_count
+    writes = SlowGridWrites(clock, images)
+    logger = RunLogger(run / "tb", writes, lambda d: SlowImageWriter(clock, images, d))
+    trainer = build_trainer(config, run, logger, Rank(), False, writes, clock=clock)
+    clock.attach(trainer.model)
+    return trainer, logger
+
+
+def budget_job(config, run: Path, clock: WritingClock):
+    trainer, logger = budget_trainer(config, run, clock)
+    try:
+        trainer.run_loop()
+    finally:
+        logger.close()
+    return trainer
+
+
+def test_a_3_second_budget_with_large_grids_ends_in_time(data, tmp_path):
+    # Two grids of 1,024 images at 0.25 ms per image for the PNG and as much for TensorBoard:
+    # a final phase of about a second, a third of the budget, that drawing alone (free here)
+    # would not show. The budget's measure must include the writes, or the job overruns.
+    config = cfg(data, max_time=3, sample_count=1024, eval_every=10**6, sample_every=10**6,
+                 checkpoint_every=10**6)
+    writing = 2 * 2 * 1024 * 0.00025  # two temperatures, PNG and TensorBoard
+    # The up-front measure, before any step, includes the writes ...
+    probe, logger = budget_trainer(config, tmp_path / "probe", WritingClock(step=0.01, per_image=0.00025))
+    probe._measure_final_phase()
+    logger.close()
+    assert probe.budget.cost["samples"] == pytest.approx(writing)
+    assert not (tmp_path / "probe/samples").exists() and not (tmp_path / "probe/tb").exists()
+    assert list((tmp_path / "probe/checkpoints").iterdir()) == []  # the trial checkpoint is gone
+    # ... so a job stops in time for them.
+    clock = WritingClock(step=0.01, per_image=0.00025)
+    trainer = budget_job(config, tmp_path / "run", clock)
+    assert trainer.stopped_by_budget and trainer.step > 10
+    assert clock.now <= 3.0  # ended in time, on a clock on which nothing flakes
+    assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == [
+        f"step{trainer.step:07d}_t0.7.png", f"step{trainer.step:07d}_t1.png"]
+
+
+def test_a_budget_stop_says_what_the_final_phase_cost_and_what_to_lower(data, tmp_path, capsys):
+    # Grids that take 50 s to write (measured up front, and reserved x1.5) leave a 2-minute
+    # budget no room after its first step.
+    clock = WritingClock(step=0.5, per_image=50 / (4 * 64))
+    config = cfg(data, max_time="2m", sample_count=64, eval_every=10**6, sample_every=10**6,
+                 checkpoint_every=10**6)
+    trainer = budget_job(config, tmp_path / "run", clock)
+    assert trainer.stopped_by_budget and trainer.step == 1 and clock.now <= 120
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"stopped at step {trainer.step} of 1000" in last
+    assert "sample grids 50.0s" in last and "evaluation 0.5s" in last and "checkpoints 0.0s" in last
+    assert "lower train.sample_count" in last
+    assert last.endswith(f"continue with: nfgen train --resume --run-dir {tmp_path / 'run'}")

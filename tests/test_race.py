@@ -4,6 +4,7 @@ on tiny data (no timed assertions)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_table_lists_each_point_and_the_nonfinite_counts(race):
     text = race.table({"points": 2, "results": [result]})
     assert "50% of budget" in text and "100% of budget" in text
     row = text.splitlines()[-1]
-    assert "2.5000 @10s" in row and row.split()[-2:] == ["3", "0"] and "1,234" in row
+    assert "2.5000 @10s" in row and row.split()[-3:] == ["3", "0", "finished"] and "1,234" in row
 
 
 def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp_path):
@@ -92,3 +93,47 @@ def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp
     assert points[0]["seconds"] < points[1]["seconds"]
     assert all(np.isfinite(p["bits_per_real_pixel"]) for p in points)
     assert set(result["nonfinite_samples"]) == {"1", "0.7"} and result["params"] > 0
+
+
+def test_a_diverging_contender_keeps_its_points_and_is_marked(race, mnist, tmp_path, monkeypatch):
+    from nfgen.training.trainer import DivergenceError
+
+    torch.set_default_dtype(torch.float32)
+    real, calls = race.train, []
+
+    def diverges_on_the_second_job(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DivergenceError("training diverged (5 non-finite steps in a row at step 9); lower train.lr")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(race, "train", diverges_on_the_second_job)
+    spec = {"kind": "nfgen", "config": "glow_mnist.yaml", "data": str(mnist), "budget": 3.0, "points": 3,
+            "device": "cpu", "threads": 1, "seed": 0, "run_dir": str(tmp_path / "run"),
+            "sets": ["model.image_shape=[1,28,28]", "model.glow.levels=2", "model.glow.steps=1", "model.glow.hidden=8",
+                     "train.batch_size=8", "train.sample_count=4"]}
+    result = race.nfgen_worker(spec)
+    assert len(result["points"]) == 1 and result["diverged"].startswith("training diverged")
+    assert set(result["nonfinite_samples"]) == {"1", "0.7"}  # sampled from the last good checkpoint
+    assert race.status(result) == "DIVERGED (points until then)"
+
+
+def test_a_failing_contender_is_reported_and_the_race_goes_on(race, mnist, tmp_path, monkeypatch, capsys):
+    failed = race.spawn({"kind": "nfgen", "config": str(tmp_path / "missing.yaml"), "sets": [], "data": str(mnist),
+                         "budget": 1.0, "points": 1, "device": "cpu", "threads": 1, "seed": 0,
+                         "run_dir": str(tmp_path / "run")})
+    assert failed["failed"] == "exit code 2" and failed["points"] == []
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and "Traceback" not in err  # the worker's one line, then the race's
+    finished = {"contender": "nfgen a.yaml", "params": 10, "skipped_steps": 0, "nonfinite_samples": {"1": 0, "0.7": 0},
+                "points": [{"seconds": 1.0, "step": 4, "bits_per_real_pixel": 2.0}]}
+    results = iter([finished, failed])
+    monkeypatch.setattr(race, "spawn", lambda spec: next(results))
+    report = tmp_path / "race.json"
+    code = race.main(["--budget", "2", "--config", "glow_mnist.yaml", "--config", "glow_mnist.yaml",
+                      "--data", str(mnist), "--json", str(report)])
+    assert code == 1  # a contender failed ...
+    rows = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert rows[0].endswith("finished") and "2.0000 @1s" in rows[0]  # ... and the finished one is kept
+    assert rows[1].endswith("FAILED (exit code 2)")
+    assert [r.get("failed") for r in json.loads(report.read_text())["results"]] == [None, "exit code 2"]

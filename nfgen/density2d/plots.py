@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from nfgen.atomic import atomic_write
+from nfgen.costs import check_figure
 
 
 def histogram_density(points: Tensor, box: float, n: int) -> Tensor:
@@ -109,11 +110,13 @@ def training_figure(history: dict[str, list[float]], objective: str, reference: 
 
 def save_png(fig: Figure, path: Path, dpi: int) -> None:
     """Written beside its target and renamed over it: a picture is whole or absent."""
+    check_figure(*fig.get_size_inches(), dpi, f"the picture {path.name}", "eval.dpi")
     atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
 
 
 def to_image(fig: Figure, dpi: int) -> Tensor:
     """The figure as an RGB tensor ``[3, H, W]`` in ``[0, 1]`` (for TensorBoard)."""
+    check_figure(*fig.get_size_inches(), dpi, "a TensorBoard picture", "eval.dpi")
     fig.set_dpi(dpi)
     canvas = fig.canvas
     canvas.draw()

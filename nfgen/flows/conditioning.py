@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import is_fake
 
 from nfgen.flows.base import Flow
 
@@ -56,7 +57,8 @@ class ClassEmbedding(nn.Module):
     def forward(self, labels: Tensor) -> Tensor:
         if labels.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"labels must be integers, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+        # Fake tensors (nfgen.costs sizing a model before it is built) have no values to check.
+        if labels.numel() and not is_fake(labels) and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(f"labels must be in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
                              f"class), got {labels.min().item()}..{labels.max().item()}")
         labels = labels.to(self.table.weight.device)

@@ -10,8 +10,8 @@ The rule, checked after every step: continue while
     elapsed + due now + slowest of the last ``STEP_WINDOW`` steps + ``RESERVE`` x final phase <= budget
 
 and otherwise run the final phase now. Each phase's cost is its slowest measurement in this job
-(the trainer measures the final phase's parts once before the first step, see
-``Trainer._measure_final_phase``): a stop that overruns a cluster's limit loses the job's work,
+(the trainer measures the final phase's parts once before the first step by running them,
+see ``Trainer._measure_final_phase``): a stop that overruns a cluster's limit loses the job's work,
 one that comes a step early loses a step. The reserve covers a final phase slower than
 measured, the window a step slower than the recent ones; a longer stall (other processes taking
 the machine) can still overrun, and the trainer then says by how much.
@@ -80,6 +80,57 @@ class Budget:
             return True
         ahead = sum(self.cost[p] for p in due) + max(self.steps, default=0.0) + self.final_reserve()
         return self.elapsed() + ahead <= self.seconds
+
+
+# What shortens each phase of the final phase, for the line that explains a budget stop.
+LOWER = {"eval": "train.eval_batches", "samples": "train.sample_count (or fewer train.sample_temperatures)",
+         "save": "the model's size (or train.ema_decay: 0, no EMA copy)"}
+
+
+def stop_report(budget: Budget, step: int, max_steps: int, path: object, resume: str = "--resume") -> str:
+    """The line that ends a job stopped by its budget: where it stopped, what the final phase
+    measured (each part's seconds) and, when that phase took a large share of the budget, what
+    to lower to leave more of it to training; then how to continue (``resume``, a command)."""
+    elapsed = budget.elapsed()
+    over = (f"; {format_seconds(elapsed - budget.seconds)} over it: a step or the final phase ran slower than "
+            "measured" if elapsed > budget.seconds else "")
+    parts = {"eval": budget.cost["eval"], "samples": budget.cost["samples"], "save": 2 * budget.cost["save"]}
+    measured = ", ".join(f"{name} {format_seconds(seconds)}" for name, seconds in
+                         (("evaluation", parts["eval"]), ("sample grids", parts["samples"]),
+                          ("checkpoints", parts["save"])))
+    line = (f"train.max_time {format_seconds(budget.seconds)} spent: stopped at step {step} of {max_steps} after "
+            f"{format_seconds(elapsed)}, final evaluation and {path} included{over}; final phase measured at "
+            f"{measured}, reserved x{RESERVE:g}")
+    if budget.final_reserve() > budget.seconds / 4:  # the final phase, not training, took the budget
+        ranked = sorted(parts, key=parts.get, reverse=True)  # type: ignore[arg-type]
+        line += f": to train longer in this budget lower {LOWER[ranked[0]]}, then {LOWER[ranked[1]]}"
+    return line + f"; continue with: {resume}"
+
+
+_END = object()
+
+
+def timed_batches(batches: Iterator, count: int, clock: Callable[[], float],
+                  times: list[float]) -> Iterator:
+    """The first ``count`` items of ``batches``, appending to ``times`` how long each took from
+    its request to the next request (so a batch's time includes what the consumer did with
+    it, and the first one's the start of the loader)."""
+    batches = iter(batches)
+    start = clock()
+    for _ in range(count):
+        item = next(batches, _END)
+        if item is _END:
+            return
+        yield item
+        now = clock()
+        times.append(now - start)
+        start = now
+
+
+def estimate_batches(times: list[float], n: int) -> float:
+    """Seconds for ``n`` batches from the timed first ones: the first (which also starts the
+    loader) plus each further one at the last one's time."""
+    return times[0] + (n - 1) * times[-1] if times else 0.0
 
 
 def format_seconds(seconds: float) -> str:

@@ -13,13 +13,16 @@ import yaml
 
 from nfgen.atomic import atomic_write_text
 from nfgen.config import Config, ConfigError
+from nfgen.costs import Memory, available_memory
 from nfgen.data import load_split
 from nfgen.devices import resolve_device
+from nfgen.generate import check_grid_size, class_rows
 from nfgen.model import build_model
 from nfgen.training import distributed
 from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger, RunLogger, flat_config, run_logger
+from nfgen.training.memory import check_training_fits
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run, remove_stale_temp_files
 from nfgen.training.trainer import Trainer
 from nfgen.training.writes import SideWrites
@@ -77,13 +80,22 @@ def _keep_old_config(run_dir: Path, saved: Config, cfg: Config, step: int) -> No
 
 
 def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, progress: bool,
-                  writes: SideWrites, clock: Callable[[], float] = time.monotonic) -> Trainer:
+                  writes: SideWrites, clock: Callable[[], float] = time.monotonic,
+                  memory: Memory = available_memory) -> Trainer:
     """The default parts from the config: the model (seeded first, so every rank builds the same
     initial weights) and both data splits, handed to the trainer (with the clock that
-    ``train.max_time`` is measured on)."""
+    ``train.max_time`` is measured on). A run that would not fit the device's free memory
+    (``memory``, injectable) is refused first."""
+    device = distributed.local_device(resolve_device(cfg.train.device), rank)
+    check_training_fits(cfg, device, max(1, cfg.train.batch_size // rank.world_size), memory)
+    m, n, nrow = cfg.model, cfg.train.sample_count, None  # the sample grids training writes
+    if m.num_classes:  # a row per class
+        labels, nrow = class_rows(m.num_classes, n)
+        n = len(labels)
+    check_grid_size(n, tuple(m.image_shape), nrow, "train.sample_count")
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, memory)
     return Trainer(cfg, run_dir, logger, model=model, train_set=load_split(cfg, "train"),
                    test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, writes=writes,
                    clock=clock)

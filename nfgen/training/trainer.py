@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import math
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +27,7 @@ from nfgen.labels import check_classes, split_batch, take
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.augment import flip_draws, hflip
-from nfgen.training.budget import Budget, format_seconds
+from nfgen.training.budget import Budget, estimate_batches, stop_report, timed_batches
 from nfgen.training.checkpoint import (
     CheckpointError,
     Progress,
@@ -311,11 +311,7 @@ class Trainer:
     def evaluate(self) -> float:
         with self.budget.timed("eval"), self._forked_rng():  # best.pt's write below counts as a save
             torch.manual_seed(self.t.seed + 1 + self.rank.rank)
-            batches = self._test_batches()
-            try:
-                values = bpd_values(self.eval_model, batches, max_batches=self.t.eval_batches)
-            finally:
-                batches.close()
+            values = self._eval_values(self._test_batches())
             result = summarize(distributed.gather(values, self.rank), self.eval_model.dims)
         tag = self.metric.tag
         self.logger.scalars({f"test/{tag}": result.bpd, f"test/{tag}_stderr": result.stderr,
@@ -326,14 +322,21 @@ class Trainer:
                 self.progress.best_bpd = previous  # best_bpd describes what best.pt holds
         return result.bpd
 
+    def _eval_values(self, batches: Iterator) -> torch.Tensor:
+        """The evaluation's work on this rank: per-image bits/dim of ``batches`` (closed after)."""
+        try:
+            return bpd_values(self.eval_model, batches, max_batches=self.t.eval_batches)
+        finally:
+            batches.close()
+
     def write_samples(self) -> None:
         if not self.rank.is_main:
             return
         with self.budget.timed("samples"):
-            self._write_samples()
+            self._write_samples(self.run_dir / "samples", self.logger, self.writes)
 
-    def _write_samples(self) -> None:
-        out = self.run_dir / "samples"
+    def _write_samples(self, out: Path, logger: RunLogger, writes: SideWrites) -> None:
+        """Draw each temperature's grid, log it to TensorBoard and write it as a PNG in ``out``."""
         model = self.eval_model.eval()
         with self._forked_rng():
             for temperature in self.t.sample_temperatures:
@@ -342,14 +345,14 @@ class Trainer:
                     images, nrow = sample_grid(model, self.t.sample_count, temperature)  # conditional: a row per class
                 except FloatingPointError:
                     continue  # an early, unstable model; the next grid will try again
-                self.logger.image(f"samples/temperature_{temperature:g}", grid(images, nrow), self.step)
+                logger.image(f"samples/temperature_{temperature:g}", grid(images, nrow), self.step)
                 path = out / f"step{self.step:07d}_t{temperature:g}.png"
 
                 def write(images: torch.Tensor = images, path: Path = path, nrow: int | None = nrow) -> None:
                     out.mkdir(parents=True, exist_ok=True)
                     save_grid(images, path, nrow)
 
-                self.writes.attempt("sample grid", path, write)
+                writes.attempt("sample grid", path, write)
 
     def _recover_from_divergence(self) -> None:
         """After ``max_bad_steps`` non-finite steps in a row: stop, leaving the last good
@@ -400,45 +403,42 @@ class Trainer:
 
     def _measure_final_phase(self) -> None:
         """Time the final phase's parts once, before the first step of a budgeted job, so the
-        budget keeps room for them from the start: the evaluation from its first two test batches
-        (the first also pays for starting the loader, the second is the cost of each further
-        one), the sample grids at full size, and a checkpoint serialized to memory (its disk write
-        is measured at the first save). On a forked RNG, writing nothing: training then runs
-        exactly as it would without a budget."""
-        t, clock, model = self.t, self.budget.clock, self.eval_model
+        budget keeps room for them from the start, by running the functions the final phase
+        runs: the evaluation on its first two test batches (the first also pays for starting the
+        loader, the second is the cost of each further one), the sample grids drawn, logged to
+        TensorBoard and written as PNGs (into a temporary folder), and a checkpoint written
+        beside last.pt (then deleted). On a forked RNG: training then runs exactly as it would
+        without a budget."""
+        t = self.t
         n = math.ceil(len(range(self.rank.rank, len(self.test_set), self.rank.world_size)) / self.local_batch)
         n = min(n, t.eval_batches) if t.eval_batches else n
-        times = []
+        times: list[float] = []
         with self._forked_rng(), torch.no_grad():
-            batches = self._test_batches()
-            try:
-                model.eval()
-                for _ in range(min(n, 2)):
-                    start = clock()
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    x, labels = split_batch(batch)
-                    model.bits_per_dim(x, labels=labels)
-                    times.append(clock() - start)
-            finally:
-                batches.close()
-            self.budget.record("eval", times[0] + (n - 1) * times[-1] if times else 0.0)
+            self._eval_values(timed_batches(self._test_batches(), min(n, 2), self.budget.clock, times))
+        self.budget.record("eval", estimate_batches(times, n))
+        probe = self.run_dir / "checkpoints" / "budget-probe.pt"
+        try:
+            with self.budget.timed("save"):
+                self._save(probe)  # every rank: it waits for rank 0's write
+        except CheckpointError:
+            pass  # a write that fails now will warn when it is due
+        finally:
             if self.rank.is_main:
+                probe.unlink(missing_ok=True)
+        if not self.rank.is_main:
+            return
+        quiet = self.writes.quiet()  # the same write policy and logger kind, writing elsewhere
+        with tempfile.TemporaryDirectory(prefix="nfgen-budget-") as tmp:
+            logger = RunLogger(Path(tmp) / "tb", quiet, self.logger.make_writer)
+            try:
                 with self.budget.timed("samples"):
-                    for temperature in t.sample_temperatures:
-                        with contextlib.suppress(FloatingPointError):
-                            sample_grid(model, t.sample_count, temperature)
-                with self.budget.timed("save"):
-                    torch.save(self.state(), io.BytesIO())
+                    self._write_samples(Path(tmp) / "samples", logger, quiet)
+                    logger.close()  # TensorBoard's writer encodes and flushes in its own thread
+            finally:
+                logger.close()
 
     def _report_budget_stop(self, path: Path) -> None:
-        budget, elapsed = self.budget.seconds, self.budget.elapsed()
-        over = (f"; {format_seconds(elapsed - budget)} over it: a step or the final phase ran slower than "
-                "measured" if elapsed > budget else "")
-        self.console.write(f"train.max_time {format_seconds(budget)} spent: stopped at step {self.step} of "
-                           f"{self.t.max_steps} after {format_seconds(elapsed)}, final evaluation and {path} "
-                           f"included{over}; continue with: {resume_command(self.run_dir)}")
+        self.console.write(stop_report(self.budget, self.step, self.t.max_steps, path, resume_command(self.run_dir)))
 
     def _loop(self) -> float:
         t = self.t

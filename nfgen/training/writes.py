@@ -8,6 +8,7 @@ on; the previous file is intact because checkpoints are written atomically. Only
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +42,11 @@ class SideWrites:
             return False
         self.failing.discard(what)
         return True
+
+    def quiet(self) -> SideWrites:
+        """A copy under the same policy that warns nobody and shares no failures: for trial writes
+        (the budget's timing of the final phase), whose failure is reported when the real write is
+        due."""
+        twin = copy.copy(self)
+        twin.warn, twin.failing = (lambda line: None), set()
+        return twin
