@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from nfgen.density2d.plots import density_figure, histogram_density, save_png, t
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
 from nfgen.devices import resolve_device
 from nfgen.training.checkpoint import save_checkpoint
-from nfgen.training.loaders import STOP_SIGNALS
+from nfgen.training.loaders import stop_signals_to
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run
 from nfgen.training.trainer import DivergenceError, TrainingInterrupted
@@ -225,12 +224,8 @@ class _Training:
         it cleanly, as they stop ``train``: the step or final piece under way finishes, is
         written, and then the run stops."""
         self.stop_signal: int | None = None
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        try:
+        with stop_signals_to(self._on_signal):
             return self._loop()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def _loop(self) -> dict[str, Any]:
         t = self.t

@@ -40,7 +40,7 @@ from nfgen.training.checkpoint import (
 )
 from nfgen.training.console import Console, log_step, start_console
 from nfgen.training.distributed import Rank
-from nfgen.training.loaders import STOP_SIGNALS, iterate, worker_ignores_stop_signals
+from nfgen.training.loaders import iterate, stop_signals_to, worker_ignores_stop_signals
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import resume_command
 from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
@@ -381,12 +381,8 @@ class Trainer:
 
     def run_loop(self) -> float:
         """Train to ``train.max_steps``; returns the last test bits/dim."""
-        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-        try:
+        with stop_signals_to(self._on_signal):
             return self._loop()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def _due(self, step: int) -> list[str]:
         """The budget's names of the periodic work at ``step`` (an evaluation may write best.pt)."""
