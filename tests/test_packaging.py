@@ -110,7 +110,7 @@ def test_every_shipped_file_is_in_the_wheels_package_data():
     meta = importlib.metadata.metadata("nfgen")
     assert meta["License-Expression"] == "MIT" and "MIT License" in (REPO / "LICENSE").read_text()
     classifiers = meta.get_all("Classifier")
-    assert meta.get_all("Project-URL") and "Typing :: Typed" in classifiers
+    assert "Typing :: Typed" in classifiers  # no Project-URL until the project has a public address
     assert not any(c.startswith("License ::") for c in classifiers)  # PEP 639: the SPDX expression says it
 
 
