@@ -27,17 +27,18 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
     shipped_folder,
     shipped_names,
 )
+from nfgen.datasets import DATASETS, dataset_named
 from nfgen.user_input import parser
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["mnist", "cifar10", "folder"] = opt("cifar10", "torchvision's MNIST or CIFAR-10, or a folder of images")
-    root: str = opt("data", "where torchvision data sets live, or the image folder itself")
-    download: bool = opt(True, "download a torchvision data set that is not under root (a folder never is)")
+    dataset: str = opt("cifar10", "a registered data set: " + ", ".join(sorted(DATASETS)) + " (docs/data.md)")
+    root: str = opt("data", "the folder holding the data set's files (docs/data.md), or the image folder itself")
+    download: bool = opt(True, "download a data set torchvision can fetch that is not under root (others never are)")
     test_fraction: float = opt(0.1, "a folder without train/ and test/ subfolders: the share held out for testing")
     num_workers: int = opt(2, "DataLoader worker processes (0: load in the training process)")
-    labels: bool = opt(False, "a folder: each class's images in a subfolder (MNIST and CIFAR-10 always have labels)")
+    labels: bool = opt(False, "a folder: each class's images in a subfolder (data sets with classes always have labels)")
     hflip: bool = opt(False, "random horizontal flips of training images (never test images), drawn from (seed, epoch, "
                              "batch) so resume stays exact; for photographs (TarFlow's ImageNet), not digits")
 
@@ -434,6 +435,7 @@ def validate(cfg: Config) -> Config:
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     _check(0 <= d.num_workers <= 256, f"data.num_workers must be in 0..256, got {d.num_workers}")
     _check(bool(d.root), "data.root must not be empty")
+    dataset_named(d.dataset)
     for name in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every",
                  "sample_every", "sample_count", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
@@ -474,25 +476,10 @@ def check_device_name(name: str, what: str = "--device") -> str:
 
 
 def check_data_matches_model(cfg: Config) -> Config:
-    """The data set must produce images of the model's shape (checked for full run configs;
-    ``build_model`` on a bare model config does not need a data set)."""
-    d, m = cfg.data, cfg.model
-    c, h, w = m.image_shape
-    if d.dataset == "mnist":
-        _check(c == 1 and h == w and h in (28, 32),
-               f"MNIST images are 1x28x28 (or zero-padded to 1x32x32); model.image_shape is {list(m.image_shape)}")
-    if d.dataset == "cifar10":
-        _check(tuple(m.image_shape) == (3, 32, 32),
-               f"CIFAR-10 images are 3x32x32; model.image_shape is {list(m.image_shape)}")
-    _check(c in (1, 3) or d.dataset != "folder",
-           f"an image folder gives 1 (grey) or 3 (RGB) channels, model.image_shape has {c}")
-    k = m.num_classes
-    _check(k in (0, 10) or d.dataset == "folder",
-           f"{'MNIST' if d.dataset == 'mnist' else 'CIFAR-10'} has 10 classes; model.num_classes is {k}: set it to 10 "
-           "(or 0 for an unconditional model)")
-    _check(k == 0 or d.labels or d.dataset != "folder",
-           f"model.num_classes is {k} but data.labels is false: set data.labels: true, with each class's images "
-           "in a subfolder of the image folder (or model.num_classes: 0 for an unconditional model)")
+    """The data set must produce images of the model's shape, and its classes (checked for full run
+    configs; ``build_model`` on a bare model config does not need a data set): asked of the
+    registered data set (``nfgen.datasets``)."""
+    dataset_named(cfg.data.dataset).check_config(cfg)
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Images with their classes, as data sets and as batches: what a class-conditional model trains on.
 
-``nfgen.data`` makes them from MNIST's and CIFAR-10's labels and an image folder's class
-subfolders; the trainer, evaluation and scoring take batches of either kind through
+``nfgen.datasets`` makes them from a data set's labels (MNIST's digits, CIFAR-10's names, an image
+folder's class subfolders, ...); the trainer, evaluation and scoring take batches of either kind through
 ``split_batch``.
 """
 
@@ -13,9 +13,6 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from nfgen.config import ConfigError
-
-MNIST_CLASSES = [str(d) for d in range(10)]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 class Labelled(Dataset[tuple[torch.Tensor, int]]):

@@ -154,5 +154,5 @@ def test_torchvisions_old_mnist_cache_is_used_only_while_it_holds_the_raw_files_
                             "model": {**tiny_model("glow", (1, 28, 28)), "glow": {"levels": 2, "steps": 1, "hidden": 4}}})
     assert torch.equal(load_split(cfg, "train")[3], torch.from_numpy(train[3])[None])
     write_mnist(tmp_path, 12, 6, images=255 - np.concatenate([train, test]))  # new digits, the same names
-    with pytest.raises(DataError, match="old MNIST cache.*holds other digits"):
+    with pytest.raises(DataError, match="old MNIST cache.*holds other images"):
         load_split(cfg, "train")

@@ -116,7 +116,7 @@ def test_mnist_truncated_file_is_named_not_missing(tmp_path, monkeypatch, downlo
     msg = one_line_error(cfg(tmp_path, "mnist", [1, 28, 28], download=download), "test")
     assert msg.startswith(f"{path} is truncated") and "delete it and download again" in msg
     if cut < len(data) - 16:  # the header survives: its count is quoted against the file's size
-        assert f"counts 20 images, {len(data):,} bytes, but the file has {len(data) - cut:,}" in msg
+        assert f"counts 20 MNIST images, {len(data):,} bytes, but the file has {len(data) - cut:,}" in msg
 
 
 def test_mnist_record_count_errors(tmp_path):
@@ -124,7 +124,7 @@ def test_mnist_record_count_errors(tmp_path):
     raw = write_mnist_counts(tmp_path, 20, 10)
     labels = raw / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes() + b"\x00")
-    assert one_line_error(c).startswith(f"{labels} is corrupt (1 bytes too long): its header counts 10 labels")
+    assert one_line_error(c).startswith(f"{labels} is corrupt (1 bytes too long): its header counts 10 MNIST labels")
 
     raw = write_mnist_counts(tmp_path, 20, 10)
     (raw / "t10k-labels-idx1-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes())
@@ -133,7 +133,7 @@ def test_mnist_record_count_errors(tmp_path):
 
     raw = write_mnist_counts(tmp_path, 20, 10)
     (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes())
-    assert "is not an MNIST images file (IDX magic number 2049, expected 2051)" in one_line_error(c)
+    assert "is not MNIST images (IDX magic number 2049, expected 2051)" in one_line_error(c)
 
 
 def test_mnist_swapped_standard_splits_are_refused(tmp_path):
@@ -163,7 +163,7 @@ def test_mnist_gzip_file_under_the_raw_name_says_to_decompress(tmp_path):
 def test_mnist_corrupt_files_are_a_data_error(tmp_path):
     write_mnist(tmp_path)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x00\x00garbage")
-    with pytest.raises(DataError, match="is not an MNIST images file .*delete it and download again"):
+    with pytest.raises(DataError, match="is not MNIST images .*delete it and download again"):
         load_split(cfg(tmp_path, "mnist", [1, 28, 28]), "train")
 
 
