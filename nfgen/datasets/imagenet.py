@@ -124,6 +124,8 @@ class DownsampledImagenet(DataSet):
     def _pngs(self, cfg: Config, root: Path, split: str) -> Split:
         from nfgen.datasets.images import checked_images, image_files
 
+        if cfg.model.num_classes:
+            self.class_names(cfg)  # refuses: these have no labels
         folder = self.png_folders(root)[0 if split == "train" else 1]
         files = image_files(folder) if folder.is_dir() else []
         if not files:

@@ -1,0 +1,179 @@
+"""Every registered data set, through the path ``nfgen train`` takes (``load_split``), on tiny
+files in its real on-disk format (tests/dataset_files.py): shape, pixels, split sizes, class
+names and labels, and a damaged or missing file refused in one line that names the data set.
+Parametrized over the registry: a new data set gets these checks with no edit here."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from dataset_files import WRITERS
+
+from nfgen.config import ConfigError, config_from_dict
+from nfgen.data import DataError, class_names, load_split
+from nfgen.datasets import DATASETS, DataSet, register_dataset
+from nfgen.labels import Labelled
+
+NAMES = sorted(DATASETS)
+
+
+def cfg(dataset: str, root, shape, k: int = 0, **data):
+    return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, "num_workers": 0,
+                                      **data},
+                             "model": {"image_shape": list(shape), "levels": 1, "num_classes": k}})
+
+
+def tiny(name: str, root, monkeypatch):
+    ds = DATASETS[name]
+    return ds, WRITERS[type(ds)](ds, root, monkeypatch)
+
+
+def items(split) -> torch.Tensor:
+    return torch.stack([split[i] for i in range(len(split))])
+
+
+def test_every_data_set_has_a_tiny_writer():
+    missing = [n for n in NAMES if type(DATASETS[n]) not in WRITERS]
+    assert not missing, f"add a writer of their format to tests/dataset_files.py WRITERS: {missing}"
+    assert {"mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "imagenet32", "imagenet64",
+            "celeba", "folder"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_splits_hold_the_files_images_at_the_models_shape(name, tmp_path, monkeypatch):
+    ds, t = tiny(name, tmp_path, monkeypatch)
+    for split, expected, n in (("train", t.train, t.n_train), ("test", t.test, t.n_test)):
+        x = items(load_split(cfg(name, tmp_path, t.shape), split))
+        assert x.dtype == torch.uint8 and tuple(x.shape) == (n, *t.shape)
+        if expected is not None:
+            assert torch.equal(x, torch.from_numpy(np.ascontiguousarray(expected)))
+        else:
+            assert x.float().std() > 10  # real pixels, not a blank
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_class_names_and_labels(name, tmp_path, monkeypatch):
+    ds, t = tiny(name, tmp_path, monkeypatch)
+    if t.train_labels is None:  # a data set without classes refuses a conditional model
+        if ds.classes is None and name != "folder":
+            with pytest.raises(ConfigError, match=f"{ds.title} has no classes"):
+                load_split(cfg(name, tmp_path, t.shape, k=3), "train")
+            with pytest.raises(DataError, match=ds.title):
+                class_names(cfg(name, tmp_path, t.shape))
+        return
+    k = len(ds.classes)
+    assert len(set(ds.classes)) == k and all(ds.classes)
+    for split, labels in (("train", t.train_labels), ("test", t.test_labels)):
+        data = load_split(cfg(name, tmp_path, t.shape, k=k), split)
+        assert isinstance(data, Labelled) and data.class_names == list(ds.classes)
+        assert torch.equal(data.labels, torch.from_numpy(labels.astype(np.int64)))
+    assert class_names(cfg(name, tmp_path, t.shape, k=k)) == list(ds.classes)
+    with pytest.raises(ConfigError, match=f"{ds.title} has {k} classes; model.num_classes is {k + 1}"):
+        load_split(cfg(name, tmp_path, t.shape, k=k + 1), "train")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_damaged_file_is_refused_in_one_line_naming_it(name, tmp_path, monkeypatch):
+    ds, t = tiny(name, tmp_path, monkeypatch)
+    data = t.damage.read_bytes()
+    t.damage.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as e:
+        for split in ("train", "test"):
+            items(load_split(cfg(name, tmp_path, t.shape), split))
+    msg = str(e.value)
+    assert "\n" not in msg and str(t.damage) in msg
+    assert ds.title in msg or name == "folder"  # a folder's file is the user's own: its path names it
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_files_say_which_data_set_and_where(name, tmp_path, monkeypatch):
+    ds, t = tiny(name, tmp_path / "data", monkeypatch)
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(DataError) as e:
+        load_split(cfg(name, tmp_path / "data", t.shape), "train")
+    msg = str(e.value)
+    assert "\n" not in msg and ds.title in msg and str(tmp_path / "data") in msg
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_shape_it_cannot_make_is_a_config_error_naming_it(name, tmp_path):
+    if not DATASETS[name].shapes and name == "folder":
+        shape = [2, 8, 8]  # an image folder resizes to any size, but gives grey or RGB only
+    else:
+        shape = [3, 6, 10]  # no data set here makes 6x10 (and it passes the model's own checks)
+    with pytest.raises(ConfigError, match=DATASETS[name].title):
+        load_split(cfg(name, tmp_path, shape), "train")
+
+
+def test_an_unknown_data_set_lists_the_registered_ones(tmp_path):
+    with pytest.raises(ConfigError, match="'fashion-mnist' is not a data set .did you mean 'fashion_mnist'.*kmnist"):
+        cfg("fashion-mnist", tmp_path, [1, 28, 28])
+
+
+def test_a_registration_is_all_a_new_data_set_needs(tmp_path, monkeypatch):
+    """A data set registered outside the package (as a plugin module would) is a config choice,
+    checked against the model's shape and classes, and loads through load_split."""
+
+    class Squares(DataSet):
+        title = "Squares"
+        help = "grey squares, for this test"
+        shapes = ((1, 4, 4),)
+        classes = ("dark", "light")
+
+        def load(self, cfg, split):
+            from nfgen.datasets import Split
+            from nfgen.datasets.tensors import ArrayImages
+
+            images = torch.tensor([[[[40] * 4] * 4], [[[200] * 4] * 4]], dtype=torch.uint8)
+            return Split(ArrayImages(images), torch.tensor([0, 1]), list(self.classes))
+
+    monkeypatch.setitem(DATASETS, "squares", None)  # so that the name is removed again after the test
+    del DATASETS["squares"]
+    register_dataset("squares", Squares())
+    data = load_split(cfg("squares", tmp_path, [1, 4, 4], k=2), "test")
+    assert data.class_names == ["dark", "light"] and [int(data[i][0][0, 0, 0]) for i in range(2)] == [40, 200]
+    with pytest.raises(ConfigError, match="Squares images are 1x4x4"):
+        load_split(cfg("squares", tmp_path, [1, 8, 8]), "test")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_dataset("squares", Squares())
+
+
+def test_van_den_oord_imagenet_pngs_are_read_unlabelled(tmp_path):
+    from datasets import write_image_folder
+
+    images = np.random.default_rng(3).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    write_image_folder(tmp_path / "train_32x32", list(images[:3]), split_dirs=False)
+    write_image_folder(tmp_path / "valid_32x32", list(images[3:]), split_dirs=False)
+    x = items(load_split(cfg("imagenet32", tmp_path, [3, 32, 32]), "test"))
+    assert torch.equal(x, torch.from_numpy(images[3:].transpose(0, 3, 1, 2).copy()))
+    with pytest.raises(DataError, match="PNG form .* has no labels: train an unconditional model"):
+        load_split(cfg("imagenet32", tmp_path, [3, 32, 32], k=1000), "train")
+
+
+def test_fashion_mnist_trains_from_the_cli(tmp_path, monkeypatch):
+    """FashionMNIST, one registration, end to end: tiny IDX files, `nfgen train` for a few steps
+    on a conditional model, its checkpoint holding Fashion-MNIST's class names."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from nfgen.cli import app
+    from nfgen.training.checkpoint import load_checkpoint
+
+    ds, t = tiny("fashion_mnist", tmp_path / "data", monkeypatch)
+    config = {"name": "fashion", "data": {"dataset": "fashion_mnist", "root": str(tmp_path / "data"),
+                                          "download": False, "num_workers": 0},
+              "model": {"arch": "glow", "image_shape": [1, 28, 28], "num_classes": 10, "levels": 2, "steps": 1,
+                        "hidden": 8},
+              "train": {"device": "cpu", "batch_size": 8, "max_steps": 3, "warmup_steps": 1, "log_every": 1,
+                        "eval_every": 3, "sample_every": 3, "sample_count": 10, "checkpoint_every": 3,
+                        "eval_batches": 1}}
+    path = tmp_path / "fashion.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["progress"]["step"] == 3 and state["class_names"] == list(ds.classes)
+    assert state["class_names"][9] == "Ankle boot"
