@@ -177,3 +177,37 @@ def test_fashion_mnist_trains_from_the_cli(tmp_path, monkeypatch):
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["progress"]["step"] == 3 and state["class_names"] == list(ds.classes)
     assert state["class_names"][9] == "Ankle boot"
+
+
+def test_svhn_without_scipy_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    ds, t = tiny("svhn", tmp_path, monkeypatch)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # as if scipy were not installed
+    with pytest.raises(DataError) as e:
+        load_split(cfg("svhn", tmp_path, t.shape), "train")
+    assert "\n" not in str(e.value) and "pip install scipy" in str(e.value) and "nfgen[data]" in str(e.value)
+
+
+def test_imagenet_batches_of_the_other_size_are_named(tmp_path, monkeypatch):
+    ds, t = tiny("imagenet32", tmp_path, monkeypatch)
+    (tmp_path / "Imagenet32_train_npz").rename(tmp_path / "Imagenet64_train_npz")
+    (tmp_path / "Imagenet32_val_npz").rename(tmp_path / "Imagenet64_val_npz")
+    with pytest.raises(DataError, match="rows are 12288 uint8 values .*it looks like ImageNet 32x32's set"):
+        load_split(cfg("imagenet64", tmp_path, [3, 64, 64]), "test")
+
+
+def test_celeba_is_cropped_to_148_then_resized(tmp_path, monkeypatch):
+    """A face whose 148x148 center is one colour and whose border another: after the crop and the
+    resize to 32x32 no border colour is left."""
+    from PIL import Image
+
+    ds, t = tiny("celeba", tmp_path, monkeypatch)
+    face = np.full((218, 178, 3), 250, dtype=np.uint8)
+    top, left = (218 - 148) // 2, (178 - 148) // 2
+    face[top:top + 148, left:left + 148] = (10, 120, 200)
+    for path in sorted((tmp_path / "celeba" / "img_align_celeba").iterdir()):
+        Image.fromarray(face).save(path, format="PNG")  # lossless under the .jpg name: Pillow reads by content
+    x = items(load_split(cfg("celeba", tmp_path, [3, 32, 32]), "test"))
+    assert x.shape == (2, 3, 32, 32)
+    assert torch.equal(x, torch.tensor([10, 120, 200], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32))
