@@ -72,7 +72,6 @@ class DownsampledImagenet(DataSet):
         root = Path(cfg.data.root)
         if self._layout(root) == "png":
             return self._pngs(cfg, root, split)
-        import numpy as np
         import torch
 
         from nfgen.datasets.tensors import ArrayImages
@@ -86,11 +85,37 @@ class DownsampledImagenet(DataSet):
         if missing:
             raise DataError(f"{self.title}: {missing[0]} is missing ({len(missing)} of the {split} split's "
                             f"{len(files)} files): download it from {WHERE} and unzip it into {missing[0].parent}/")
-        parts = [self._read(f) for f in files]
-        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        labels = torch.from_numpy(np.concatenate([p[1] for p in parts])).long() - 1
+        # Filled in place, batch by batch: concatenating the batches would hold the split twice
+        # (31 GB at its peak for 64x64's train).
+        counts = [self._rows(f) for f in files]
         s = self.size
+        images = torch.empty(sum(counts), 3 * s * s, dtype=torch.uint8)
+        labels = torch.empty(sum(counts), dtype=torch.long)
+        at = 0
+        for path, n in zip(files, counts):
+            data, y = self._read(path)
+            images[at:at + n], labels[at:at + n] = torch.from_numpy(data), torch.from_numpy(y) - 1
+            at += n
         return Split(ArrayImages(images.view(-1, 3, s, s)), labels, list(self.classes))
+
+    def _rows(self, path: Path) -> int:
+        """How many images a batch holds, from its ``data`` array's header (nothing decompressed)."""
+        import zipfile
+
+        import numpy as np
+
+        try:
+            with zipfile.ZipFile(path) as z, z.open("data.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape = read(f)[0]
+        except KeyError:
+            raise DataError(f"{path} is not a {self.title} batch (it has no data array): download it again and "
+                            "unzip it in place") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path} ({self.title}) is unreadable ({type(e).__name__}: {e}): download it again and "
+                            "unzip it in place") from None
+        return int(shape[0]) if shape else 0
 
     def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """One npz batch's ``data`` and ``labels``, checked."""
