@@ -211,3 +211,28 @@ def test_celeba_is_cropped_to_148_then_resized(tmp_path, monkeypatch):
     x = items(load_split(cfg("celeba", tmp_path, [3, 32, 32]), "test"))
     assert x.shape == (2, 3, 32, 32)
     assert torch.equal(x, torch.tensor([10, 120, 200], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_download_offline_is_one_line_naming_the_data_set(name, tmp_path, monkeypatch):
+    """data.download: true with no files and no network: torchvision's sets try to download and
+    fail in one line; the others say they cannot be downloaded (or, a folder, that it is missing)."""
+    import urllib.request
+    from urllib.error import URLError
+
+    from nfgen.datasets.torchvision_sets import TorchvisionSet
+
+    def offline(*args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    ds = DATASETS[name]
+    shape = ds.shapes[0] if ds.shapes else (3, 32, 32)
+    with pytest.raises(DataError) as e:
+        load_split(cfg(name, tmp_path / "data", shape, download=True), "train")
+    msg = str(e.value)
+    assert "\n" not in msg and ds.title in msg
+    if isinstance(ds, TorchvisionSet):
+        assert msg.startswith(f"could not download {ds.title} into") and "check the internet connection" in msg
+    elif name != "folder":
+        assert "cannot be downloaded automatically" in msg
