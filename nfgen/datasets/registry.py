@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, NamedTuple
 
-from nfgen.config_parse import ConfigError
+from nfgen.config_parse import ConfigError, _short
 from nfgen.errors import DataError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def dataset_named(name: str, key: str = "data.dataset") -> DataSet:
     """The registered data set ``name``, or a ``ConfigError`` listing the names (and the closest)."""
     if name in DATASETS:
         return DATASETS[name]
-    close = difflib.get_close_matches(name, list(DATASETS), n=1)
+    close = difflib.get_close_matches(name[:100], list(DATASETS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"{key}: {name!r} is not a data set{hint}; registered: {', '.join(sorted(DATASETS))} "
+    raise ConfigError(f"{key}: {_short(name)} is not a data set{hint}; registered: {', '.join(sorted(DATASETS))} "
                       f"(a plugin module can register more: docs/data.md)")
