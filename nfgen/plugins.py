@@ -38,7 +38,7 @@ def plugin_names(data: Any) -> tuple[str, ...]:
     value = data.get("plugins") if isinstance(data, dict) else None
     names = _coerce("plugins", [] if value is None else value, tuple[str, ...])
     for name in names:
-        if not _NAME.fullmatch(name):
+        if not _NAME.fullmatch(name) or name.endswith(".py"):  # my_flows.py: the file, surely not a module "py"
             stem = Path(name).stem if name.endswith(".py") else ""
             hint = f" (name the module, not its file: {stem!r})" if _NAME.fullmatch(stem) else ""
             raise ConfigError(f"plugins: {name!r} is not a module name{hint}; give importable names such as my_flows "
