@@ -9,6 +9,8 @@ Conditioners are a named choice: ``CONDITIONERS`` maps a name to a function
 
     @register_conditioner("mlp")
     def mlp(hidden: int, blocks: int) -> NetFactory: ...
+
+in a module listed in ``nfgen.flows.builtins``, or a user's plugin module (docs/plugins.md).
 """
 
 from __future__ import annotations

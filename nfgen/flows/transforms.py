@@ -7,7 +7,9 @@ unconstrained values produced by the conditioner, and both directions return the
 ``log|dy/dx|`` (shape of ``x``), which the coupling masks and sums. A raw parameter vector of
 zeros should give (close to) the identity, because conditioners start with a zero last layer.
 
-A new transform is one subclass registered by name, e.g. in a user's own module::
+A new transform is one subclass registered by name, in its own module::
+
+    from nfgen import ElementwiseTransform, register_transform
 
     @register_transform("cubic")
     class Cubic(ElementwiseTransform):
@@ -15,7 +17,8 @@ A new transform is one subclass registered by name, e.g. in a user's own module:
         def forward(self, x, params): ...
         def inverse(self, y, params): ...
 
-after which ``coupling: cubic`` selects it in a config.
+after which ``coupling: cubic`` selects it in a config. A built-in's module is listed in
+``nfgen.flows.builtins``; a user's module is named in the config's ``plugins:`` (docs/plugins.md).
 """
 
 from __future__ import annotations
