@@ -19,6 +19,7 @@ import yaml
 from datasets import digits, write_image_folder
 
 from nfgen.config import ConfigError, load_config
+from nfgen.flows.nets import CONDITIONERS
 from nfgen.flows.transforms import TRANSFORMS, register_transform
 from nfgen.plugins import plugin_names
 
@@ -150,13 +151,17 @@ def test_a_missing_plugin_stops_train_with_one_line(tmp_path):
 
 @pytest.fixture
 def fresh_path(monkeypatch):
-    """Restore ``sys.path`` (a plugin's folder is appended to it) and forget test plugins."""
+    """Restore ``sys.path`` (a plugin's folder is appended to it) and forget test plugins and
+    what they registered."""
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p])  # no "": the current folder is what we test
-    before = set(sys.modules)
+    before, registered = set(sys.modules), {id(r): set(r) for r in (TRANSFORMS, CONDITIONERS)}
     yield
     for name in set(sys.modules) - before:
         if name.startswith("plug_"):
             del sys.modules[name]
+    for registry in (TRANSFORMS, CONDITIONERS):
+        for name in set(registry) - registered[id(registry)]:
+            del registry[name]
 
 
 def plugin_config(tmp_path: Path, module: str, source: str, plugins: object = None) -> Path:
