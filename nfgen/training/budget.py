@@ -109,6 +109,13 @@ class Budget:
         return self.elapsed() + ahead <= self.seconds
 
 
+def due(step: int, t: TrainConfig) -> list[str]:
+    """The phases of the periodic work due at ``step``, a name per occurrence (an evaluation may
+    write best.pt, so it brings a save)."""
+    return ((["eval", "save"] if step % t.eval_every == 0 else []) + (["samples"] if step % t.sample_every == 0 else [])
+            + (["save"] if step % t.checkpoint_every == 0 else []))
+
+
 # What shortens each phase of the final phase, for the line that explains a budget stop.
 LOWER = {"eval": "train.eval_batches", "samples": "train.sample_count (or fewer train.sample_temperatures)",
          "save": "the model's size (or train.ema_decay: 0, no EMA copy)"}

@@ -19,7 +19,7 @@ from nfgen.fidelity.monitor import FidMonitor
 from nfgen.labels import check_classes
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
-from nfgen.training.budget import Budget, stop_report
+from nfgen.training.budget import Budget, due, stop_report
 from nfgen.training.checkpoint import Progress, TrainingState, load_checkpoint, training_state
 from nfgen.training.console import Console, log_step, start_console
 from nfgen.training.distributed import Rank
@@ -213,10 +213,7 @@ class Trainer:
         """Whether this step ends the job: ``max_steps`` reached, or no room in the budget for
         another step (then on every rank, so all ranks stop at the same step)."""
         t = self.t
-        due = ((["eval", "save"] if self.step % t.eval_every == 0 else [])  # an evaluation may write best.pt
-               + (["samples"] if self.step % t.sample_every == 0 else [])
-               + (["save"] if self.step % t.checkpoint_every == 0 else []))
-        out = self.budget.limited and not self.budget.allows_another_step(due)
+        out = self.budget.limited and not self.budget.allows_another_step(due(self.step, t))
         self.stopped_by_budget = (self.step < t.max_steps and self.budget.limited
                                   and distributed.any_rank(out, self.rank, self.device))
         return self.step == t.max_steps or self.stopped_by_budget
