@@ -288,7 +288,7 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_stops_cleanly(da
 # ------------------------------------------------------------------ 4. NaN / Inf guard
 class Poisoned(BatchStream):
     """The trainer's batch stream, with a fault at the steps in ``at`` (each batch's position
-    says its step: 4 global batches an epoch here), at most ``times`` times: the batch's
+    says its step), at most ``times`` times: the batch's
     dequantization noise is NaN (``what="noise"``: its loss is NaN), or a parameter of the model
     becomes NaN as the batch is drawn (``what="parameter"``: every later loss is NaN until a
     rollback restores the weights)."""
@@ -298,8 +298,9 @@ class Poisoned(BatchStream):
         self.at, self.what, self.left = at, what, times * len(at)
 
     def batches(self, epoch: int = 0, batch_in_epoch: int = 0):
+        per_epoch = len(self.train_set) // self.global_batch
         for drawn in super().batches(epoch, batch_in_epoch):
-            step = drawn.epoch * 4 + drawn.batch_in_epoch - 1
+            step = drawn.epoch * per_epoch + drawn.batch_in_epoch - 1
             if step in self.at and self.left:
                 self.left -= 1
                 if self.what == "noise":

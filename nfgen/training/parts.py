@@ -16,15 +16,13 @@ from nfgen.training.writes import SideWrites
 
 @dataclass(frozen=True)
 class TrainerParts:
-    """``stream``: builds the batch stream from (train set, model, config, rank, device).
-    ``budget``: ``train.max_time``'s stop rule (None: from the config, on ``clock``); it holds
-    one job's measurements, so pass a new one per job. ``divergence``: ``train.on_divergence``
-    (None: from the config). ``clock``: seconds, for the default budget and the console's pace.
-    ``writes``: the policy for checkpoints, grids and TensorBoard events besides the final
-    ``last.pt`` (None: warn on stderr and go on), shared by the trainer and its logger."""
+    """Each part, or None / its default for the one the config makes. A ``Budget`` holds one
+    job's measurements: pass a new one per job."""
 
-    stream: StreamFactory = BatchStream
-    budget: Budget | None = None
-    divergence: DivergencePolicy | None = None
-    clock: Callable[[], float] = time.monotonic
+    stream: StreamFactory = BatchStream  # called with (train set, model, config, rank, device)
+    budget: Budget | None = None  # train.max_time's stop rule; None: the config's, on ``clock``
+    divergence: DivergencePolicy | None = None  # None: train.on_divergence
+    clock: Callable[[], float] = time.monotonic  # seconds, for the default budget (the console reads the budget's)
+    # Checkpoints, grids and TensorBoard events but the final last.pt: warn and go on (shared with
+    # the logger); None: warn on stderr.
     writes: SideWrites | None = None

@@ -219,6 +219,7 @@ class Trainer:
         return self.step == t.max_steps or self.stopped_by_budget
 
     def evaluate(self) -> float:
+        """Test bits/dim logged and printed; a new best is written to best.pt. Every rank calls it."""
         with self.budget.timed("eval"):  # best.pt's write below counts as a save
             result = self.evaluation.measure(self.eval_model)
         tag = self.metric.tag
