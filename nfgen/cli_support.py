@@ -30,7 +30,7 @@ from nfgen.user_input import parser
 # modules already imported (an error of a module never imported cannot have been raised), so
 # catching them imports nothing.
 _USER_ERRORS = (("nfgen.errors", "DataError"), ("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
-                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
+                ("nfgen.training.divergence", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
                 ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"),
                 ("nfgen.outputs", "OutputError"))
 _INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)

@@ -65,8 +65,8 @@ from nfgen.data import DataError, load_split
 from nfgen.evaluate import NotALikelihoodError, check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
+from nfgen.training.divergence import DivergenceError
 from nfgen.training.run import train
-from nfgen.training.trainer import DivergenceError
 
 MARK = "RACE_RESULT "  # prefixes the one stdout line a worker reports
 REAL_PIXELS = 28 * 28  # MNIST's; padding to 32x32 adds none

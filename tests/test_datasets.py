@@ -130,15 +130,17 @@ def test_a_registration_is_all_a_new_data_set_needs(tmp_path, monkeypatch):
             images = torch.tensor([[[[40] * 4] * 4], [[[200] * 4] * 4]], dtype=torch.uint8)
             return Split(ArrayImages(images), torch.tensor([0, 1]), list(self.classes))
 
-    monkeypatch.setitem(DATASETS, "squares", None)  # so that the name is removed again after the test
-    del DATASETS["squares"]
     register_dataset("squares", Squares())
-    data = load_split(cfg("squares", tmp_path, [1, 4, 4], k=2), "test")
-    assert data.class_names == ["dark", "light"] and [int(data[i][0][0, 0, 0]) for i in range(2)] == [40, 200]
-    with pytest.raises(ConfigError, match="Squares images are 1x4x4"):
-        load_split(cfg("squares", tmp_path, [1, 8, 8]), "test")
-    with pytest.raises(ValueError, match="registered twice"):
-        register_dataset("squares", Squares())
+    try:
+        data = load_split(cfg("squares", tmp_path, [1, 4, 4], k=2), "test")
+        assert data.class_names == ["dark", "light"] and [int(data[i][0][0, 0, 0]) for i in range(2)] == [40, 200]
+        with pytest.raises(ConfigError, match="Squares images are 1x4x4"):
+            load_split(cfg("squares", tmp_path, [1, 8, 8]), "test")
+        register_dataset("squares", Squares())  # the same data set again (its module reloaded) replaces it
+        with pytest.raises(ValueError, match="registered twice"):
+            register_dataset("squares", DATASETS["mnist"])
+    finally:
+        del DATASETS["squares"]
 
 
 def test_van_den_oord_imagenet_pngs_are_read_unlabelled(tmp_path):
@@ -236,3 +238,56 @@ def test_download_offline_is_one_line_naming_the_data_set(name, tmp_path, monkey
         assert msg.startswith(f"could not download {ds.title} into") and "check the internet connection" in msg
     elif name != "folder":
         assert "cannot be downloaded automatically" in msg
+
+
+PLUGIN = '''
+import torch
+from nfgen.datasets import DataSet, Split, register_dataset
+
+
+class Stripes(DataSet):
+    """Horizontal or vertical stripes: a data set registered by a user's module."""
+    title = "Stripes"
+    help = "8x8 grey stripes, 2 classes"
+    shapes = ((1, 8, 8),)
+    classes = ("horizontal", "vertical")
+
+    def load(self, cfg, split):
+        from nfgen.datasets.tensors import ArrayImages
+
+        n = 16 if split == "train" else 8
+        rows = (torch.arange(8) % 2 * 200 + 20).to(torch.uint8)
+        horizontal = rows.view(8, 1).expand(8, 8)
+        images = torch.stack([horizontal if i % 2 == 0 else horizontal.T for i in range(n)])[:, None]
+        return Split(ArrayImages(images.contiguous()), torch.arange(n) % 2, list(self.classes))
+
+
+register_dataset("stripes", Stripes())
+'''
+
+
+def test_a_plugin_module_registers_a_data_set_that_every_verb_reads(tmp_path):
+    """From the shell: a config naming a user's module in plugins trains on the data set it
+    registers; eval-bpd on the checkpoint imports it again and reads the test split."""
+    import yaml
+    from test_plugins import shell
+
+    (tmp_path / "my_stripes.py").write_text(PLUGIN)
+    config = {"name": "stripes", "plugins": ["my_stripes"],
+              "data": {"dataset": "stripes", "root": str(tmp_path), "num_workers": 0},
+              "model": {"arch": "glow", "image_shape": [1, 8, 8], "n_bits": 5, "num_classes": 2,
+                        "glow": {"levels": 2, "steps": 1, "hidden": 8}},
+              "train": {"device": "cpu", "batch_size": 8, "max_steps": 2, "warmup_steps": 1, "eval_every": 2,
+                        "sample_every": 2, "sample_count": 4, "checkpoint_every": 2, "eval_batches": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = shell("train", "--config", tmp_path / "run.yaml", "--run-dir", tmp_path / "run", "--no-progress",
+                 cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert torch.load(ckpt, weights_only=True)["class_names"] == ["horizontal", "vertical"]
+    done = shell("eval-bpd", "--ckpt", ckpt, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    config["model"]["image_shape"] = [1, 16, 16]  # a shape the plugin's data set cannot make
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    done = shell("train", "--config", tmp_path / "bad.yaml", "--run-dir", tmp_path / "bad", cwd=tmp_path)
+    assert done.returncode != 0 and "Stripes images are 1x8x8" in done.stderr and "Traceback" not in done.stderr

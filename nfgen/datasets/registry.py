@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from nfgen.config_parse import ConfigError, _short
 from nfgen.errors import DataError
+from nfgen.flows.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +83,9 @@ class DataSet:
         raise NotImplementedError
 
 
-DATASETS: dict[str, DataSet] = {}
+# The built-in data sets register in their own modules, listed in nfgen.datasets.builtins (read
+# the first time this registry is), as a plugin's do.
+DATASETS: Registry[DataSet] = Registry("data set", "nfgen.datasets.builtins")
 
 
 def register_dataset(name: str, dataset: DataSet) -> DataSet:
@@ -90,11 +93,14 @@ def register_dataset(name: str, dataset: DataSet) -> DataSet:
     set's own module (a plugin module's registration works the same). Returns ``dataset``."""
     if not isinstance(dataset, DataSet):
         raise TypeError(f"register_dataset({name!r}, ...) takes a nfgen.datasets.DataSet, got {type(dataset).__name__}")
-    if not name or not name.replace("_", "").isalnum() or name != name.lower():
+    if not isinstance(name, str) or not name.replace("_", "").isalnum() or name != name.lower():
         raise ValueError(f"a data set's name is lower-case letters, digits and _, got {name!r}")
-    if name in DATASETS and DATASETS[name] is not dataset:
-        raise ValueError(f"data set {name!r} is registered twice ({type(DATASETS[name]).__name__} and "
-                         f"{type(dataset).__name__}): give the new one another name")
+    held = DATASETS.get(name)
+    # The same data set again (its module reloaded) replaces it; another under a held name is refused
+    # (two instances of one format class, as mnist and fashion_mnist, are told apart by title).
+    if held is not None and (type(held).__qualname__, held.title) != (type(dataset).__qualname__, dataset.title):
+        raise ValueError(f"data set {name!r} is registered twice ({held.title} and {dataset.title}): give the new "
+                         "one another name")
     if not dataset.title or not dataset.help:
         raise ValueError(f"data set {name!r} needs a title (its name in messages) and a one-line help")
     dataset.name = name

@@ -43,10 +43,11 @@ from nfgen.density2d.plots import density_figure, histogram_density, save_png, t
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
 from nfgen.devices import resolve_device
 from nfgen.training.checkpoint import save_checkpoint
+from nfgen.training.divergence import DivergenceError
 from nfgen.training.loaders import stop_signals_to
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted
+from nfgen.training.trainer import TrainingInterrupted
 from nfgen.training.writes import SideWrites
 
 OUTPUTS = ("figures", "summary.json")  # besides what clear_run removes: what --overwrite deletes
