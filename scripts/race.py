@@ -59,13 +59,13 @@ import torch
 
 from nfgen import load_config
 from nfgen.cli_support import script_main
-from nfgen.config import Config, ConfigError, config_from_dict, parse_duration
-from nfgen.data import DataError, load_split
-from nfgen.evaluate import NotALikelihoodError, check_likelihood
+from nfgen.config import Config, config_from_dict, parse_duration
+from nfgen.data import load_split
+from nfgen.errors import ConfigError, DataError, DivergenceError, NotALikelihoodError
+from nfgen.evaluate import check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train
-from nfgen.training.trainer import DivergenceError
 
 MARK = "RACE_RESULT "  # prefixes the one stdout line a worker reports
 REAL_PIXELS = 28 * 28  # MNIST's; padding to 32x32 adds none

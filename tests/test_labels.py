@@ -315,7 +315,7 @@ def test_conditional_resume_equals_uninterrupted_and_keeps_class_names(tmp_path,
     # Resuming on data whose classes are named otherwise (same count) is refused.
     (digit_classes / "train" / "zero").rename(digit_classes / "train" / "nil")
     (digit_classes / "test" / "zero").rename(digit_classes / "test" / "nil")
-    with pytest.raises(CheckpointError, match="trained on the classes one, two, zero"):
+    with pytest.raises(DataError, match="trained on the classes one, two, zero"):
         train(_run_config(digit_classes, part, 7), part, resume=True, progress=False)
 
 

@@ -18,8 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nfgen.config import Config, ConfigError, parse_duration
+from nfgen.config import Config, parse_duration
 from nfgen.devices import resolve_device
+from nfgen.errors import ConfigError, DivergenceError
 from nfgen.evaluate import bpd_values, metric, summarize
 from nfgen.fidelity.monitor import FidMonitor
 from nfgen.generate import grid, sample_grid, save_grid
@@ -45,10 +46,6 @@ from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import resume_command
 from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, lr_factor, make_forward, make_optimizer, train_step
 from nfgen.training.writes import SideWrites
-
-
-class DivergenceError(Exception):
-    """Training produced only non-finite losses or gradients and could not recover."""
 
 
 class TrainingInterrupted(Exception):
