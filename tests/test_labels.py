@@ -36,7 +36,7 @@ from nfgen.training.trainer import Trainer
 
 def cfg(root: Path, dataset: str, shape: list[int], num_classes: int, **data: object):
     return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, **data},
-                             "model": {"image_shape": shape, "levels": 1, "num_classes": num_classes}})
+                             "model": {"image_shape": shape, "glow": {"levels": 1}, "num_classes": num_classes}})
 
 
 def write_classes(root: Path, classes: dict[str, np.ndarray]) -> dict[Path, str]:
