@@ -13,8 +13,13 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.s
 
 # public name -> the module that defines it
 _LAZY = {"Config": "nfgen.config", "load_config": "nfgen.config", "ImageFlow": "nfgen.model",
-         "build_model": "nfgen.model"}
-__all__ = ["Config", "ImageFlow", "__version__", "build_model", "load", "load_config"]
+         "build_model": "nfgen.model",
+         # What a plugin module (docs/plugins.md) registers with, and the base class of a transform.
+         # register_architecture and register_dataset join here, from their registries' modules.
+         "register_transform": "nfgen.flows.transforms", "ElementwiseTransform": "nfgen.flows.transforms",
+         "register_conditioner": "nfgen.flows.nets"}
+__all__ = ["Config", "ElementwiseTransform", "ImageFlow", "__version__", "build_model", "load", "load_config",
+           "register_conditioner", "register_transform"]
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     import torch
 
     from nfgen.config import Config, load_config
+    from nfgen.flows.nets import register_conditioner
+    from nfgen.flows.transforms import ElementwiseTransform, register_transform
     from nfgen.model import ImageFlow, build_model
 
 

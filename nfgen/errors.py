@@ -38,6 +38,11 @@ class ConfigError(UserError, ValueError):
     exit_code = 2  # the usage-error status, as Typer's own option errors
 
 
+class PluginError(ConfigError):
+    """A plugin module named in a config (``plugins:``) that cannot be found or fails while
+    importing."""
+
+
 class DataError(UserError):
     """A data set (or image folder) that cannot be read, or does not fit the model."""
 

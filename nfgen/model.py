@@ -20,10 +20,10 @@ from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow
 from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
+from nfgen.flows.priors import sample_standard_normal, standard_normal_log_prob
 from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import set_channels_last, to_layout
 from nfgen.flows.tarflow import build_tarflow
-from nfgen.priors import sample_standard_normal, standard_normal_log_prob
 
 
 class ImageFlow(nn.Module):

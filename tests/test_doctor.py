@@ -13,10 +13,10 @@ from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.doctor import MIN_SCALE, diagnose, format_report, verdict
 from nfgen.flows.actnorm import ActNorm
+from nfgen.flows.affine import Affine
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import glow_net
-from nfgen.flows.transforms import Affine
 from nfgen.model import build_model
 from nfgen.training.checkpoint import save_checkpoint
 

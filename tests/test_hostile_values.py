@@ -22,7 +22,8 @@ BASE = {"name": "r", "data": {"dataset": "folder", "root": "data"},
 WANDB = ("train.wandb_project", "train.wandb_entity", "train.wandb_run_name")  # free-form W&B names
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
          ("train.grad_clip", 2**64), *((key, "abc") for key in WANDB),
-         ("train.fid_features", "abc")}  # a file name, checked when training starts (and only with fid_every)
+         ("train.fid_features", "abc"),  # a file name, checked when training starts (and only with fid_every)
+         ("plugins", ("abc",))}  # a module name: the standard library's abc imports (a missing one: test_plugins.py)
 NULLABLE = {"train.max_time", *WANDB}  # null: no time budget; no W&B (project), its defaults (entity, run name)
 
 

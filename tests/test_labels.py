@@ -236,8 +236,8 @@ def test_ranks_shards_keep_each_images_label(tmp_path):
     def shards(rank: Rank, n: int) -> list:
         trainer = Trainer(cfg_, tmp_path, NullLogger(), model=build_model(cfg_), train_set=data, test_set=data,
                           progress_bar=False, rank=rank)
-        batches = trainer._train_batches()
-        out = [next(batches) for _ in range(n)]
+        batches = trainer.stream.batches()
+        out = [next(batches).batch for _ in range(n)]
         batches.close()
         return out
 

@@ -112,7 +112,7 @@ def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp
 
 
 def test_a_diverging_contender_keeps_its_points_and_is_marked(race, mnist, tmp_path, monkeypatch):
-    from nfgen.training.trainer import DivergenceError
+    from nfgen.training.divergence import DivergenceError
 
     torch.set_default_dtype(torch.float32)
     real, calls = race.train, []

@@ -11,9 +11,9 @@ from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
 from nfgen.flows.nets import NetFactory, make_conditioner
+from nfgen.flows.priors import LearnedGaussian, SplitPrior
 from nfgen.flows.reshape import Squeeze
 from nfgen.flows.transforms import make_transform
-from nfgen.priors import LearnedGaussian, SplitPrior
 
 
 def channel_mixer(channels: int, kind: str) -> Flow:

@@ -20,6 +20,7 @@ from nfgen.errors import CheckpointError, ConfigError, DataError
 from nfgen.fingerprint import read_hashed
 from nfgen.labels import Labelled
 from nfgen.model import ImageFlow, build_model
+from nfgen.plugins import PluginError, load_plugins, plugin_names
 
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
 LOADED_SHA256 = "loaded_sha256"  # load_checkpoint's: the sha256 of the bytes the state came from
@@ -188,7 +189,11 @@ def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
         raise CheckpointError(f"{path} holds a 2-D flow of `nfgen density2d`, not an image model; "
                               "its pictures and numbers are in its run folder")
     try:
+        names = plugin_names(state.get("config"))
+        load_plugins(names, source=f"{path} (trained with plugins {', '.join(names)})")
         return config_from_dict(state["config"], drop_ignored=True)  # old nfgen stored options its arch ignored
+    except PluginError as e:
+        raise CheckpointError(str(e)) from None
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
