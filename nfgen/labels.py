@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from nfgen.config import ConfigError
+from nfgen.errors import ConfigError
 
 
 class Labelled(Dataset[tuple[torch.Tensor, int]]):

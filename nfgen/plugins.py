@@ -22,14 +22,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nfgen.config_parse import ConfigError, _coerce
+from nfgen.config_parse import _coerce
+from nfgen.errors import ConfigError, PluginError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
-
-
-class PluginError(ConfigError):
-    """A plugin module that cannot be found or fails while importing."""
 
 
 def plugin_names(data: Any) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ NAMES = sorted(DATASETS)
 def cfg(dataset: str, root, shape, k: int = 0, **data):
     return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, "num_workers": 0,
                                       **data},
-                             "model": {"image_shape": list(shape), "levels": 1, "num_classes": k}})
+                             "model": {"image_shape": list(shape), "glow": {"levels": 1}, "num_classes": k}})
 
 
 def tiny(name: str, root, monkeypatch):
@@ -167,8 +167,8 @@ def test_fashion_mnist_trains_from_the_cli(tmp_path, monkeypatch):
     ds, t = tiny("fashion_mnist", tmp_path / "data", monkeypatch)
     config = {"name": "fashion", "data": {"dataset": "fashion_mnist", "root": str(tmp_path / "data"),
                                           "download": False, "num_workers": 0},
-              "model": {"arch": "glow", "image_shape": [1, 28, 28], "num_classes": 10, "levels": 2, "steps": 1,
-                        "hidden": 8},
+              "model": {"arch": "glow", "image_shape": [1, 28, 28], "num_classes": 10,
+                        "glow": {"levels": 2, "steps": 1, "hidden": 8}},
               "train": {"device": "cpu", "batch_size": 8, "max_steps": 3, "warmup_steps": 1, "log_every": 1,
                         "eval_every": 3, "sample_every": 3, "sample_count": 10, "checkpoint_every": 3,
                         "eval_batches": 1}}

@@ -37,7 +37,7 @@ def cfg_dict(root: Path, **train) -> dict:
     return {
         "name": "r",
         "data": {"dataset": "folder", "root": str(root), "num_workers": 0},
-        "model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 1, "hidden": 8, "n_bits": 5},
+        "model": {"image_shape": [1, 8, 8], "n_bits": 5, "glow": {"levels": 2, "steps": 1, "hidden": 8}},
         "train": {"device": "cpu", "batch_size": 8, "max_steps": 6, "warmup_steps": 1, "log_every": 1,
                   "eval_every": 100, "sample_every": 100, "checkpoint_every": 1, "eval_batches": 1,
                   **train},

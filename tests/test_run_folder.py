@@ -238,8 +238,8 @@ def test_refused_resumes_write_nothing_and_a_plain_resume_still_works(run):
         (["--set", "train.optimizer=adamax"], 2, "train.optimizer cannot change on --resume"),
         (["--set", "train.max_steps=1"], 2, "train.max_steps 1 is not above step 2, which"),
         (["--set", "train.max_steps=2"], 2, "set train.max_steps above 2 to continue"),
-        (["--set", "data.test_fraction=0.5"], 1, "different 'data' section (data.test_fraction)"),
-        (["--set", "model.hidden=16"], 1, "different 'model' section (model.glow.hidden)"),
+        (["--set", "data.test_fraction=0.5"], 2, "different 'data' section (data.test_fraction)"),
+        (["--set", "model.glow.hidden=16"], 2, "different 'model' section (model.glow.hidden)"),
     ]
     for extra, code, message in refused:
         one_line(nfgen("train", "--run-dir", run, "--resume", "--no-progress", *extra), code, message)

@@ -25,9 +25,9 @@ def test_short_optimisation_lowers_test_bits_per_dim(arch):
     images = _digits_tensor()
     train_x, test_x = images[:1500], images[1500:]
     model = nfgen.build_model({"model": {
-        "arch": arch, "image_shape": [1, 8, 8], "levels": 2, "steps": 4 if arch == "glow" else 2,
-        "hidden": 32, **({"blocks": 1} if arch == "realnvp" else {}), "n_bits": 5,
-        "preprocess": "shift" if arch == "glow" else "logit"}})
+        "arch": arch, "image_shape": [1, 8, 8], "n_bits": 5, "preprocess": "shift" if arch == "glow" else "logit",
+        arch: {"levels": 2, "steps": 4 if arch == "glow" else 2, "hidden": 32,
+               **({"blocks": 1} if arch == "realnvp" else {})}}})
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     model.train()
     model.bits_per_dim(train_x[:256])  # actnorm's data-dependent initialisation
@@ -95,8 +95,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, arch):
 
 def test_interpolation_rows_start_and_end_at_the_real_images():
     images = _digits_tensor()[:6]
-    model = nfgen.build_model({"model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 1,
-                                         "hidden": 8, "n_bits": 5}})
+    model = nfgen.build_model({"model": {"image_shape": [1, 8, 8], "n_bits": 5,
+                                         "glow": {"levels": 2, "steps": 1, "hidden": 8}}})
     x = images // 8 * 8  # 5-bit images, which decode(encode(x)) reproduces exactly
     for spherical in (False, True):
         rows = interpolate(model, x[:3], x[3:], steps=4, spherical=spherical)

@@ -16,9 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nfgen.config_parse import ConfigError
 from nfgen.datasets.registry import DataSet, Split, register_dataset
-from nfgen.errors import DataError
+from nfgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from nfgen.config import Config

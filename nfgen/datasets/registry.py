@@ -14,8 +14,8 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, NamedTuple
 
-from nfgen.config_parse import ConfigError, _short
-from nfgen.errors import DataError
+from nfgen.config_parse import _short
+from nfgen.errors import ConfigError, DataError
 from nfgen.flows.registry import Registry
 
 if TYPE_CHECKING:

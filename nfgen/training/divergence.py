@@ -8,11 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfgen.config import TrainConfig
+from nfgen.errors import DivergenceError
 from nfgen.training.checkpoint import Progress
-
-
-class DivergenceError(Exception):
-    """Training produced only non-finite losses or gradients and could not recover."""
 
 
 @dataclass(frozen=True)

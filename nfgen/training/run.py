@@ -10,14 +10,15 @@ import torch
 import yaml
 
 from nfgen.atomic import atomic_write_text
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
 from nfgen.costs import Memory, available_memory
 from nfgen.data import load_split
 from nfgen.devices import resolve_device
+from nfgen.errors import ConfigError
 from nfgen.generate import check_grid_size, class_rows
 from nfgen.model import build_model
 from nfgen.training import distributed
-from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint, training_state
+from nfgen.training.checkpoint import config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger, RunLogger, flat_config, run_logger
 from nfgen.training.memory import check_training_fits
@@ -51,8 +52,8 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
                 "data": (dataclasses.replace(cfg.data, **same_data), saved.data)}
     for section, (new, old) in sections.items():
         if new != old:
-            raise CheckpointError(f"{path} was trained with a different '{section}' section "
-                                  f"({', '.join(_changed(new, old, section))}); resume with the run's own config.yaml")
+            raise ConfigError(f"{path} was trained with a different '{section}' section "
+                              f"({', '.join(_changed(new, old, section))}); resume with the run's own config.yaml")
     if cfg.train.optimizer != saved.train.optimizer:
         raise ConfigError(f"train.optimizer cannot change on --resume ({path} was trained with "
                           f"{saved.train.optimizer!r}, whose state it holds); start a new run to use "

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
+from nfgen.errors import ConfigError
 from nfgen.model import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.budget import Budget

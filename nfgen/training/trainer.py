@@ -12,8 +12,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
 from nfgen.devices import resolve_device
+from nfgen.errors import ConfigError
 from nfgen.evaluate import metric
 from nfgen.fidelity.monitor import FidMonitor
 from nfgen.labels import check_classes
