@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from archs import TINY, tiny_model
+from archs import ARCHS, tiny_model
 from datasets import digits, skip_cifar10_md5, write_cifar10, write_image_folder, write_mnist
 from PIL import Image
 from typer.testing import CliRunner
@@ -200,7 +200,7 @@ def test_python_dash_m_and_help():
         assert verb in out.stdout
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_every_architecture_through_every_verb(tmp_path, arch):
     write_image_folder(tmp_path / "data", list(digits(8)[:40]), split_dirs=True, n_test=8)
     config = tmp_path / "c.yaml"
