@@ -8,7 +8,7 @@ import math
 import typing
 
 import pytest
-from archs import ARCHS, tiny_model
+from archs import ARCHS, arch_names, tiny_model
 from typer.testing import CliRunner
 
 from nfgen.cli import app
@@ -61,7 +61,7 @@ def _with(data: dict, key: str, value) -> dict:
 def _arch_bases() -> list[dict]:
     """A valid config of every registered architecture (the registry's tiny model): the fuzz
     walks every section's keys."""
-    return [BASE] + [_with(BASE, "model", tiny_model(arch, (1, 8, 8))) for arch in ARCHS]
+    return [BASE] + [_with(BASE, "model", tiny_model(arch, (1, 8, 8))) for arch in arch_names()]
 
 
 CASES = sorted({(key, repr(value)): (base, key, value) for base in _arch_bases()
