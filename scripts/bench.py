@@ -51,7 +51,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from nfgen import build_model, load_config
 from nfgen.cli_support import script_main
@@ -174,17 +175,36 @@ def print_profile(step: Callable[[], object], device: torch.device, calls: int =
           + prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
 
 
+class FlopCount(TorchDispatchMode):
+    """FLOPs by torch's own formulas (``flop_counter.flop_registry``, what ``FlopCounterMode``
+    counts), without ``FlopCounterMode``'s module tracker: its backward hooks refuse the
+    ``autograd.grad`` that a generation-mode model's denoising step takes inside sampling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def flops_per_image(fn: Callable[[], object], n_images: int) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """FLOPs of one call without gradients (sampling), per image."""
+    with torch.no_grad(), FlopCount() as counter:
         fn()
-    return counter.get_total_flops() / n_images
+    return counter.total / n_images
 
 
 def step_flops_per_image(fn: Callable[[], object], n_images: int) -> float:
     """FLOPs of one whole training step, forward and backward, per image (run eagerly)."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         fn()
-    return counter.get_total_flops() / n_images
+    return counter.total / n_images
 
 
 def matmul_flops_per_s(device: torch.device, threads: int, n: int = 2048, repeats: int = 5) -> float:

@@ -59,3 +59,38 @@ def test_bench_profiles_the_training_step_on_request():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "profile of 5 nfgen training steps" in proc.stderr and "aten::" in proc.stderr
+
+
+def test_flop_count_matches_torch_and_survives_a_denoising_step():
+    """bench's FLOP counter counts what torch's FlopCounterMode counts, and also counts a
+    generation-mode model's sampling, whose denoising step takes autograd.grad (which
+    FlopCounterMode's module tracker refuses)."""
+    import importlib.util
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nfgen import build_model, load_config
+
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench_module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec.loader.exec_module(bench_module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    with FlopCounterMode(display=False) as reference:
+        a @ b
+    with bench_module.FlopCount() as ours:
+        a @ b
+    assert ours.total == reference.get_total_flops() == 2 * 3 * 5 * 7
+    cfg = load_config("tarflow_mnist_gen_cpu.yaml", ["data.dataset=folder", "data.labels=true", "model.image_shape=[1,8,8]",
+                                                     "model.tarflow.width=8",
+                                                     "model.tarflow.heads=1", "model.tarflow.blocks=1",
+                                                     "model.tarflow.layers=1"])
+    model = build_model(cfg).eval()
+    labels = torch.zeros(2, dtype=torch.long)
+    forward = bench_module.flops_per_image(lambda: model.log_density(torch.rand(2, 1, 8, 8), model.context(labels, 2)), 2)
+    sampling = bench_module.flops_per_image(lambda: model.sample(2, labels=labels), 2)
+    assert sampling > 2 * forward > 0  # an inverse pass, then a forward and a backward to denoise
