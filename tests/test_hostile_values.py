@@ -25,6 +25,7 @@ BASE = {"name": "r", "data": {"dataset": "folder", "root": "data"},
 WANDB = ("train.wandb_project", "train.wandb_entity", "train.wandb_run_name")  # free-form W&B names
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
          ("train.grad_clip", 2**64), *((key, "abc") for key in WANDB),
+         ("model.tarflow.layers", (1,)),  # one Transformer layer in every block
          ("train.fid_features", "abc")}  # a file name, checked when training starts (and only with fid_every)
 NULLABLE = {"train.max_time", *WANDB}  # null: no time budget; no W&B (project), its defaults (entity, run name)
 
