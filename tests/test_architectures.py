@@ -121,3 +121,14 @@ def test_the_command_line_sees_the_architectures_the_tests_iterate():
     assert choices == sections == ARCHS == architecture_names()
     built = nfgen.build_model({"model": tiny_model(ARCHS[-1], (1, 8, 8))})
     assert built.body.input_shape == (1, 8, 8)
+
+
+def test_a_taken_name_or_a_bad_one_is_refused_in_one_line(nice):
+    with pytest.raises(ValueError, match="architecture 'glow' is already registered"):
+        register_architecture("glow", build=build_nice, tiny=_tiny_nice, help="another glow")(NiceConfig)
+    with pytest.raises(ValueError, match="a Python name"):
+        register_architecture("my-flow", build=build_nice, tiny=_tiny_nice, help="h")
+    with pytest.raises(ValueError, match="unknown architecture 'nope'; expected one of glow, realnvp, flowpp, "
+                                         "tarflow, nice"):
+        architectures.architecture("nope")
+    assert architecture_names()[:4] == ["glow", "realnvp", "flowpp", "tarflow"]

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from nfgen.flows.registry import build_named
-
 Shape = tuple[int, int, int]
 # A builder: ``build(shape, section, context_dim=0) -> MultiScaleFlow``.
 Builder = Callable[..., Any]
@@ -88,7 +86,10 @@ def architectures() -> Mapping[str, Architecture]:
 
 def architecture(name: str) -> Architecture:
     """The architecture ``name``; a ``ValueError`` names the registered ones."""
-    return build_named("architecture", {k: (lambda a=a: a) for k, a in architectures().items()}, name, {})
+    table = architectures()
+    if name not in table:
+        raise ValueError(f"unknown architecture {name!r}; expected one of {', '.join(table)}")
+    return table[name]
 
 
 def architecture_names() -> list[str]:

@@ -7,10 +7,14 @@ that build a transform or conditioner import it when they run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfgen.config_keys import opt
 from nfgen.config_parse import ConfigError
+
+if TYPE_CHECKING:  # torch-free at run time
+    from nfgen.flows.nets import NetFactory
+    from nfgen.flows.transforms import ElementwiseTransform
 
 
 def check(cond: bool, message: str) -> None:
@@ -104,13 +108,13 @@ class CouplingSpec:
         check_couplings(where, self, memory_saving)
         super().validate(where, image_shape, memory_saving)  # type: ignore[misc]
 
-    def net(self) -> Any:
+    def net(self) -> NetFactory:
         """The conditioner factory ``(c_in, c_out) -> nn.Module`` these options name."""
         from nfgen.flows.nets import make_conditioner
 
         return make_conditioner(self.conditioner, self.hidden, self.blocks, **self.conditioner_options)
 
-    def transform(self) -> Any:
+    def transform(self) -> ElementwiseTransform:
         """A fresh elementwise transform of the kind these options name."""
         from nfgen.flows.transforms import make_transform
 
