@@ -75,13 +75,17 @@ def register_architecture(name: str, *, build: Builder | str, help: str, tiny: T
 
 
 def architectures() -> Mapping[str, Architecture]:
-    """Every registered architecture, built-in ones first, in registration order."""
+    """Every registered architecture: the built-in ones in ``BUILTIN_MODULES``' order, then the
+    others in registration order (whichever module was imported first)."""
     global _loaded
     if not _loaded:
         _loaded = True
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
-    return _REGISTRY
+    order = {module: i for i, module in enumerate(BUILTIN_MODULES)}
+    builtin = sorted((a for a in _REGISTRY.values() if a.section.__module__ in order),
+                     key=lambda a: order[a.section.__module__])
+    return {**{a.name: a for a in builtin}, **_REGISTRY}
 
 
 def architecture(name: str) -> Architecture:

@@ -8,8 +8,7 @@ from typing import Any
 
 from nfgen.config_keys import opt
 from nfgen.flows.architectures import register_architecture
-from nfgen.flows.glow_section import PERMUTATIONS
-from nfgen.flows.section import CouplingSpec, MultiScaleSection, check, coupling_field
+from nfgen.flows.section import CouplingSpec, MultiScaleSection, Permutation, check, coupling_field
 
 
 def _tiny(shape: tuple[int, int, int], depth: int, width: int) -> dict[str, Any]:
@@ -42,7 +41,7 @@ class FlowppConfig(CouplingSpec, MultiScaleSection):
     conditioner: str = coupling_field("conditioner", "attention", "Flow++: gated convolutions with self-attention")
     coupling: str = coupling_field("coupling", "logistic_mixture", "Flow++: a mixture of logistics CDF, "
                                                                    "coupling_options components: 32")
-    permutation: PERMUTATIONS = opt(
+    permutation: Permutation = opt(
         "conv1x1_lu", "channel mixing after each actnorm: invertible 1x1 conv (LU-factored or not), or fixed")
 
     @property

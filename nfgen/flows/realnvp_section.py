@@ -8,8 +8,7 @@ from typing import Any
 
 from nfgen.config_keys import opt
 from nfgen.flows.architectures import register_architecture
-from nfgen.flows.glow_section import tiny_multiscale
-from nfgen.flows.section import CouplingSpec, MultiScaleSection, coupling_field
+from nfgen.flows.section import CouplingSpec, MultiScaleSection, coupling_field, tiny_multiscale
 
 
 def _tiny(shape: tuple[int, int, int], depth: int, width: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ that build a transform or conditioner import it when they run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from nfgen.config_keys import opt
 from nfgen.config_parse import ConfigError
@@ -72,6 +72,15 @@ class MultiScaleSection(ArchSection):
         self.check(where, image_shape)
 
 
+def tiny_multiscale(shape: tuple[int, int, int], depth: int, width: int) -> dict[str, Any]:
+    """A tiny multi-scale body of couplings for the tests: two levels where the image allows,
+    else one; ``depth`` steps, nets ``width`` wide."""
+    levels = 2 if shape[1] % 4 == 0 and shape[2] % 4 == 0 else 1
+    return {"levels": levels, "steps": depth, "hidden": width}
+
+
+# Channel mixing before a coupling: Glow's invertible 1x1 conv (LU-factored or not), or fixed.
+Permutation = Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"]
 TRANSFORMS_HELP = "affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)"
 CONDITIONERS_HELP = "glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)"
 
