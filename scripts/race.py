@@ -11,7 +11,8 @@ another. The budget is split into ``--points`` equal shares; after each share th
 test bits per *real* pixel are measured on all 1,000 test digits: nats per image / (784 ln 2),
 so a model of MNIST zero-padded to 32x32 is charged for its padding and compares with one at
 28x28. At the end, 1,000 samples at T=1 and at T=0.7 are drawn and those with a non-finite pixel
-counted.
+counted; ``--samples DIR`` also writes the T=1 samples as 28x28 PNGs (a folder per contender), so
+every contender, normflows' too, can be scored by ``nfgen eval-fid --gen``.
 
 - nfgen contender (``--config``, repeatable; each ``--set`` applies to the ``--config`` before
   it): the real trainer, one job per share (``train.max_time`` = the share, then ``--resume``
@@ -78,13 +79,38 @@ def bits_per_real_pixel(nats_per_image: float) -> float:
     return nats_per_image / (REAL_PIXELS * math.log(2))
 
 
-def count_nonfinite(sample: Callable[[int], torch.Tensor], n: int = SAMPLES, chunk: int = 250) -> int:
-    """Samples (rows) with any non-finite value, drawn ``chunk`` at a time."""
-    bad = 0
-    for start in range(0, n, chunk):
-        x = sample(min(chunk, n - start))
-        bad += int((~torch.isfinite(x)).flatten(1).any(1).sum())
-    return bad
+def draw(sample: Callable[[int], torch.Tensor], n: int = SAMPLES, chunk: int = 250) -> torch.Tensor:
+    """``n`` continuous samples in [0, 1) scale, drawn ``chunk`` at a time."""
+    return torch.cat([sample(min(chunk, n - start)).cpu() for start in range(0, n, chunk)])
+
+
+def count_nonfinite(u: torch.Tensor) -> int:
+    """Samples (rows) with any non-finite value."""
+    return int((~torch.isfinite(u)).flatten(1).any(1).sum())
+
+
+def write_samples(u: torch.Tensor, folder: Path) -> None:
+    """The finite samples as 8-bit PNGs at the real digits' 28x28 (a zero-padded model's border
+    cropped), quantized as nfgen's ``sample`` does: for ``nfgen eval-fid --gen`` (the non-finite
+    ones are counted in the report, not written)."""
+    from PIL import Image
+
+    x = torch.floor(u[torch.isfinite(u).flatten(1).all(1)] * 256).clamp(0, 255).to(torch.uint8)
+    m = (x.shape[-1] - 28) // 2
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(x[..., m:m + 28, m:m + 28]):
+        Image.fromarray(image[0].numpy(), "L").save(folder / f"{i:04d}.png")
+
+
+def sampled(spec: dict, draws: dict[float, Callable[[], torch.Tensor]]) -> dict[str, int]:
+    """Non-finite samples per temperature; the T=1 draws written to ``--samples`` when given."""
+    nonfinite = {}
+    for t, sample in draws.items():
+        u = sample()
+        nonfinite[f"{t:g}"] = count_nonfinite(u)
+        if t == 1 and spec.get("samples_dir"):
+            write_samples(u, Path(spec["samples_dir"]))
+    return nonfinite
 
 
 def mnist_config(root: str) -> Config:
@@ -131,10 +157,11 @@ def nfgen_worker(spec: dict) -> dict:
                 "diverged": diverged}
     progress = load_checkpoint(last)["progress"]
     model, _, _ = model_from_checkpoint(last, device=torch.device(spec["device"]))  # the EMA, as evaluated
-    nonfinite = {}
-    for t in TEMPERATURES:
+    def continuous(t: float) -> torch.Tensor:
         generator = torch.Generator(model._ref().device).manual_seed(spec["seed"])
-        nonfinite[f"{t:g}"] = count_nonfinite(lambda n, t=t, g=generator: model.sample_continuous(n, t, g))
+        return draw(lambda n: model.sample_continuous(n, t, generator))
+
+    nonfinite = sampled(spec, {t: lambda t=t: continuous(t) for t in TEMPERATURES})
     return {"points": points, "params": sum(p.numel() for p in model.parameters()),
             "skipped_steps": progress["bad_steps"], "nonfinite_samples": nonfinite, "diverged": diverged}
 
@@ -196,11 +223,12 @@ def normflows_worker(spec: dict) -> dict:
         before += budget.elapsed()
         points.append({"seconds": before, "step": steps, "bits_per_real_pixel": bits_per_real_pixel(value)})
     model.eval()
-    nonfinite = {}
-    for t in TEMPERATURES:
+    def continuous(t: float) -> torch.Tensor:
         torch.manual_seed(seed)
         with torch.no_grad():
-            nonfinite[f"{t:g}"] = count_nonfinite(lambda n, t=t: model.sample(n, temperature=None if t == 1 else t)[0])
+            return draw(lambda n: model.sample(n, temperature=None if t == 1 else t)[0])
+
+    nonfinite = sampled(spec, {t: lambda t=t: continuous(t) for t in TEMPERATURES})
     return {"points": points, "params": sum(p.numel() for p in model.parameters()), "skipped_steps": skipped,
             "nonfinite_samples": nonfinite}
 
@@ -291,6 +319,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=Path, help="keep nfgen's run folders here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--samples", type=Path, help="write each contender's 1,000 samples at T=1 here as 28x28 "
+                                                     "PNGs, a folder per contender (for nfgen eval-fid --gen)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a child process: its spec as JSON
     return parser
 
@@ -329,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [*args.contenders, *([{"kind": "normflows"}] if args.normflows else [])]
     with tempfile.TemporaryDirectory(prefix="race-") as tmp:
         runs = args.runs or Path(tmp)
-        results = [spawn({**common, **c, "run_dir": str(runs / f"{i}-{Path(c.get('config', 'normflows')).stem}")})
-                   for i, c in enumerate(contenders)]
+        names = [f"{i}-{Path(c.get('config', 'normflows')).stem}" for i, c in enumerate(contenders)]
+        results = [spawn({**common, **c, "run_dir": str(runs / name),
+                          "samples_dir": args.samples and str(args.samples / name)})
+                   for name, c in zip(names, contenders)]
     report = {"budget_s": budget, "points": args.points, "data": str(args.data), "train_digits": n_train,
               "test_digits": n_test, "results": results, "device": args.device, "threads": args.threads,
               "torch": torch.__version__, "machine": f"{platform.processor() or platform.machine()}, "

@@ -38,7 +38,20 @@ def test_bits_per_real_pixel_charges_padding_to_the_784_real_pixels(race):
 
 def test_count_nonfinite_counts_samples_not_values(race):
     draws = iter([torch.tensor([[1.0, math.nan, math.inf], [0.0, 1.0, 2.0]]), torch.tensor([[-math.inf, 0.0, 0.0]])])
-    assert race.count_nonfinite(lambda n: next(draws), n=3, chunk=2) == 2
+    assert race.count_nonfinite(race.draw(lambda n: next(draws), n=3, chunk=2)) == 2
+
+
+def test_samples_are_written_at_28x28_without_the_nonfinite(race, tmp_path):
+    from PIL import Image
+
+    u = torch.rand(3, 1, 32, 32)
+    u[1, 0, 5, 5] = math.nan
+    race.write_samples(u, tmp_path / "s")
+    files = sorted((tmp_path / "s").iterdir())
+    assert [f.name for f in files] == ["0000.png", "0001.png"]  # the non-finite sample is not written
+    second = np.asarray(Image.open(files[1]))
+    assert second.shape == (28, 28)  # the zero-padded model's 2-pixel border cropped
+    assert (second == torch.floor(u[2, 0, 2:30, 2:30] * 256).numpy()).all()
 
 
 def test_each_set_belongs_to_the_config_before_it(race, capsys):
@@ -85,6 +98,7 @@ def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp
     torch.set_default_dtype(torch.float32)
     spec = {"kind": "nfgen", "config": "glow_mnist.yaml", "data": str(mnist), "budget": 2.0, "points": 2,
             "device": "cpu", "threads": 1, "seed": 0, "run_dir": str(tmp_path / "run"),
+            "samples_dir": str(tmp_path / "samples"),
             "sets": ["model.image_shape=[1,28,28]", "model.glow.levels=2", "model.glow.steps=1", "model.glow.hidden=8",
                      "train.batch_size=8", "train.sample_count=4"]}
     result = race.nfgen_worker(spec)
@@ -93,6 +107,8 @@ def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp
     assert points[0]["seconds"] < points[1]["seconds"]
     assert all(np.isfinite(p["bits_per_real_pixel"]) for p in points)
     assert set(result["nonfinite_samples"]) == {"1", "0.7"} and result["params"] > 0
+    written = len(list((tmp_path / "samples").glob("*.png")))
+    assert written == race.SAMPLES - result["nonfinite_samples"]["1"]  # the T=1 draws, for eval-fid --gen
 
 
 def test_a_diverging_contender_keeps_its_points_and_is_marked(race, mnist, tmp_path, monkeypatch):
