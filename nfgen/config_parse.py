@@ -197,6 +197,12 @@ def _build(cls: type, data: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+def field_key(value: Any, f: dataclasses.Field) -> str:
+    """The key of field ``f`` of config section ``value`` in YAML: its name, or for a chosen
+    section the choice's (``glow`` for ``ModelConfig.options`` under ``arch: glow``)."""
+    return getattr(value, f.metadata[CHOSEN_BY]) if SECTIONS in f.metadata else f.name
+
+
 def plain_data(value: Any) -> Any:
     """A config tree as plain data for YAML and checkpoints, as ``_build`` reads it back: a
     chosen section under its key (``model.glow``), unset (None) values left out."""
@@ -205,7 +211,7 @@ def plain_data(value: Any) -> Any:
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
             if v is not None:
-                out[getattr(value, f.metadata[CHOSEN_BY]) if SECTIONS in f.metadata else f.name] = plain_data(v)
+                out[field_key(value, f)] = plain_data(v)
         return out
     if isinstance(value, dict):
         return {k: plain_data(x) for k, x in value.items() if x is not None}
