@@ -15,7 +15,8 @@ from nfgen.cli_config import config_verb
 from nfgen.cli_data import data_app
 from nfgen.cli_fid import eval_fid
 from nfgen.complexity import CODECS
-from nfgen.config import DEVICE_HELP, MAX_SEED, ConfigError, check_device_name, load_config
+from nfgen.config import DEVICE_HELP, MAX_SEED, check_device_name, load_config
+from nfgen.errors import ConfigError, DataError, NumericalError
 from nfgen.outputs import check_outputs, folder_outputs, is_stdout, opened
 
 # Each verb imports the library parts it uses (torch, torchvision, TensorBoard) when it runs:
@@ -244,7 +245,6 @@ def interpolate(
     model: each pair is two images of one class, encoded and decoded with that class)."""
     import torch
 
-    from nfgen.data import DataError
     from nfgen.generate import check_grid_size, same_class_pairs, save_grid
     from nfgen.generate import interpolate as interpolate_images
     from nfgen.labels import take
@@ -326,7 +326,7 @@ def classify(
         torch.manual_seed(0)
         result = run_classifier(model, loader, names, samples, sys.stderr.isatty())
         if not torch.isfinite(result.log_probs).all():
-            raise FloatingPointError("some images gave a non-finite log p(x | y); the model is numerically broken on them")
+            raise NumericalError("some images gave a non-finite log p(x | y); the model is numerically broken on them")
         to_stdout = is_stdout(json_out)
         typer.echo(f"{split} accuracy: {result.accuracy:.4f} ({result.correct} of {len(result.labels)} images), "
                    f"Bayes classifier argmax_y log p(x | y) over {len(names)} classes, uniform prior, "

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nfgen import cli_support as opts
-from nfgen.config import MAX_SEED, ConfigError, check_device_name, load_config
+from nfgen.config import MAX_SEED, check_device_name, load_config
+from nfgen.errors import ConfigError, DataError
 from nfgen.outputs import check_outputs, is_stdout, opened
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def eval_fid(
     """FID, KID, precision and recall of generated images against a reference set, on the FID
     Inception features or a TorchScript extractor; with a classifier's logits, the share of
     samples it reads confidently."""
-    from nfgen.data import SPLITS, DataError, load_folder, load_split
+    from nfgen.data import SPLITS, load_folder, load_split
     from nfgen.fidelity import features as extractors
     from nfgen.fidelity import sets
     from nfgen.fidelity.cache import default_cache_dir

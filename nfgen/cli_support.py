@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from nfgen.config import Config, ConfigError, apply_overrides, check_device_name, config_from_dict
+from nfgen.config import Config, apply_overrides, check_device_name, config_from_dict
+from nfgen.errors import ConfigError, NumericalError, UserError
 
 # Nothing here imports torch at import time: ``nfgen --help``, ``--version`` and a usage error
 # answer without it. Each helper imports what it needs when a verb calls it.
@@ -26,19 +27,12 @@ if TYPE_CHECKING:
 
 from nfgen.user_input import parser
 
-# The errors a user can cause, by the module that defines each. They are looked up only among
-# modules already imported (an error of a module never imported cannot have been raised), so
-# catching them imports nothing.
-_USER_ERRORS = (("nfgen.errors", "DataError"), ("nfgen.data", "DataError"), ("nfgen.training.checkpoint", "CheckpointError"),
-                ("nfgen.training.trainer", "DivergenceError"), ("nfgen.evaluate", "NotALikelihoodError"),
-                ("nfgen.devices", "DeviceError"), ("nfgen.offline_data", "OfflineDataError"),
-                ("nfgen.outputs", "OutputError"))
-_INTERRUPTED = (("nfgen.training.trainer", "TrainingInterrupted"),)
 
-
-def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:
-    found = (getattr(sys.modules[module], name, None) for module, name in names if module in sys.modules)
-    return tuple(c for c in found if isinstance(c, type))
+def _interrupted(e: Exception) -> bool:
+    """Whether ``e`` is the trainer's stop by signal; looked up only if the trainer was imported
+    (otherwise it cannot have been raised), so catching it imports no torch."""
+    trainer = sys.modules.get("nfgen.training.trainer")
+    return trainer is not None and isinstance(e, trainer.TrainingInterrupted)
 
 
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. train.lr=3e-4 (repeatable).")]
@@ -53,15 +47,14 @@ def fail(message: str, code: int = 1) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn every error a user can cause into one line on stderr and a non-zero exit."""
+    """Turn every error a user can cause (a ``nfgen.errors.UserError``) into one line on stderr
+    and its class's exit code; a stop by signal exits 128 + the signal's number."""
     try:
         yield
-    except ConfigError as e:
-        fail(str(e), 2)
+    except UserError as e:
+        fail(str(e), e.exit_code)
     except Exception as e:
-        if isinstance(e, (FloatingPointError, *_loaded(_USER_ERRORS))):
-            fail(str(e))
-        if isinstance(e, _loaded(_INTERRUPTED)):
+        if _interrupted(e):
             typer.echo(str(e), err=True)
             raise typer.Exit(128 + e.signum) from None  # type: ignore[attr-defined]
         if isinstance(e, OSError):
@@ -217,8 +210,8 @@ def bpd_record(r: BpdResult) -> dict:
 
 def finite(n_nonfinite: int, n_images: int) -> None:
     if n_nonfinite:
-        raise FloatingPointError(f"{n_nonfinite} of {n_images} images gave a non-finite "
-                                 "bits/dim; the model is numerically broken on them")
+        raise NumericalError(f"{n_nonfinite} of {n_images} images gave a non-finite "
+                             "bits/dim; the model is numerically broken on them")
 
 
 def item_names(data: Dataset) -> list[str]:

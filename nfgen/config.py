@@ -30,6 +30,7 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
 )
 from nfgen.flows.architectures import architecture_names, architecture_sections
 from nfgen.flows.section import ArchSection, check_couplings
+from nfgen.plugins import load_plugins, plugin_names
 from nfgen.user_input import parser
 
 
@@ -177,6 +178,8 @@ class TrainConfig:
 class Config:
     name: str = opt("run", "the run's name: its folder is runs/<name>")
     run_dir: str = opt("", "the run folder; empty: runs/<name>")
+    plugins: tuple[str, ...] = opt((), "your own modules to import first, e.g. [my_flows]: the transforms, conditioners, "
+                                        "... they register become valid names (docs/plugins.md)")
     data: DataConfig = opt(help="the images a model learns from", factory=DataConfig)
     model: ModelConfig = opt(help="the flow: image shape, architecture, class conditioning", factory=ModelConfig)
     dequantization: DequantizationConfig = opt(help="how discrete pixels become continuous values", factory=DequantizationConfig)
@@ -332,9 +335,11 @@ def check_data_matches_model(cfg: Config) -> Config:
 
 def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config:
     """A validated Config from plain data (old flat model options are migrated, see
-    ``_migrate_model``; ``drop_ignored`` for the configs stored in old checkpoints)."""
+    ``_migrate_model``; ``drop_ignored`` for the configs stored in old checkpoints). Its
+    ``plugins`` are imported first (``nfgen.plugins``): their registered names are valid choices."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    load_plugins(plugin_names(data))
     _check(_depth(data) <= MAX_DEPTH, f"the config is nested more than {MAX_DEPTH} levels deep; "
                                       "a config has sections of plain keys")
     return validate(_build(Config, _migrate_model(data, drop_ignored=drop_ignored), ""))
@@ -342,7 +347,10 @@ def config_from_dict(data: dict[str, Any], drop_ignored: bool = False) -> Config
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (a path, or the bare name of a shipped one) and apply overrides."""
-    data = read_yaml(resolve_config_path(path))
+    path = resolve_config_path(path)
+    data = read_yaml(path)
+    # Plugins first, also one named by --set plugins=[...]: a plugin may sit beside the config file.
+    load_plugins(plugin_names(apply_overrides(data, overrides or [])), [path.parent], f"{path}: plugins")
     # Old flat model options are moved into the arch's section before --set applies, so a flat
     # override (--set model.steps=8) replaces the file's value instead of clashing with it.
     data = apply_overrides(_migrate_model(data), overrides or [])

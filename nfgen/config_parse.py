@@ -17,12 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from nfgen.errors import ConfigError
 from nfgen.user_input import parser
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, with a message meant for the user."""
-
 
 # Integers beyond int64 overflow in torch; a config is sections of plain keys, a few levels deep,
 # in a file of a few hundred bytes.

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nfgen.config_parse import ConfigError
+from nfgen.errors import ConfigError
 
 
 def max_pixels() -> int:

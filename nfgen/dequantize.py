@@ -20,8 +20,8 @@ from nfgen.flows.base import cascade
 from nfgen.flows.coupling import CheckerboardMask, Coupling
 from nfgen.flows.multiscale import Shape
 from nfgen.flows.nets import make_conditioner
+from nfgen.flows.priors import standard_normal_log_prob
 from nfgen.flows.transforms import make_transform
-from nfgen.priors import standard_normal_log_prob
 
 
 class UniformDequantizer(nn.Module):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nfgen.errors import DeviceError
+
 if TYPE_CHECKING:
     import torch
 
-
-class DeviceError(Exception):
-    """A device that this machine does not have, with a message meant for the user."""
 
 
 def choose_device(name: str, cuda: bool, mps: bool) -> str:

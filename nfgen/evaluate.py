@@ -10,12 +10,9 @@ import torch
 from tqdm import tqdm
 
 from nfgen.config import Config
+from nfgen.errors import NotALikelihoodError
 from nfgen.labels import split_batch
 from nfgen.model import ImageFlow
-
-
-class NotALikelihoodError(ValueError):
-    """Bits/dim asked of a model trained with Gaussian noise (generation mode), which has none."""
 
 
 def check_likelihood(model: ImageFlow | Config) -> None:

@@ -19,9 +19,10 @@ from safetensors.torch import load_model, save
 
 import nfgen
 from nfgen.atomic import atomic_write, atomic_write_text
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
+from nfgen.errors import CheckpointError, MissingExtraError, OutputError
 from nfgen.model import ImageFlow, build_model
-from nfgen.training.checkpoint import CheckpointError, class_names_of, config_of, model_from_checkpoint
+from nfgen.training.checkpoint import class_names_of, config_of, model_from_checkpoint
 
 FORMAT = 1  # bump when the export layout changes; older nfgen refuses newer exports
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -43,10 +44,10 @@ def export_model(ckpt: str | Path, out: str | Path, overwrite: bool = False, ema
     ``out``; refuses to replace an earlier export's files unless ``overwrite``. Returns the files."""
     ckpt, out = Path(ckpt), Path(out)
     if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} is a file; give a folder to export into")
+        raise OutputError(f"{out} is a file; give a folder to export into")
     held = [name for name in FILES if (out / name).exists()]
     if held and not overwrite:
-        raise CheckpointError(f"{out} already holds {', '.join(held)}; pass --overwrite to replace them")
+        raise OutputError(f"{out} already holds {', '.join(held)}; pass --overwrite to replace them")
     model, cfg, state = model_from_checkpoint(ckpt, ema=ema)
     names = class_names_of(state, cfg, ckpt) if cfg.model.num_classes else None
     progress = state.get("progress") or {}
@@ -96,7 +97,7 @@ def hub_api() -> Any:
     try:
         from huggingface_hub import HfApi
     except ImportError:
-        raise ConfigError("--push-to-hub needs huggingface_hub: pip install 'nfgen[hub]'") from None
+        raise MissingExtraError("--push-to-hub needs huggingface_hub: pip install 'nfgen[hub]'") from None
     return HfApi()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from nfgen.config import ConfigError
+from nfgen.errors import ConfigError
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -13,13 +13,14 @@ from torch import Tensor, nn
 from nfgen.config import Config, config_from_dict
 from nfgen.costs import Memory, available_memory, check_memory, format_count, model_cost
 from nfgen.dequantize import GaussianDequantizer, UniformDequantizer, VariationalDequantizer
+from nfgen.errors import NumericalError
 from nfgen.flows.architectures import Builders, architecture
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.conditioning import ClassEmbedding, ClassPrior, Guided
 from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
+from nfgen.flows.priors import sample_standard_normal, standard_normal_log_prob
 from nfgen.flows.reshape import set_channels_last, to_layout
-from nfgen.priors import sample_standard_normal, standard_normal_log_prob
 
 
 class ImageFlow(nn.Module):
@@ -119,8 +120,8 @@ class ImageFlow(nn.Module):
     def _to_images(self, u: Tensor) -> Tensor:
         bad = (~torch.isfinite(u)).flatten(1).any(1)
         if bad.any():
-            raise FloatingPointError(f"{int(bad.sum())} of {u.shape[0]} decoded images are not "
-                                     "finite; the model is numerically broken at this input")
+            raise NumericalError(f"{int(bad.sum())} of {u.shape[0]} decoded images are not "
+                                 "finite; the model is numerically broken at this input")
         q = torch.floor(u * self.levels).clamp(0, self.levels - 1)
         return (q * 2 ** (8 - self.n_bits)).to(torch.uint8)
 

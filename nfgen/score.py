@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from nfgen.atomic import atomic_write_text
 from nfgen.complexity import compressed_bits
-from nfgen.data import DataError, ImageFiles, make_loader
+from nfgen.data import ImageFiles, make_loader
+from nfgen.errors import DataError, NumericalError
 from nfgen.fingerprint import Fingerprint, of_batches
 from nfgen.labels import Labelled, split_batch
 from nfgen.model import ImageFlow
@@ -93,7 +94,7 @@ def bits_per_dim(model: ImageFlow, x: torch.Tensor, n_samples: int = 1) -> torch
 def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs: Sequence[str] = ("png",),
             n_samples: int = 1, batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> Measured:
     """Bits/dim (``n_samples`` dequantization draws) and each codec's ``L(x)/D`` of every image
-    of ``dataset``, in order. A non-finite bits/dim is a ``FloatingPointError`` naming ``what``."""
+    of ``dataset``, in order. A non-finite bits/dim is a ``NumericalError`` naming ``what``."""
     model.eval()
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, pin_memory=False)
     bpd, bits = [], {c: [] for c in codecs}
@@ -107,7 +108,7 @@ def measure(model: ImageFlow, dataset: Dataset[torch.Tensor], what: str, codecs:
     values = np.concatenate(bpd)
     bad = int((~np.isfinite(values)).sum())
     if bad:
-        raise FloatingPointError(f"{bad} of {len(values)} images of {what} gave a non-finite bits/dim; "
+        raise NumericalError(f"{bad} of {len(values)} images of {what} gave a non-finite bits/dim; "
                                  "the model is numerically broken on them")
     return Measured(_names(dataset), values, {c: np.concatenate(v) for c, v in bits.items()}, seen.hexdigest())
 

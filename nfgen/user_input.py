@@ -42,7 +42,7 @@ def parser(what: str) -> Callable[[F], F]:
             except PYTHON_ERRORS as e:
                 if not type(e).__module__.startswith("builtins"):
                     raise  # nfgen's own errors (and yaml's, torch's) say what they mean
-                from nfgen.config_parse import ConfigError
+                from nfgen.errors import ConfigError
 
                 raise ConfigError(f"{what}: cannot read this value ({type(e).__name__}: {one_line(e)}); "
                                   "check it") from None

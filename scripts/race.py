@@ -60,13 +60,13 @@ import torch
 
 from nfgen import load_config
 from nfgen.cli_support import script_main
-from nfgen.config import Config, ConfigError, config_from_dict, parse_duration
-from nfgen.data import DataError, load_split
-from nfgen.evaluate import NotALikelihoodError, check_likelihood
+from nfgen.config import Config, config_from_dict, parse_duration
+from nfgen.data import load_split
+from nfgen.errors import ConfigError, DataError, DeviceError, DivergenceError, MissingExtraError, UserError
+from nfgen.evaluate import check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train
-from nfgen.training.trainer import DivergenceError
 
 MARK = "RACE_RESULT "  # prefixes the one stdout line a worker reports
 REAL_PIXELS = 28 * 28  # MNIST's; padding to 32x32 adds none
@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.contenders and not args.normflows:
             raise ConfigError("nothing to race: give --config FILE (repeatable) and/or --normflows")
         if args.normflows and importlib.util.find_spec("normflows") is None:
-            raise ConfigError("--normflows needs normflows: pip install -e '.[bench]'")
+            raise MissingExtraError("--normflows needs normflows: pip install -e '.[bench]'")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"--device {args.device}: CUDA is not available")
+            raise DeviceError(f"--device {args.device}: CUDA is not available")
         n_train = len(load_split(mnist_config(str(args.data)), "train"))  # the files are checked here
         n_test = len(load_split(mnist_config(str(args.data)), "test"))
         common = {"data": str(args.data), "budget": budget, "points": args.points, "device": args.device,
@@ -351,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(c["config"], [*race_sets(common), *c["sets"]])
             load_split(cfg, "test")  # an image shape MNIST cannot give is refused now
             check_likelihood(cfg)  # a Gaussian-noise model's noisy NLL is no bits per real pixel
-    except (ConfigError, DataError, NotALikelihoodError) as e:
+    except UserError as e:
         hint = f" (write them with: nfgen data mnist {args.data})" if isinstance(e, DataError) else ""
         print(f"race: error: {e}{hint}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
     contenders = [*args.contenders, *([{"kind": "normflows"}] if args.normflows else [])]
     with tempfile.TemporaryDirectory(prefix="race-") as tmp:

@@ -39,3 +39,42 @@ def _default_dtype_and_seeded(request: pytest.FixtureRequest):
     yield
     torch.set_default_dtype(previous)
     torch.set_grad_enabled(True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "legacy_keys: the test is about the old flat model keys (model.steps, "
+                                       "not model.glow.steps) and their migration; other tests must not use them")
+
+
+_MIGRATED: list = []  # the model sections migrated from flat keys since the last check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_legacy_model_keys():
+    import nfgen.config
+
+    migrate = nfgen.config._migrate_model  # renamed or moved? follow it here
+
+    def watched(data, *args, **kwargs):
+        out = migrate(data, *args, **kwargs)
+        if out is not data:
+            _MIGRATED.append(data.get("model"))
+        return out
+
+    nfgen.config._migrate_model = watched
+    yield
+    nfgen.config._migrate_model = migrate
+
+
+@pytest.fixture(autouse=True)
+def _no_legacy_model_keys(request: pytest.FixtureRequest, _watch_legacy_model_keys):
+    """A config in the old flat model keys is migrated, so a test written in them exercises the
+    migration, not today's schema: outside the tests marked ``legacy_keys``, a config built with
+    them in this process (by the test or the fixtures set up for it; a subprocess's are not seen)
+    fails the test."""
+    yield
+    migrated, _MIGRATED[:] = list(_MIGRATED), []
+    if migrated and request.node.get_closest_marker("legacy_keys") is None:
+        pytest.fail(f"this test or its fixtures built a config in the old flat model keys ({migrated[0]}): "
+                    "write them in the architecture's section (model.glow.steps), or mark the test "
+                    "legacy_keys if the migration is what it tests", pytrace=False)

@@ -24,9 +24,9 @@ from nfgen.flows.architectures import architecture_names, register_architecture
 from nfgen.flows.base import Sequential
 from nfgen.flows.coupling import CheckerboardMask, Coupling
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
+from nfgen.flows.priors import LearnedGaussian
 from nfgen.flows.section import ArchSection, CouplingSpec, check, coupling_field
 from nfgen.model import ARCHITECTURES
-from nfgen.priors import LearnedGaussian
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
-TINY = ["--config", "quickstart.yaml", "--set", "model.levels=2", "--set", "model.steps=1",
-        "--set", "model.hidden=8", "--batch", "4", "--repeats", "1", "--warmup", "1",
+TINY = ["--config", "quickstart.yaml", "--set", "model.glow.levels=2", "--set", "model.glow.steps=1",
+        "--set", "model.glow.hidden=8", "--batch", "4", "--repeats", "1", "--warmup", "1",
         "--min-time", "0", "--device", "cpu", "--threads", "1"]
 
 

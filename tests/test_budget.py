@@ -19,6 +19,7 @@ from nfgen.training.budget import RESERVE, STEP_WINDOW, Budget, format_seconds
 from nfgen.training.checkpoint import CheckpointError, Progress, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import RunLogger
+from nfgen.training.parts import TrainerParts
 from nfgen.training.run import build_trainer, train
 from nfgen.training.writes import SideWrites
 
@@ -112,7 +113,7 @@ def cfg(root: Path, **train):
 
 def trainer_for(config, run: Path, clock: VirtualClock, resume: bool = False):
     logger = RunLogger(run / "tb")
-    trainer = build_trainer(config, run, logger, Rank(), False, SideWrites(), clock=clock)
+    trainer = build_trainer(config, run, logger, Rank(), False, TrainerParts(clock=clock))
     clock.attach(trainer.model)
     if resume:
         last = run / "checkpoints/last.pt"
@@ -263,7 +264,7 @@ def budget_trainer(config, run: Path, clock: WritingClock):
     images = config.train.sample_count
     writes = SlowGridWrites(clock, images)
     logger = RunLogger(run / "tb", writes, lambda d: SlowImageWriter(clock, images, d))
-    trainer = build_trainer(config, run, logger, Rank(), False, writes, clock=clock)
+    trainer = build_trainer(config, run, logger, Rank(), False, TrainerParts(clock=clock, writes=writes))
     clock.attach(trainer.model)
     return trainer, logger
 
@@ -286,7 +287,7 @@ def test_a_3_second_budget_with_large_grids_ends_in_time(data, tmp_path):
     writing = 2 * 2 * 1024 * 0.00025  # two temperatures, PNG and TensorBoard
     # The up-front measure, before any step, includes the writes ...
     probe, logger = budget_trainer(config, tmp_path / "probe", WritingClock(step=0.01, per_image=0.00025))
-    probe._measure_final_phase()
+    probe.measure_final_phase()
     logger.close()
     assert probe.budget.cost["samples"] == pytest.approx(writing)
     assert not (tmp_path / "probe/samples").exists() and not (tmp_path / "probe/tb").exists()

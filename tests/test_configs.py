@@ -84,6 +84,7 @@ OLD_REALNVP = {  # the layout nfgen wrote before per-architecture sections: ever
     "preprocess": "logit", "logit_alpha": 0.05}
 
 
+@pytest.mark.legacy_keys
 def test_old_flat_configs_and_checkpoints_still_load(tmp_path):
     from nfgen.config import ConfigError, config_from_dict
     from nfgen.training.checkpoint import model_from_checkpoint, save_checkpoint

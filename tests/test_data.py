@@ -32,7 +32,7 @@ from nfgen.image_modes import ModeError, to_mode
 
 def cfg(root: Path, dataset: str, shape: list[int], **data: object):
     return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, **data},
-                             "model": {"image_shape": shape, "levels": 1}})
+                             "model": {"image_shape": shape, "glow": {"levels": 1}}})
 
 
 def items(ds) -> torch.Tensor:

@@ -13,16 +13,16 @@ from nfgen.cli import app
 from nfgen.config import config_from_dict
 from nfgen.doctor import MIN_SCALE, diagnose, format_report, verdict
 from nfgen.flows.actnorm import ActNorm
+from nfgen.flows.affine import Affine
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import glow_net
-from nfgen.flows.transforms import Affine
 from nfgen.model import build_model
 from nfgen.training.checkpoint import save_checkpoint
 
 runner = CliRunner()
 DATA = {"dataset": "folder", "root": "x"}  # check builds the model only; no data is read
-MODEL = {"image_shape": [1, 8, 8], "levels": 2, "steps": 2, "hidden": 8}
+SECTION = {"levels": 2, "steps": 2, "hidden": 8}  # model.<arch>
 BLOCKS = {
     "glow": ["level0.squeeze", "level0.step0", "level0.step1", "level0.split_prior",
              "level1.squeeze", "level1.step0", "level1.step1", "level1.top_prior"],
@@ -32,8 +32,9 @@ BLOCKS = {
 
 
 def config(arch: str = "glow"):
-    extra = {"preprocess": "logit", "blocks": 1} if arch == "realnvp" else {}
-    return config_from_dict({"data": DATA, "model": {**MODEL, "arch": arch, **extra}})
+    extra, section = ({"preprocess": "logit"}, {"blocks": 1}) if arch == "realnvp" else ({}, {})
+    return config_from_dict({"data": DATA, "model": {"image_shape": [1, 8, 8], "arch": arch, **extra,
+                                                     arch: {**SECTION, **section}}})
 
 
 def model(arch: str = "glow"):
@@ -73,7 +74,8 @@ def break_plain(conv):
 
 @pytest.mark.parametrize("permutation,breaking", [("conv1x1_lu", break_lu), ("conv1x1", break_plain)])
 def test_a_near_singular_1x1_conv_is_named(permutation, breaking):
-    m = randomize(build_model(config_from_dict({"model": {**MODEL, "permutation": permutation}}))).eval()
+    cfg = config_from_dict({"model": {"image_shape": [1, 8, 8], "glow": {**SECTION, "permutation": permutation}}})
+    m = randomize(build_model(cfg)).eval()
     with torch.no_grad():
         breaking(step(m, 0, 1).flows[1])
     report = diagnose(m, n=4)
@@ -141,8 +143,8 @@ def test_a_jacobian_too_large_is_skipped_out_loud(monkeypatch):
 
 def test_check_a_fresh_model_from_a_config(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"data": DATA, "model": {**MODEL, "arch": "glow"}}))
-    result = runner.invoke(app, ["check", "--config", str(path), "--set", "model.steps=1", "--n", "4", "--device", "cpu"])
+    path.write_text(yaml.safe_dump({"data": DATA, "model": {"image_shape": [1, 8, 8], "arch": "glow", "glow": SECTION}}))
+    result = runner.invoke(app, ["check", "--config", str(path), "--set", "model.glow.steps=1", "--n", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "level1.top_prior (LearnedGaussian)" in result.output
     assert result.output.strip().splitlines()[-1].startswith("healthy: all 6 blocks within limits")

@@ -26,7 +26,8 @@ WANDB = ("train.wandb_project", "train.wandb_entity", "train.wandb_run_name")  #
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
          ("train.grad_clip", 2**64), *((key, "abc") for key in WANDB),
          ("model.tarflow.layers", (1,)),  # one Transformer layer in every block
-         ("train.fid_features", "abc")}  # a file name, checked when training starts (and only with fid_every)
+         ("train.fid_features", "abc"),  # a file name, checked when training starts (and only with fid_every)
+         ("plugins", ("abc",))}  # a module name: the standard library's abc imports (a missing one: test_plugins.py)
 NULLABLE = {"train.max_time", *WANDB}  # null: no time budget; no W&B (project), its defaults (entity, run name)
 
 

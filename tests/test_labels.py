@@ -36,7 +36,7 @@ from nfgen.training.trainer import Trainer
 
 def cfg(root: Path, dataset: str, shape: list[int], num_classes: int, **data: object):
     return config_from_dict({"data": {"dataset": dataset, "root": str(root), "download": False, **data},
-                             "model": {"image_shape": shape, "levels": 1, "num_classes": num_classes}})
+                             "model": {"image_shape": shape, "glow": {"levels": 1}, "num_classes": num_classes}})
 
 
 def write_classes(root: Path, classes: dict[str, np.ndarray]) -> dict[Path, str]:
@@ -236,8 +236,8 @@ def test_ranks_shards_keep_each_images_label(tmp_path):
     def shards(rank: Rank, n: int) -> list:
         trainer = Trainer(cfg_, tmp_path, NullLogger(), model=build_model(cfg_), train_set=data, test_set=data,
                           progress_bar=False, rank=rank)
-        batches = trainer._train_batches()
-        out = [next(batches) for _ in range(n)]
+        batches = trainer.stream.batches()
+        out = [next(batches).batch for _ in range(n)]
         batches.close()
         return out
 
@@ -315,7 +315,7 @@ def test_conditional_resume_equals_uninterrupted_and_keeps_class_names(tmp_path,
     # Resuming on data whose classes are named otherwise (same count) is refused.
     (digit_classes / "train" / "zero").rename(digit_classes / "train" / "nil")
     (digit_classes / "test" / "zero").rename(digit_classes / "test" / "nil")
-    with pytest.raises(CheckpointError, match="trained on the classes one, two, zero"):
+    with pytest.raises(DataError, match="trained on the classes one, two, zero"):
         train(_run_config(digit_classes, part, 7), part, resume=True, progress=False)
 
 

@@ -8,9 +8,9 @@ from flow_harness import randomize
 import nfgen
 
 
-def _model(**model):
-    blocks = {"blocks": 1} if model.get("arch") == "realnvp" else {}
-    cfg = {"image_shape": [3, 8, 8], "levels": 2, "steps": 2, "hidden": 8, **blocks} | model
+def _model(arch: str = "glow", **model):
+    section = {"levels": 2, "steps": 2, "hidden": 8, **({"blocks": 1} if arch == "realnvp" else {})}
+    cfg = {"arch": arch, "image_shape": [3, 8, 8], arch: section} | model
     return randomize(nfgen.build_model({"model": cfg}), 0.05)
 
 

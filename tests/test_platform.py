@@ -26,7 +26,7 @@ sys.modules["fcntl"] = None
 warnings.simplefilter("ignore")  # filelock says it falls back to a soft lock here; Windows has msvcrt
 from pathlib import Path
 from nfgen.cli import app
-from nfgen.training.checkpoint import CheckpointError
+from nfgen.errors import OutputError
 from nfgen.training.rundir import RunFolderLock
 try:
     app(["--help"], prog_name="nfgen")
@@ -37,7 +37,7 @@ first = RunFolderLock(run).acquire()
 try:
     RunFolderLock(run).acquire()
     refused = ""
-except CheckpointError as e:
+except OutputError as e:
     refused = str(e)
 first.release()
 again = RunFolderLock(run).acquire()

@@ -81,7 +81,7 @@ def test_bad_input_is_one_line_before_any_contender_runs(race, mnist, monkeypatc
 
 
 def test_missing_digits_say_how_to_write_them(race, tmp_path, capsys):
-    assert race.main(["--budget", "5", "--config", "glow_mnist.yaml", "--data", str(tmp_path / "none")]) == 2
+    assert race.main(["--budget", "5", "--config", "glow_mnist.yaml", "--data", str(tmp_path / "none")]) == 1  # DataError
     assert "nfgen data mnist" in capsys.readouterr().err
 
 
@@ -112,7 +112,7 @@ def test_nfgen_worker_trains_one_job_per_share_and_reports_each(race, mnist, tmp
 
 
 def test_a_diverging_contender_keeps_its_points_and_is_marked(race, mnist, tmp_path, monkeypatch):
-    from nfgen.training.trainer import DivergenceError
+    from nfgen.training.divergence import DivergenceError
 
     torch.set_default_dtype(torch.float32)
     real, calls = race.train, []

@@ -1,6 +1,7 @@
 """Fault injection: kills during saves, signals mid-run, NaNs, failed writes, hostile inputs."""
 
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -17,15 +18,16 @@ from datasets import digits, write_image_folder
 from typer.testing import CliRunner
 
 from nfgen.cli import app
+from nfgen.cli_support import script_main
 from nfgen.config import config_from_dict
-from nfgen.model import ImageFlow
 from nfgen.training import checkpoint as ckpt_module
-from nfgen.training import trainer as trainer_module
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfgen.training.distributed import Rank
+from nfgen.training.divergence import DivergenceError
 from nfgen.training.logging import RunLogger
+from nfgen.training.parts import TrainerParts
 from nfgen.training.run import build_trainer, train
-from nfgen.training.trainer import DivergenceError, Trainer
+from nfgen.training.stream import BatchStream
 from nfgen.training.writes import SideWrites
 
 runner = CliRunner()
@@ -35,7 +37,7 @@ def cfg_dict(root: Path, **train) -> dict:
     return {
         "name": "r",
         "data": {"dataset": "folder", "root": str(root), "num_workers": 0},
-        "model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 1, "hidden": 8, "n_bits": 5},
+        "model": {"image_shape": [1, 8, 8], "n_bits": 5, "glow": {"levels": 2, "steps": 1, "hidden": 8}},
         "train": {"device": "cpu", "batch_size": 8, "max_steps": 6, "warmup_steps": 1, "log_every": 1,
                   "eval_every": 100, "sample_every": 100, "checkpoint_every": 1, "eval_batches": 1,
                   **train},
@@ -122,16 +124,31 @@ def warnings_in(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("warning: could not write")]
 
 
-def test_failing_best_pt_warns_once_and_training_goes_on(data, tmp_path, monkeypatch, capsys):
-    def best_fails(path, state):
-        if Path(path).name != "best.pt":
-            return save_checkpoint(path, state)
-        with mock.patch.object(ckpt_module.torch, "save", disk_full):  # inside the atomic write
-            save_checkpoint(path, state)
+class DiskFullFor(SideWrites):
+    """The trainer's write policy on a disk that is full for the files named ``names``: their
+    checkpoint writes fail inside the atomic write (torch.save), their other writes at once."""
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", best_fails)
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.names = names
+
+    def attempt(self, what, path, write):
+        if Path(path).name in self.names or what in self.names:
+            real = write
+
+            def write():
+                if not what.startswith("checkpoint"):
+                    disk_full()
+                with mock.patch.object(ckpt_module.torch, "save", disk_full):
+                    real()
+
+        return super().attempt(what, path, write)
+
+
+def test_failing_best_pt_warns_once_and_training_goes_on(data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(config_from_dict(cfg_dict(data, eval_every=2)), run, progress=False)
+    train(config_from_dict(cfg_dict(data, eval_every=2)), run, progress=False,
+          parts=TrainerParts(writes=DiskFullFor("best.pt")))
     lines = warnings_in(capsys.readouterr().err)
     assert len(lines) == 1 and str(run / "checkpoints/best.pt") in lines[0] and "No space" in lines[0], lines
     assert not (run / "checkpoints/best.pt").exists()
@@ -140,10 +157,10 @@ def test_failing_best_pt_warns_once_and_training_goes_on(data, tmp_path, monkeyp
     assert progress["best_bpd"] == float("inf")  # it describes what best.pt holds: nothing
 
 
-def test_failing_sample_grids_warn_once_with_the_path(data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trainer_module, "save_grid", disk_full)
+def test_failing_sample_grids_warn_once_with_the_path(data, tmp_path, capsys):
     run = tmp_path / "run"
-    train(config_from_dict(cfg_dict(data, sample_every=2, sample_count=4)), run, progress=False)
+    train(config_from_dict(cfg_dict(data, sample_every=2, sample_count=4)), run, progress=False,
+          parts=TrainerParts(writes=DiskFullFor("sample grid")))
     lines = warnings_in(capsys.readouterr().err)
     assert len(lines) == 1 and str(run / "samples/step0000002_t0.7.png") in lines[0], lines
     assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 6
@@ -178,7 +195,7 @@ def test_failing_tensorboard_warns_once_and_training_goes_on(data, tmp_path, cap
     (run / "checkpoints").mkdir(parents=True)
     writes = SideWrites()
     logger = RunLogger(run / "tb", writes, make_writer=FullDiskWriter)
-    build_trainer(cfg, run, logger, Rank(), False, writes).run_loop()
+    build_trainer(cfg, run, logger, Rank(), False, TrainerParts(writes=writes)).run_loop()
     logger.close()
     lines = warnings_in(capsys.readouterr().err)
     assert lines == ["warning: could not write TensorBoard events events.out.tfevents.1: "
@@ -269,81 +286,90 @@ def test_a_stop_signal_to_the_process_group_with_loader_workers_stops_cleanly(da
 
 
 # ------------------------------------------------------------------ 4. NaN / Inf guard
-def test_nan_loss_skips_the_update_and_counts_it(data, tmp_path, monkeypatch):
-    real, calls = ImageFlow.bits_per_dim, {"n": 0}
+class Poisoned(BatchStream):
+    """The trainer's batch stream, with a fault at the steps in ``at`` (each batch's position
+    says its step), at most ``times`` times: the batch's
+    dequantization noise is NaN (``what="noise"``: its loss is NaN), or a parameter of the model
+    becomes NaN as the batch is drawn (``what="parameter"``: every later loss is NaN until a
+    rollback restores the weights)."""
 
-    def poisoned(self, x, n_samples=1, noise=None, labels=None):
-        out = real(self, x, n_samples, noise=noise, labels=labels)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in (3, 4):
-                return out * float("nan")
-        return out
+    def __init__(self, *args, at: tuple[int, ...], what: str, times: int = 1) -> None:
+        super().__init__(*args)
+        self.at, self.what, self.left = at, what, times * len(at)
 
-    monkeypatch.setattr(ImageFlow, "bits_per_dim", poisoned)
+    def batches(self, epoch: int = 0, batch_in_epoch: int = 0):
+        per_epoch = len(self.train_set) // self.global_batch
+        for drawn in super().batches(epoch, batch_in_epoch):
+            step = drawn.epoch * per_epoch + drawn.batch_in_epoch - 1
+            if step in self.at and self.left:
+                self.left -= 1
+                if self.what == "noise":
+                    drawn = drawn._replace(batch=drawn.batch._replace(noise=drawn.batch.noise * float("nan")))
+                else:
+                    with torch.no_grad():
+                        next(self.model.parameters()).view(-1)[0] = float("nan")
+            yield drawn
+
+
+def poisoned(**fault) -> TrainerParts:
+    return TrainerParts(stream=functools.partial(Poisoned, **fault))
+
+
+def test_nan_loss_skips_the_update_and_counts_it(data, tmp_path):
     run = tmp_path / "run"
-    train(config_from_dict(cfg_dict(data)), run, progress=False)
+    train(config_from_dict(cfg_dict(data)), run, progress=False, parts=poisoned(at=(2, 3), what="noise"))
     state = load_checkpoint(run / "checkpoints/last.pt")
     assert state["progress"]["bad_steps"] == 2 and state["progress"]["step"] == 6
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
 
 
-def _inject_nan_parameter_at(monkeypatch, step: int, times: int = 1) -> None:
-    real, done = Trainer.run_step, {"n": 0}
-
-    def run_step(self, micro):
-        if self.step == step and done["n"] < times:
-            done["n"] += 1
-            with torch.no_grad():
-                next(self.model.parameters()).view(-1)[0] = float("nan")
-        return real(self, micro)
-
-    monkeypatch.setattr(Trainer, "run_step", run_step)
+def train_as_the_cli(cfg, run: Path, parts: TrainerParts, capsys) -> tuple[int, str]:
+    """``nfgen train``'s work under its error policy (``user_errors``, via ``script_main``):
+    the exit code and everything printed."""
+    code = script_main(lambda: train(cfg, run, progress=False, parts=parts) and None)
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
-def test_nan_parameter_stops_and_leaves_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    _inject_nan_parameter_at(monkeypatch, step=3)
+def test_nan_parameter_stops_and_leaves_the_last_good_checkpoint(data, tmp_path, capsys):
     run = tmp_path / "run"
-    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2))
-    result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
-    assert result.exit_code == 1
-    assert "training diverged (2 non-finite steps in a row at step 5)" in result.output
-    assert "last good checkpoint, untouched" in result.output
+    code, output = train_as_the_cli(config_from_dict(cfg_dict(data, max_bad_steps=2)), run,
+                                    poisoned(at=(3,), what="parameter"), capsys)
+    assert code == 1
+    assert "training diverged (2 non-finite steps in a row at step 5)" in output
+    assert "last good checkpoint, untouched" in output
     state = load_checkpoint(run / "checkpoints/last.pt")
     assert state["progress"]["step"] == 3
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("on_divergence", ["stop", "rollback"])
-def test_divergence_before_any_checkpoint_names_none(data, tmp_path, monkeypatch, on_divergence):
-    _inject_nan_parameter_at(monkeypatch, step=1)
+def test_divergence_before_any_checkpoint_names_none(data, tmp_path, capsys, on_divergence):
     run = tmp_path / "run"
-    config = write_yaml(tmp_path / "c.yaml", cfg_dict(data, max_bad_steps=2, checkpoint_every=100,
-                                                      on_divergence=on_divergence))
-    result = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run), "--no-progress"])
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert result.exit_code == 1 and len(errors) == 1 and result.output.strip().splitlines()[-1] == errors[0]
+    cfg = config_from_dict(cfg_dict(data, max_bad_steps=2, checkpoint_every=100, on_divergence=on_divergence))
+    code, output = train_as_the_cli(cfg, run, poisoned(at=(1,), what="parameter"), capsys)
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and output.strip().splitlines()[-1] == errors[0]
     assert "before any checkpoint was written" in errors[0] and "last.pt" not in errors[0]
-    assert "Traceback" not in result.output
+    assert "Traceback" not in output
     assert not (run / "checkpoints" / "last.pt").exists()
 
 
-def test_rollback_reloads_the_last_good_state_with_a_lower_lr(data, tmp_path, monkeypatch):
-    _inject_nan_parameter_at(monkeypatch, step=3)
+def test_rollback_reloads_the_last_good_state_with_a_lower_lr(data, tmp_path):
     run = tmp_path / "run"
     cfg = config_from_dict(cfg_dict(data, max_bad_steps=2, on_divergence="rollback"))
-    train(cfg, run, progress=False)
+    train(cfg, run, progress=False, parts=poisoned(at=(3,), what="parameter"))
     state = load_checkpoint(run / "checkpoints/last.pt")
     p = state["progress"]
     assert (p["step"], p["rollbacks"], p["lr_scale"]) == (6, 1, 0.5)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * 1e-3)
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
 
 
-def test_rollbacks_are_bounded(data, tmp_path, monkeypatch):
-    _inject_nan_parameter_at(monkeypatch, step=3, times=10)
+def test_rollbacks_are_bounded(data, tmp_path):
     cfg = config_from_dict(cfg_dict(data, max_bad_steps=1, on_divergence="rollback", max_rollbacks=2))
     with pytest.raises(DivergenceError, match="after 2 rollbacks"):
-        train(cfg, tmp_path / "run", progress=False)
+        train(cfg, tmp_path / "run", progress=False, parts=poisoned(at=(3,), what="parameter", times=10))
 
 
 def test_sampling_a_broken_model_is_an_error_not_nan_images(data, tmp_path):

@@ -24,7 +24,6 @@ from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_che
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger
 from nfgen.training.run import build_trainer, train
-from nfgen.training.writes import SideWrites
 
 runner = CliRunner()
 
@@ -177,7 +176,7 @@ def _resumed_trainer(run: Path, **changes):
     root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
     cfg = config_from_dict(cfg_dict(root, **{"max_steps": 10, **changes}))
     last = run / "checkpoints/last.pt"
-    trainer = build_trainer(cfg, run, NullLogger(), Rank(), False, SideWrites())
+    trainer = build_trainer(cfg, run, NullLogger(), Rank(), False)
     trainer.resume(training_state(load_checkpoint(last), last), last)
     return trainer
 
@@ -185,7 +184,7 @@ def _resumed_trainer(run: Path, **changes):
 def test_resumed_optimizer_steps_with_the_new_lr_and_weight_decay(run):
     trainer = _resumed_trainer(run, lr=2.5e-4, weight_decay=0.01, max_steps=4)
     seen = []  # what each update of the resumed run is computed with, read at the update itself
-    trainer.optimizer.register_step_pre_hook(
+    trainer.optim.optimizer.register_step_pre_hook(
         lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"])))
     trainer.run_loop()
     assert seen == [(2.5e-4, 0.01), (2.5e-4, 0.01)]
@@ -204,7 +203,7 @@ def _params(state: dict, names: list[str]) -> list[torch.Tensor]:
 
 def test_resume_with_ema_decay_zero_drops_the_average(ema_run):
     trainer = _resumed_trainer(ema_run, ema_decay=0.0)
-    assert trainer.ema is None and trainer.eval_model is trainer.model
+    assert trainer.optim.ema is None and trainer.eval_model is trainer.model
     train(trainer.cfg, ema_run, resume=True, progress=False)
     assert load_checkpoint(ema_run / "checkpoints/last.pt")["ema"] is None
 
@@ -224,7 +223,7 @@ def test_resume_with_a_new_ema_decay_continues_the_average_with_it(ema_run):
 
 def test_resume_with_ema_starts_the_average_from_the_current_weights(run):
     trainer = _resumed_trainer(run, ema_decay=0.9)
-    assert trainer.ema is None
+    assert trainer.optim.ema is None
     data_root = yaml.safe_load((run / "config.yaml").read_text())["data"]["root"]
     train(config_from_dict(cfg_dict(Path(data_root), max_steps=3, ema_decay=0.9)), run, resume=True, progress=False)
     state = load_checkpoint(run / "checkpoints/last.pt")
@@ -239,8 +238,8 @@ def test_refused_resumes_write_nothing_and_a_plain_resume_still_works(run):
         (["--set", "train.optimizer=adamax"], 2, "train.optimizer cannot change on --resume"),
         (["--set", "train.max_steps=1"], 2, "train.max_steps 1 is not above step 2, which"),
         (["--set", "train.max_steps=2"], 2, "set train.max_steps above 2 to continue"),
-        (["--set", "data.test_fraction=0.5"], 1, "different 'data' section (data.test_fraction)"),
-        (["--set", "model.hidden=16"], 1, "different 'model' section (model.glow.hidden)"),
+        (["--set", "data.test_fraction=0.5"], 2, "different 'data' section (data.test_fraction)"),
+        (["--set", "model.glow.hidden=16"], 2, "different 'model' section (model.glow.hidden)"),
     ]
     for extra, code, message in refused:
         one_line(nfgen("train", "--run-dir", run, "--resume", "--no-progress", *extra), code, message)

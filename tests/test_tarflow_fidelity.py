@@ -77,14 +77,14 @@ def test_training_batches_are_flipped_at_random_and_test_images_never(data, tmp_
     plain = Trainer(_config(data, tmp_path / "run2", 4, hflip=False), tmp_path / "run2", NullLogger(),
                     model=build_model(cfg), train_set=train_set, test_set=test_set, progress_bar=False)
     flipped = mirrored = 0
-    for got, want in zip(list(zip(range(4), trainer._train_batches())), list(zip(range(4), plain._train_batches()))):
-        for a, b in zip(got[1].images, want[1].images):
+    for got, want in zip(list(zip(range(4), trainer.stream.batches())), list(zip(range(4), plain.stream.batches()))):
+        for a, b in zip(got[1].batch.images, want[1].batch.images):
             same, mirror = torch.equal(a, b), torch.equal(a, b.flip(-1))
             assert same or mirror  # the same image, maybe mirrored: the batch order is untouched
             flipped += mirror and not same
             mirrored += 1
     assert 0.25 * mirrored < flipped < 0.75 * mirrored
-    assert torch.equal(next(iter(trainer._test_batches())), next(iter(plain._test_batches())))
+    assert torch.equal(next(iter(trainer.evaluation.test_batches())), next(iter(plain.evaluation.test_batches())))
 
 
 def test_resume_with_flips_equals_an_uninterrupted_run(data, tmp_path):

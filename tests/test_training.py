@@ -89,8 +89,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, arch):
 
 def test_interpolation_rows_start_and_end_at_the_real_images():
     images = _digits_tensor()[:6]
-    model = nfgen.build_model({"model": {"image_shape": [1, 8, 8], "levels": 2, "steps": 1,
-                                         "hidden": 8, "n_bits": 5}})
+    model = nfgen.build_model({"model": {"image_shape": [1, 8, 8], "n_bits": 5,
+                                         "glow": {"levels": 2, "steps": 1, "hidden": 8}}})
     x = images // 8 * 8  # 5-bit images, which decode(encode(x)) reproduces exactly
     for spherical in (False, True):
         rows = interpolate(model, x[:3], x[3:], steps=4, spherical=spherical)

@@ -16,7 +16,6 @@ from nfgen.config import MAX_SEED, check_device_name
 from nfgen.config_keys import opt
 from nfgen.config_parse import (
     MAX_DEPTH,
-    ConfigError,
     _build,
     _depth,
     apply_overrides,
@@ -27,6 +26,7 @@ from nfgen.config_parse import (
 )
 from nfgen.density2d.expression import ExpressionError, compile_energy
 from nfgen.density2d.targets import MAX_BOX, TARGET_NAMES, is_energy
+from nfgen.errors import ConfigError
 
 # The shipped 2-D configs: a folder of their own, so the image commands' list of shipped configs
 # (nfgen/configs/*.yaml, each an image model) does not hold them.

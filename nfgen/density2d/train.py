@@ -24,8 +24,6 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from nfgen.atomic import atomic_write_text
-from nfgen.config_parse import ConfigError
-from nfgen.data import DataError
 from nfgen.density2d.config import Density2DConfig
 from nfgen.density2d.estimates import (
     Quadrature,
@@ -42,11 +40,12 @@ from nfgen.density2d.model import build_density2d
 from nfgen.density2d.plots import density_figure, histogram_density, save_png, to_image, training_figure
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
 from nfgen.devices import resolve_device
+from nfgen.errors import ConfigError, DataError, DivergenceError
 from nfgen.training.checkpoint import save_checkpoint
 from nfgen.training.loaders import stop_signals_to
 from nfgen.training.logging import RunLogger
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run
-from nfgen.training.trainer import DivergenceError, TrainingInterrupted
+from nfgen.training.trainer import TrainingInterrupted
 from nfgen.training.writes import SideWrites
 
 OUTPUTS = ("figures", "summary.json")  # besides what clear_run removes: what --overwrite deletes

@@ -21,7 +21,7 @@ from urllib.error import URLError
 import torch
 from torch import Tensor
 
-from nfgen.data import DataError
+from nfgen.errors import FeaturesError, MissingExtraError
 from nfgen.fingerprint import read_hashed
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -29,15 +29,12 @@ INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
 INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
 
 
-class FeaturesError(DataError):
-    """A feature extractor that cannot be had or cannot read the images: one line saying what to do."""
-
 
 def need_torch_fidelity() -> None:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        raise FeaturesError("eval-fid needs torch-fidelity: pip install 'nfgen[fid]'") from None
+        raise MissingExtraError("eval-fid needs torch-fidelity: pip install 'nfgen[fid]'") from None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nfgen.data import make_loader
+from nfgen.errors import NumericalError
 from nfgen.fidelity import cache
 from nfgen.fidelity.features import Features
 from nfgen.fidelity.metrics import statistics
@@ -110,6 +111,6 @@ def from_model(model: ImageFlow, features: Features, n: int, batch_size: int, te
                     kept.append(requested[start:start + b][ok.cpu()])
             bar.update(b)
     if not feats:
-        raise FloatingPointError(f"all {n} samples were non-finite; the model is numerically broken")
+        raise NumericalError(f"all {n} samples were non-finite; the model is numerically broken")
     return Generated(torch.cat(feats), torch.cat(logits) if logits else None,
                      torch.cat(kept) if kept else None, n, bad)

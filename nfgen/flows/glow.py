@@ -12,9 +12,9 @@ from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.glow_section import GlowConfig
 from nfgen.flows.multiscale import MultiScaleFlow, Shape, squeezed, stack_levels
 from nfgen.flows.nets import NetFactory
+from nfgen.flows.priors import LearnedGaussian, SplitPrior
 from nfgen.flows.reshape import Squeeze
 from nfgen.flows.transforms import make_transform
-from nfgen.priors import LearnedGaussian, SplitPrior
 
 
 def channel_mixer(channels: int, kind: str) -> Flow:

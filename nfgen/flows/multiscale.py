@@ -49,7 +49,7 @@ class MultiScaleFlow(nn.Module):
     """Maps ``[B, C, H, W]`` to ``(zs, logdet)``: one latent per factored-out half plus the
     final one, whose sizes add up to ``C * H * W``. Latent shapes are fixed at build time.
 
-    Learned priors are bijections inside the levels (see ``nfgen.priors``), so every latent is
+    Learned priors are bijections inside the levels (see ``nfgen.flows.priors``), so every latent is
     standard normal under the model and sampling at temperature T draws ``T * N(0, I)``.
     """
 

@@ -9,6 +9,8 @@ Conditioners are a named choice: ``CONDITIONERS`` maps a name to a function
 
     @register_conditioner("mlp")
     def mlp(hidden: int, blocks: int) -> NetFactory: ...
+
+in a module listed in ``nfgen.flows.builtins``, or a user's plugin module (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.registry import build_named
+from nfgen.flows.registry import Registry, build_named
 
 NetFactory = Callable[[int, int], nn.Module]
 Conditioner = Callable[..., NetFactory]  # (hidden, blocks, **options) -> NetFactory
 
-CONDITIONERS: dict[str, Conditioner] = {}
+# glow, resnet and mlp register below; the other built-ins in their own modules (nfgen.flows.builtins).
+CONDITIONERS: Registry[Conditioner] = Registry("conditioner", "nfgen.flows.builtins")
 
 
 def register_conditioner(name: str) -> Callable[[Conditioner], Conditioner]:
     """Function decorator: make a conditioner selectable by ``name``."""
 
     def add(fn: Conditioner) -> Conditioner:
-        CONDITIONERS[name] = fn
-        return fn
+        return CONDITIONERS.register(name, fn)
 
     return add
 
@@ -155,6 +157,3 @@ def mlp(hidden: int, blocks: int = 2) -> NetFactory:
         return PerPixelMLP(c_in, c_out, hidden, blocks)
 
     return build
-
-
-from nfgen.flows import attention  # noqa: E402,F401  (registers Flow++'s conditioner)

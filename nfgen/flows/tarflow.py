@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from nfgen.flows.base import Flow, Sequential
 from nfgen.flows.conditioning import Guided
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
+from nfgen.flows.priors import LearnedGaussian
 from nfgen.flows.tarflow_section import TarflowConfig
 from nfgen.flows.transformer import CausalTransformer, KVCache
-from nfgen.priors import LearnedGaussian
 
 
 class Patchify(Flow):

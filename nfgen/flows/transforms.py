@@ -7,7 +7,9 @@ unconstrained values produced by the conditioner, and both directions return the
 ``log|dy/dx|`` (shape of ``x``), which the coupling masks and sums. A raw parameter vector of
 zeros should give (close to) the identity, because conditioners start with a zero last layer.
 
-A new transform is one subclass registered by name, e.g. in a user's own module::
+A new transform is one subclass registered by name, in its own module::
+
+    from nfgen import ElementwiseTransform, register_transform
 
     @register_transform("cubic")
     class Cubic(ElementwiseTransform):
@@ -15,7 +17,8 @@ A new transform is one subclass registered by name, e.g. in a user's own module:
         def forward(self, x, params): ...
         def inverse(self, y, params): ...
 
-after which ``coupling: cubic`` selects it in a config.
+after which ``coupling: cubic`` selects it in a config. A built-in's module is listed in
+``nfgen.flows.builtins``; a user's module is named in the config's ``plugins:`` (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -23,19 +26,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from nfgen.flows.registry import build_named
+from nfgen.flows.registry import Registry, build_named
 
-TRANSFORMS: dict[str, type[ElementwiseTransform]] = {}
+# The built-in transforms register in their own modules, listed in nfgen.flows.builtins.
+TRANSFORMS: Registry[type[ElementwiseTransform]] = Registry("coupling transform", "nfgen.flows.builtins")
 
 
 def register_transform(name: str) -> Callable[[type[ElementwiseTransform]], type[ElementwiseTransform]]:
     """Class decorator: make a transform selectable by ``name`` (config ``coupling: name``)."""
 
     def add(cls: type[ElementwiseTransform]) -> type[ElementwiseTransform]:
-        TRANSFORMS[name] = cls
+        TRANSFORMS.register(name, cls)
         cls.name = name
         return cls
 
@@ -67,47 +70,3 @@ class ElementwiseTransform(nn.Module):
     def scale(self, x: Tensor, params: Tensor) -> Tensor:
         """``|dy/dx|`` at ``x`` (for diagnostics: a tiny scale makes the inverse ill-conditioned)."""
         return self.forward(x, params)[1].exp()
-
-
-@register_transform("affine")
-class Affine(ElementwiseTransform):
-    """``y = x * exp(s) + t`` with a soft-clamped log-scale ``s = clamp * tanh(raw / clamp)``:
-    the identity near zero (so a zero-initialised net gives an identity coupling, unlike Glow's
-    ``sigmoid(raw + 2)``), yet every scale stays in ``[e^-clamp, e^clamp]``, so one bad step
-    cannot blow activations up through many stacked layers."""
-
-    params_per_dim = 2
-
-    def __init__(self, clamp: float = 2.0) -> None:
-        super().__init__()
-        if not clamp > 0:
-            raise ValueError(f"affine clamp must be > 0, got {clamp}")
-        self.clamp = clamp
-
-    def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params.unbind(-1)
-        return shift, self.clamp * torch.tanh(raw / self.clamp)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_s = self._shift_log_scale(params)
-        return x * torch.exp(log_s) + shift, log_s
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_s = self._shift_log_scale(params)
-        return (y - shift) * torch.exp(-log_s), -log_s
-
-
-@register_transform("additive")
-class Additive(ElementwiseTransform):
-    """``y = x + t`` (NICE; Glow's additive coupling): volume preserving."""
-
-    params_per_dim = 1
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return x + params[..., 0], torch.zeros_like(x)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return y - params[..., 0], torch.zeros_like(y)
-
-
-from nfgen.flows import mixture, spline  # noqa: E402,F401  (registers them)

@@ -10,8 +10,8 @@ The rule, checked after every step: continue while
     elapsed + due now + slowest of the last ``STEP_WINDOW`` steps + ``RESERVE`` x final phase <= budget
 
 and otherwise run the final phase now. Each phase's cost is its slowest measurement in this job
-(the trainer measures the final phase's parts once before the first step by running them,
-see ``Trainer._measure_final_phase``): a stop that overruns a cluster's limit loses the job's work,
+(``Budget.measure_final_phase`` times the final phase's parts once before the first step by
+calling the functions the final phase calls): a stop that overruns a cluster's limit loses the job's work,
 one that comes a step early loses a step. The reserve covers a final phase slower than
 measured, the window a step slower than the recent ones; a longer stall (other processes taking
 the machine) can still overrun, and the trainer then says by how much.
@@ -24,6 +24,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+
+from nfgen.config import TrainConfig, parse_duration
 
 PHASES = ("eval", "samples", "save")  # the final phase's parts, each also due periodically
 # The final phase: an evaluation (which may write best.pt), sample grids, and last.pt.
@@ -42,6 +44,11 @@ class Budget:
         self.started: float | None = None
         self.steps: deque[float] = deque(maxlen=STEP_WINDOW)
         self.cost = dict.fromkeys(PHASES, 0.0)
+
+    @classmethod
+    def of(cls, t: TrainConfig, clock: Callable[[], float] = time.monotonic) -> Budget:
+        """``train.max_time`` on ``clock``."""
+        return cls(parse_duration(t.max_time) or math.inf, clock)
 
     @property
     def limited(self) -> bool:
@@ -73,6 +80,26 @@ class Budget:
     def final_reserve(self) -> float:
         return RESERVE * sum(self.cost[p] for p in FINAL)
 
+    def measure_final_phase(self, evaluate: Callable[[int], object], batches: int,
+                            save: Callable[[], object], samples: Callable[[], object] | None) -> None:
+        """Time the final phase's parts once, before the first step of a budgeted job, so the
+        budget keeps room for them from the start, by calling what the final phase calls:
+        ``evaluate(k)`` (the evaluation on ``k`` batches) on one and on two batches (the first
+        also pays for starting the loader, the difference is each further batch) extrapolated to
+        the evaluation's ``batches``; ``save`` (a checkpoint write); ``samples`` (the grids drawn,
+        logged and written, elsewhere; None on ranks that draw none). Every rank calls this."""
+        start = self.clock()
+        evaluate(1)
+        once = self.clock() - start
+        evaluate(2)  # on every rank, whatever its share: the evaluation gathers over the ranks
+        each = max(0.0, self.clock() - start - 2 * once)
+        self.record("eval", once + (batches - 1) * each)
+        with self.timed("save"):
+            save()
+        if samples is not None:
+            with self.timed("samples"):
+                samples()
+
     def allows_another_step(self, due: Iterable[str]) -> bool:
         """Whether the phases ``due`` at this step (a name per occurrence, e.g. ``("eval", "save")``
         for an evaluation that may write best.pt), one more step and the final phase fit."""
@@ -80,6 +107,13 @@ class Budget:
             return True
         ahead = sum(self.cost[p] for p in due) + max(self.steps, default=0.0) + self.final_reserve()
         return self.elapsed() + ahead <= self.seconds
+
+
+def due(step: int, t: TrainConfig) -> list[str]:
+    """The phases of the periodic work due at ``step``, a name per occurrence (an evaluation may
+    write best.pt, so it brings a save)."""
+    return ((["eval", "save"] if step % t.eval_every == 0 else []) + (["samples"] if step % t.sample_every == 0 else [])
+            + (["save"] if step % t.checkpoint_every == 0 else []))
 
 
 # What shortens each phase of the final phase, for the line that explains a budget stop.
@@ -105,32 +139,6 @@ def stop_report(budget: Budget, step: int, max_steps: int, path: object, resume:
         ranked = sorted(parts, key=parts.get, reverse=True)  # type: ignore[arg-type]
         line += f": to train longer in this budget lower {LOWER[ranked[0]]}, then {LOWER[ranked[1]]}"
     return line + f"; continue with: {resume}"
-
-
-_END = object()
-
-
-def timed_batches(batches: Iterator, count: int, clock: Callable[[], float],
-                  times: list[float]) -> Iterator:
-    """The first ``count`` items of ``batches``, appending to ``times`` how long each took from
-    its request to the next request (so a batch's time includes what the consumer did with
-    it, and the first one's the start of the loader)."""
-    batches = iter(batches)
-    start = clock()
-    for _ in range(count):
-        item = next(batches, _END)
-        if item is _END:
-            return
-        yield item
-        now = clock()
-        times.append(now - start)
-        start = now
-
-
-def estimate_batches(times: list[float], n: int) -> float:
-    """Seconds for ``n`` batches from the timed first ones: the first (which also starts the
-    loader) plus each further one at the last one's time."""
-    return times[0] + (n - 1) * times[-1] if times else 0.0
 
 
 def format_seconds(seconds: float) -> str:

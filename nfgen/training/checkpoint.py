@@ -15,10 +15,12 @@ from torch.utils.data import Dataset, Subset
 
 import nfgen
 from nfgen.atomic import atomic_write
-from nfgen.config import Config, ConfigError, config_from_dict
+from nfgen.config import Config, config_from_dict
+from nfgen.errors import CheckpointError, ConfigError, DataError
 from nfgen.fingerprint import read_hashed
 from nfgen.labels import Labelled
 from nfgen.model import ImageFlow, build_model
+from nfgen.plugins import PluginError, load_plugins, plugin_names
 
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
 LOADED_SHA256 = "loaded_sha256"  # load_checkpoint's: the sha256 of the bytes the state came from
@@ -28,9 +30,6 @@ LOADED_SHA256 = "loaded_sha256"  # load_checkpoint's: the sha256 of the bytes th
 # (nfgen.atomic's form; mkstemp's 8 random characters, which older nfgen left, match too).
 _TEMP_NAME = re.compile(r"\.(?P<target>[^/]+)\.[a-z0-9_]{8}\.tmp")
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written or used, with a message meant for the user."""
 
 
 @dataclass
@@ -190,7 +189,11 @@ def config_of(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
         raise CheckpointError(f"{path} holds a 2-D flow of `nfgen density2d`, not an image model; "
                               "its pictures and numbers are in its run folder")
     try:
+        names = plugin_names(state.get("config"))
+        load_plugins(names, source=f"{path} (trained with plugins {', '.join(names)})")
         return config_from_dict(state["config"], drop_ignored=True)  # old nfgen stored options its arch ignored
+    except PluginError as e:
+        raise CheckpointError(str(e)) from None
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
@@ -220,9 +223,9 @@ def check_data_classes(recorded: list[str] | None, data: Dataset, path: str | Pa
     base = data.dataset if isinstance(data, Subset) else data
     if recorded is None or not isinstance(base, Labelled) or base.class_names == recorded:
         return
-    raise CheckpointError(f"{path} was trained on the classes {_listed(recorded)}, but the data now has "
-                          f"{_listed(base.class_names)}: use the run's own data (or --set data.root=...) with "
-                          "those class folders")
+    raise DataError(f"{path} was trained on the classes {_listed(recorded)}, but the data now has "
+                    f"{_listed(base.class_names)}: use the run's own data (or --set data.root=...) with "
+                    "those class folders")
 
 
 def _listed(names: list[str], most: int = 12) -> str:

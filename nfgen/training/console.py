@@ -162,8 +162,8 @@ def start_console(trainer: Trainer) -> Console:
 def log_step(trainer: Trainer, value: float, grad_norm: float, images_per_sec: float) -> None:
     """A logging step: the training scalars to the run's logger (TensorBoard and its mirrors),
     and the console's line."""
-    lr = trainer.scheduler.get_last_lr()[0]
+    lr = trainer.optim.lr
     trainer.logger.scalars({f"train/{trainer.metric.tag}": value, "train/grad_norm": grad_norm, "train/lr": lr,
                             "train/images_per_sec": images_per_sec, "train/skipped_steps": trainer.progress.bad_steps,
-                            "time/train_seconds": trainer.train_seconds()}, trainer.step)
+                            "time/train_seconds": trainer.state.train_seconds()}, trainer.step)
     trainer.console.log(trainer.step, value, lr, images_per_sec)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nfgen.config import ConfigError
+from nfgen.errors import ConfigError
 
 
 @dataclass(frozen=True)

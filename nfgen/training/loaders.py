@@ -6,7 +6,8 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -46,3 +47,12 @@ def iterate(loader: DataLoader) -> Iterator:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     yield from it
+
+
+def data_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
+                sampler: list[int] | None = None, generator: torch.Generator | None = None) -> DataLoader:
+    """Training's and evaluation's loader: with a ``sampler`` (training's indices) incomplete
+    batches are dropped; workers leave stop signals to the main process."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=sampler is not None,
+                      num_workers=num_workers, pin_memory=device.type == "cuda", generator=generator,
+                      worker_init_fn=worker_ignores_stop_signals)

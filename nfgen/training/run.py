@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
 from nfgen.atomic import atomic_write_text
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
 from nfgen.config_parse import field_key
 from nfgen.costs import Memory, available_memory
 from nfgen.data import load_split
 from nfgen.devices import resolve_device
+from nfgen.errors import ConfigError
 from nfgen.generate import check_grid_size, class_rows
 from nfgen.model import build_model
 from nfgen.training import distributed
-from nfgen.training.checkpoint import CheckpointError, config_of, load_checkpoint, training_state
+from nfgen.training.checkpoint import config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger, RunLogger, flat_config, run_logger
 from nfgen.training.memory import check_training_fits
+from nfgen.training.parts import TrainerParts
 from nfgen.training.rundir import RunFolderLock, check_run_dir, checkpoints_in, clear_run, remove_stale_temp_files
 from nfgen.training.trainer import Trainer
 from nfgen.training.writes import SideWrites
@@ -53,8 +53,8 @@ def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
                 "data": (dataclasses.replace(cfg.data, **same_data), saved.data)}
     for section, (new, old) in sections.items():
         if new != old:
-            raise CheckpointError(f"{path} was trained with a different '{section}' section "
-                                  f"({', '.join(_changed(new, old, section))}); resume with the run's own config.yaml")
+            raise ConfigError(f"{path} was trained with a different '{section}' section "
+                              f"({', '.join(_changed(new, old, section))}); resume with the run's own config.yaml")
     if cfg.train.optimizer != saved.train.optimizer:
         raise ConfigError(f"train.optimizer cannot change on --resume ({path} was trained with "
                           f"{saved.train.optimizer!r}, whose state it holds); start a new run to use "
@@ -81,12 +81,11 @@ def _keep_old_config(run_dir: Path, saved: Config, cfg: Config, step: int) -> No
 
 
 def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, progress: bool,
-                  writes: SideWrites, clock: Callable[[], float] = time.monotonic,
-                  memory: Memory = available_memory) -> Trainer:
-    """The default parts from the config: the model (seeded first, so every rank builds the same
-    initial weights) and both data splits, handed to the trainer (with the clock that
-    ``train.max_time`` is measured on). A run that would not fit the device's free memory
-    (``memory``, injectable) is refused first."""
+                  parts: TrainerParts | None = None, memory: Memory = available_memory) -> Trainer:
+    """The model (seeded first, so every rank builds the same initial weights) and both data
+    splits from the config, handed to the trainer with ``parts`` (``TrainerParts``; None: all
+    from the config). A run that would not fit the device's free memory (``memory``,
+    injectable) is refused first."""
     device = distributed.local_device(resolve_device(cfg.train.device), rank)
     check_training_fits(cfg, device, max(1, cfg.train.batch_size // rank.world_size), memory)
     m, n, nrow = cfg.model, cfg.train.sample_count, None  # the sample grids training writes
@@ -98,14 +97,15 @@ def build_trainer(cfg: Config, run_dir: Path, logger: RunLogger, rank: Rank, pro
     random.seed(cfg.train.seed)
     model = build_model(cfg, memory)
     return Trainer(cfg, run_dir, logger, model=model, train_set=load_split(cfg, "train"),
-                   test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, writes=writes,
-                   clock=clock)
+                   test_set=load_split(cfg, "test"), progress_bar=progress, rank=rank, parts=parts)
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> float:
+          progress: bool = True, parts: TrainerParts | None = None) -> float:
     """Train (or continue) the run in ``run_dir``; returns the final test bits/dim. Under
-    torchrun every process calls this; rank 0 alone locks and writes to ``run_dir``."""
+    torchrun every process calls this; rank 0 alone locks and writes to ``run_dir``. ``parts``
+    replaces the trainer's parts the config would make (``TrainerParts``: batch stream, time
+    budget, divergence policy, write policy), e.g. a test's faulty one."""
     rank = distributed.setup(resolve_device(cfg.train.device))
     lock = RunFolderLock(run_dir)
     try:
@@ -113,7 +113,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = Fa
             if resume:  # refuse a resume of a missing run before the lock creates its folder
                 check_run_dir(run_dir, resume, overwrite)
             lock.acquire()
-        result = _train(cfg, run_dir, resume, overwrite, progress, rank)
+        result = _train(cfg, run_dir, resume, overwrite, progress, rank, parts or TrainerParts())
         distributed.barrier(rank)  # every rank done with the process group before any tears it down
         return result
     finally:
@@ -127,7 +127,8 @@ def _write_config(path: Path, cfg: Config) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank) -> float:
+def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: bool, rank: Rank,
+           parts: TrainerParts) -> float:
     """Everything that can fail on the user's input (the folder, the checkpoint, the data, the
     model, the resume) is checked before anything is written: a refused start leaves the folder,
     its config.yaml and an old run that --overwrite would replace exactly as they were."""
@@ -136,7 +137,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: 
         remove_stale_temp_files(run_dir)  # ours to remove: the lock proves no save is in flight
         check_run_dir(run_dir, resume, overwrite)
     distributed.barrier(rank)
-    writes = SideWrites()
+    writes = parts.writes or SideWrites()  # one policy for the trainer's writes and the logger's
+    parts = dataclasses.replace(parts, writes=writes)
     logger = run_logger(cfg, run_dir, writes) if rank.is_main else NullLogger()  # opens at its first write
     try:
         state = saved_cfg = None
@@ -145,7 +147,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, progress: 
             saved_cfg = config_of(saved, last)
             check_resumable(cfg, saved_cfg, last)
             state = training_state(saved, last)
-        trainer = build_trainer(cfg, run_dir, logger, rank, progress, writes)
+        trainer = build_trainer(cfg, run_dir, logger, rank, progress, parts)
         if state is not None:
             trainer.resume(state, last)
             logger.resume_at(state.progress.step)

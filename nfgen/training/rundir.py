@@ -10,7 +10,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from nfgen.training.checkpoint import CheckpointError, remove_temp_files
+from nfgen.errors import CheckpointError, OutputError
+from nfgen.training.checkpoint import remove_temp_files
 
 LOCK_NAME = ".lock"  # in the run folder: the lock itself (filelock's)
 HOLDER_NAME = ".lock.holder"  # beside it: the PID and host of the training that holds the lock
@@ -49,8 +50,8 @@ class RunFolderLock:
                 holder = self.holder.read_text(errors="replace")[:200].strip()
             except OSError:
                 holder = ""
-            raise CheckpointError(f"{self.path.parent} is in use by another training ({holder or 'another process'}); "
-                                  "wait for it to finish or stop it, or choose another --run-dir") from None
+            raise OutputError(f"{self.path.parent} is in use by another training ({holder or 'another process'}); "
+                              "wait for it to finish or stop it, or choose another --run-dir") from None
         self.lock = lock
         self.holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
         return self
@@ -82,7 +83,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, resumable: bool 
     if held and not overwrite:
         how = (f"continue it with `{resume_command(run_dir)}`, or pass --overwrite to start over" if resumable
                else "pass --overwrite to start over, or give another --run-dir")
-        raise CheckpointError(f"{run_dir} already holds a run (checkpoints/{' and '.join(p.name for p in held)}); {how}")
+        raise OutputError(f"{run_dir} already holds a run (checkpoints/{' and '.join(p.name for p in held)}); {how}")
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfgen.config import Config, ConfigError
+from nfgen.config import Config
+from nfgen.errors import MissingExtraError
 
 ID_FILE = "wandb_id"
 
@@ -28,8 +29,8 @@ def import_wandb() -> ModuleType:
     try:
         import wandb
     except ImportError:
-        raise ConfigError("train.wandb_project needs Weights & Biases: pip install 'nfgen[wandb]' "
-                          "(or remove train.wandb_project)") from None
+        raise MissingExtraError("train.wandb_project needs Weights & Biases: pip install 'nfgen[wandb]' "
+                                "(or remove train.wandb_project)") from None
     return wandb
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nfgen.training.checkpoint import CheckpointError
+from nfgen.errors import CheckpointError
 
 
 class SideWrites:

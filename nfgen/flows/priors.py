@@ -14,10 +14,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from nfgen.flows.affine import Affine
 from nfgen.flows.base import Flow
 from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import ZeroConv2d
-from nfgen.flows.transforms import Affine
 
 Shape = tuple[int, int, int]
 
