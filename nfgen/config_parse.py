@@ -168,8 +168,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
     for key, value in data.items():
         where = f"{prefix}{key}"
         owner = next((name for name, table in chosen_fields.items() if key in table), None)
-        if owner is not None:
-            given.setdefault(owner, []).append((key, _build(chosen_fields[owner][key][0], value or {}, where)))
+        if owner is not None:  # null: that section's defaults, or nothing if it is not the chosen one
+            section = None if value is None else _build(chosen_fields[owner][key][0], value, where)
+            given.setdefault(owner, []).append((key, section))
             continue
         if key not in names:
             valid = names + [k for table in chosen_fields.values() for k in table]
@@ -186,10 +187,12 @@ def _build(cls: type, data: Any, path: str) -> Any:
         by = fields[name].metadata[CHOSEN_BY]
         chosen = kwargs.get(by, _default(fields[by]))
         for key, section in given.get(name, []):
+            if key != chosen and section is None:
+                continue
             if key != chosen:
                 raise ConfigError(f"{prefix}{key} is the section of {by} {key}, but {prefix}{by} is {chosen}: "
                                   f"remove it, or set {prefix}{by}: {key}")
-            kwargs[name] = section
+            kwargs[name] = section  # None: filled in with the section's defaults by the class
     return cls(**kwargs)
 
 
