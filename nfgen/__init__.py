@@ -15,11 +15,15 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.s
 _LAZY = {"Config": "nfgen.config", "load_config": "nfgen.config", "ImageFlow": "nfgen.model",
          "build_model": "nfgen.model",
          # What a plugin module (docs/plugins.md) registers with, and the base class of a transform.
-         # register_architecture and register_dataset join here, from their registries' modules.
+         # register_dataset joins here, from its registry's module.
          "register_transform": "nfgen.flows.transforms", "ElementwiseTransform": "nfgen.flows.transforms",
-         "register_conditioner": "nfgen.flows.nets"}
-__all__ = ["Config", "ElementwiseTransform", "ImageFlow", "__version__", "build_model", "load", "load_config",
-           "register_conditioner", "register_transform"]
+         "register_conditioner": "nfgen.flows.nets", "register_architecture": "nfgen.flows.architectures",
+         # an architecture's config section: its base, the multi-scale and the coupling parts
+         "ArchSection": "nfgen.flows.section", "MultiScaleSection": "nfgen.flows.section",
+         "CouplingSpec": "nfgen.flows.section"}
+__all__ = ["ArchSection", "Config", "CouplingSpec", "ElementwiseTransform", "ImageFlow", "MultiScaleSection",
+           "__version__", "build_model", "load", "load_config", "register_architecture", "register_conditioner",
+           "register_transform"]
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,7 +31,9 @@ if TYPE_CHECKING:
     import torch
 
     from nfgen.config import Config, load_config
+    from nfgen.flows.architectures import register_architecture
     from nfgen.flows.nets import register_conditioner
+    from nfgen.flows.section import ArchSection, CouplingSpec, MultiScaleSection
     from nfgen.flows.transforms import ElementwiseTransform, register_transform
     from nfgen.model import ImageFlow, build_model
 

@@ -22,12 +22,15 @@ from nfgen.config_parse import (  # noqa: F401  (ConfigError, _section_type, par
     apply_overrides,
     parse_duration,
     parse_override,
+    plain_data,
     read_yaml,
     resolve_path,
     shipped_folder,
     shipped_names,
 )
 from nfgen.datasets import DATASETS, dataset_named
+from nfgen.flows.architectures import architecture_names, architecture_sections
+from nfgen.flows.section import ArchSection, check_couplings
 from nfgen.plugins import load_plugins, plugin_names
 from nfgen.user_input import parser
 
@@ -45,147 +48,18 @@ class DataConfig:
 
 
 # The architectures: each has its own section under ``model`` (``model.glow``, ...), holding only
-# the options it uses, so a key meant for another architecture is an error. A new architecture
-# is a section class here (listed in ``ARCH_SECTIONS`` and as a ``ModelConfig`` field) and a
-# builder taking the section's keys (listed in ``nfgen.model.ARCHITECTURES``).
+# the options it uses, so a key meant for another architecture is an error. An architecture and
+# its section register themselves (``nfgen.flows.architectures.register_architecture``); the
+# choices of ``model.arch`` and the sections a config may hold are read from that registry when a
+# config is parsed, so an architecture a plugin registers later is a choice like the built-ins.
 # Couplings and conditioners are named choices from registries (``nfgen.flows.transforms``,
 # ``nfgen.flows.nets``): ``coupling_options`` / ``conditioner_options`` are handed to the chosen
 # one and checked against its signature.
-class _ArchSection:
-    """What validation asks of every architecture's section. The default is a multi-scale body
-    of couplings (levels of squeezes, a coupling transform and a conditioner); a section of
-    another kind overrides ``validate``."""
-
-    levels: int
-
-    @property
-    def squeezes(self) -> int:
-        """2x2 squeezes from the image to the top: H and W must be divisible by 2**squeezes."""
-        return self.levels
-
-    def check(self, where: str, image_shape: tuple[int, int, int]) -> None:
-        """Checks of this architecture's own options (a ``ConfigError`` names the key)."""
-
-    def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
-        _check(1 <= self.levels <= 16, f"{where}.levels must be in 1..16, got {self.levels}")
-        if hasattr(self, "steps"):
-            _check(1 <= self.steps <= 4096, f"{where}.steps must be in 1..4096, got {self.steps}")
-        _check_couplings(where, self, memory_saving)
-        h, w = image_shape[1:]
-        k = 2**self.squeezes
-        _check(h % k == 0 and w % k == 0,
-               f"model.image_shape {h}x{w} is not divisible by 2**{self.squeezes} = {k} ({self.levels} levels); "
-               f"change the image size or {where}.levels")
-        self.check(where, image_shape)
-
-
-@dataclass(frozen=True)
-class GlowConfig(_ArchSection):
-    """Glow (Kingma & Dhariwal, 2018): levels x [squeeze -> steps x (actnorm, 1x1 conv, coupling) -> split]."""
-
-    levels: int = opt(3, "scales L; H and W must be divisible by 2**L")
-    steps: int = opt(32, "K steps of flow (actnorm, permutation, coupling) per level")
-    hidden: int = opt(512, "conditioner width")
-    blocks: int = opt(1, "conditioner depth (Glow's net: hidden 1x1 layers)")
-    conditioner: str = opt("glow", "glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)")
-    conditioner_options: dict[str, Any] = opt(help="options of the conditioner, e.g. {heads: 4} for attention", factory=dict)
-    coupling: str = opt("affine", "affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)")
-    coupling_options: dict[str, Any] = opt(help="options of the coupling transform, e.g. {bins: 8, bound: 3.0} for "
-                                                "spline", factory=dict)
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = opt(
-        "conv1x1_lu", "channel mixing before each coupling: Glow's invertible 1x1 conv (LU-factored or not), or fixed")
-    split_prior: Literal["learned", "standard"] = opt("learned", "openai/glow's learned conditional prior per split, "
-                                                                  "or N(0, I)")
-    learn_top: bool = opt(True, "learned mean and log-std of the top latent")
-
-
-@dataclass(frozen=True)
-class RealNVPConfig(_ArchSection):
-    """RealNVP (Dinh et al., 2017): per scale, checkerboard couplings, squeeze, channel couplings, split."""
-
-    levels: int = opt(2, "scales; H and W must be divisible by 2**levels")
-    steps: int = opt(3, "couplings per mask kind per scale (the paper: 3, and 4 checkerboard at the last)")
-    hidden: int = opt(64, "conditioner width")
-    blocks: int = opt(8, "residual blocks per conditioner")
-    conditioner: str = opt("resnet", "glow | resnet | attention (nfgen.flows.nets.CONDITIONERS)")
-    conditioner_options: dict[str, Any] = opt(help="options of the conditioner", factory=dict)
-    coupling: str = opt("affine", "affine | additive | spline | logistic_mixture (nfgen.flows.transforms.TRANSFORMS)")
-    coupling_options: dict[str, Any] = opt(help="options of the coupling transform", factory=dict)
-
-
-@dataclass(frozen=True)
-class FlowppConfig(_ArchSection):
-    """Flow++ (Ho et al., 2019): per level (a squeeze first from the second on), channel then
-    checkerboard couplings, each after actnorm and a 1x1 conv. Defaults: the paper's CIFAR-10 body."""
-
-    levels: int = opt(2, "levels; H and W must be divisible by 2**(levels - 1)")
-    channel: tuple[int, ...] = opt((0, 2), "channel-mask couplings per level")
-    checkerboard: tuple[int, ...] = opt((4, 3), "checkerboard couplings per level")
-    split: bool = opt(False, "factor half the channels out after each level but the last (Flow++'s CIFAR model: no)")
-    hidden: int = opt(96, "conditioner width (the paper: 96)")
-    blocks: int = opt(10, "conv-attention blocks per conditioner (the paper: 10)")
-    conditioner: str = opt("attention", "gated convolutions with multi-head self-attention (or glow | resnet)")
-    conditioner_options: dict[str, Any] = opt(help="options of the conditioner: heads (4), dropout (the paper: 0.2)",
-                                              factory=dict)
-    coupling: str = opt("logistic_mixture", "the coupling transform (Flow++: a mixture of logistics CDF)")
-    coupling_options: dict[str, Any] = opt(help="options of the coupling transform: components (the paper: 32)",
-                                           factory=dict)
-    permutation: Literal["conv1x1_lu", "conv1x1", "reverse", "shuffle"] = opt(
-        "conv1x1_lu", "channel mixing after each actnorm: invertible 1x1 conv (LU-factored or not), or fixed")
-
-    @property
-    def squeezes(self) -> int:
-        return self.levels - 1  # the first level works on the image itself
-
-    def check(self, where: str, image_shape: tuple[int, int, int]) -> None:
-        for name in ("channel", "checkerboard"):
-            counts = getattr(self, name)
-            _check(len(counts) == self.levels and all(0 <= n <= 256 for n in counts),
-                   f"{where}.{name} must list {self.levels} coupling counts in 0..256 (one per level), got {list(counts)}")
-        _check(not self.split or self.levels == 1 or image_shape[0] % 2 == 0,
-               f"{where}.split needs an even number of image channels (the first level has no squeeze), "
-               f"got {image_shape[0]}; set split: false")
-        _check(image_shape[0] >= 2 or self.channel[0] == 0,
-               f"{where}.channel[0] must be 0: a {image_shape[0]}-channel image has no channels to split "
-               "before the first squeeze")
-
-
-@dataclass(frozen=True)
-class TarflowConfig(_ArchSection):
-    """TarFlow (Zhai et al., 2025): patchify, then blocks of affine autoregressive flows over the
-    patch sequence, each conditioned by a causal Transformer, alternating direction. Defaults:
-    the paper's ImageNet 64x64 likelihood model (patch 2, 8 blocks x 8 layers, width 768)."""
-
-    patch: int = opt(2, "p: tokens are p x p patches; H and W must be divisible by p")
-    blocks: int = opt(8, "T autoregressive flow blocks")
-    layers: tuple[int, ...] = opt((8,), "Transformer layers: one count for all blocks, or one per block in data-to-latent "
-                                        "order ([2, 2, 2, 8]: STARFlow's deep-shallow layout, the deep block last)")
-    width: int = opt(768, "Transformer width")
-    heads: int = opt(12, "attention heads (head size width / heads; the paper: 64)")
-    mlp_ratio: int = opt(4, "MLP hidden width / width")
-    scale: Literal["affine", "additive"] = opt("affine", "affine, or additive: volume-preserving (shifts only)")
-    max_log_scale: float = opt(4.0, "|log-scale| per block is soft-clamped below this")
-
-    def validate(self, where: str, image_shape: tuple[int, int, int], memory_saving: bool) -> None:
-        c, h, w = image_shape
-        _check(1 <= self.patch <= 64 and h % self.patch == 0 and w % self.patch == 0,
-               f"{where}.patch must tile the {h}x{w} image (a divisor of both), got {self.patch}")
-        _check(1 <= self.blocks <= 256, f"{where}.blocks must be in 1..256, got {self.blocks}")
-        _check(len(self.layers) in (1, self.blocks) and all(1 <= n <= 256 for n in self.layers),
-               f"{where}.layers must be one count in 1..256 for every block, or {self.blocks} (one per block), "
-               f"got {list(self.layers)}")
-        _check(1 <= self.heads <= 1024 and 1 <= self.width <= 65536 and self.width % self.heads == 0,
-               f"{where}.width must be a multiple of {where}.heads (both >= 1), got {self.width} and {self.heads}")
-        _check(1 <= self.mlp_ratio <= 64, f"{where}.mlp_ratio must be in 1..64, got {self.mlp_ratio}")
-        _check(0 < self.max_log_scale <= 20, f"{where}.max_log_scale must be in (0, 20], got {self.max_log_scale}")
-        tokens = (h // self.patch) * (w // self.patch)
-        _check(tokens >= 2, f"{where}.patch {self.patch} leaves a single token: nothing to condition on; use a smaller patch")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["glow", "realnvp", "flowpp", "tarflow"] = opt("glow", "the architecture; its options are the section "
-                                                                          "model.<arch>")
+    arch: str = opt("glow", "the architecture; its options are the section model.<arch>", choices=architecture_names)
     image_shape: tuple[int, int, int] = opt((3, 32, 32), "C, H, W; MNIST at 32 is zero-padded")
     n_bits: int = opt(8, "bits per pixel value (Glow's CelebA-HQ results use 5: fewer levels, easier detail)")
     preprocess: Literal["shift", "logit"] = opt("shift", "Glow: shift to [-1/2, 1/2); RealNVP and Flow++: logit")
@@ -199,19 +73,28 @@ class ModelConfig:
     label_dropout: float = opt(0.0, "share of training labels swapped for the null class; > 0 makes guidance possible")
     null_class: Literal["learned", "mean"] = opt("learned", "the null class's embedding: its own learned row, or the mean "
                                                  "of the class embeddings (apple/ml-tarflow's)")
-    # The active architecture's section; the others stay unset (None).
-    glow: GlowConfig | None = opt(None, "Glow (Kingma & Dhariwal, 2018): arch glow's options")
-    realnvp: RealNVPConfig | None = opt(None, "RealNVP (Dinh et al., 2017): arch realnvp's options")
-    flowpp: FlowppConfig | None = opt(None, "Flow++ (Ho et al., 2019): arch flowpp's options")
-    tarflow: TarflowConfig | None = opt(None, "TarFlow (Zhai et al., 2025): arch tarflow's options")
+    # The section of ``arch``, under that name in YAML (``model.glow``); a registered architecture's
+    # defaults when not given.
+    options: ArchSection | None = opt(None, "the section of model.arch", sections=architecture_sections,
+                                      chosen_by="arch")
 
-    @property
-    def options(self) -> Any:
-        """The section of ``arch`` (``model.glow`` for ``arch: glow``, ...)."""
-        return getattr(self, self.arch)
+    def __post_init__(self) -> None:
+        sections = architecture_sections()
+        if self.arch not in sections:
+            raise ConfigError(f"model.arch: {self.arch!r} is not one of {', '.join(map(repr, sections))}")
+        section = sections[self.arch][0]
+        if self.options is None:
+            object.__setattr__(self, "options", section())
+        elif type(self.options) is not section:
+            raise ConfigError(f"model.{self.arch} must be a {section.__name__}, got a {type(self.options).__name__}")
+
+    def __getattr__(self, name: str) -> Any:
+        """``model.glow``: the section of ``arch: glow`` (None under another arch), as in YAML."""
+        if not name.startswith("_") and name in architecture_sections():
+            return self.options if name == self.arch else None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-ARCH_SECTIONS = {"glow": GlowConfig, "realnvp": RealNVPConfig, "flowpp": FlowppConfig, "tarflow": TarflowConfig}
 # Options that lived directly under ``model`` before the per-architecture sections, and which of
 # them each architecture used then: an old file or checkpoint still loads, each moved into the
 # section of its ``arch``.
@@ -306,14 +189,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML and checkpoints; unset sections (other architectures) left out."""
 
-        def plain(v: Any) -> Any:
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items() if x is not None}
-            if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
-            return v
-
-        return plain(dataclasses.asdict(self))
+        return plain_data(self)
 
 
 # Seeds feed torch's 64-bit generators after small arithmetic (seed * 100_003 + epoch).
@@ -331,7 +207,8 @@ def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored:
         return data
     model = dict(model)
     arch = model.get("arch", "glow")
-    if arch not in ARCH_SECTIONS:
+    sections = architecture_sections()
+    if arch not in sections:
         return data  # reported as an invalid model.arch
     section = dict(model.get(arch) or {})
     used = _LEGACY_USED.get(arch, ())
@@ -341,7 +218,7 @@ def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored:
             if drop_ignored or value == _LEGACY_DEFAULTS[key]:
                 continue
             raise ConfigError(f"model.{key} does not apply to arch {arch} (it would be ignored); remove it; "
-                              f"model.{arch} options: {', '.join(f.name for f in dataclasses.fields(ARCH_SECTIONS[arch]))}")
+                              f"model.{arch} options: {', '.join(f.name for f in dataclasses.fields(sections[arch][0]))}")
         if key in section and not overriding:
             raise ConfigError(f"model.{key} and model.{arch}.{key} are both set: keep model.{arch}.{key}")
         section[key] = value
@@ -349,51 +226,9 @@ def _migrate_model(data: dict[str, Any], overriding: bool = False, drop_ignored:
     return {**data, "model": model}
 
 
-def _arch_sections(cfg: Config) -> Config:
-    """Fill in the active architecture's section; refuse sections of other architectures."""
-    m = cfg.model
-    for name in ARCH_SECTIONS:
-        if name != m.arch and getattr(m, name) is not None:
-            raise ConfigError(f"model.{name} is the section of arch {name}, but model.arch is {m.arch}: "
-                              f"remove it, or set model.arch: {name}")
-    if m.options is None:
-        m = dataclasses.replace(m, **{m.arch: ARCH_SECTIONS[m.arch]()})
-    return dataclasses.replace(cfg, model=m)
-
-
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
-
-
-def _check_choice(path: str, name: str, options: dict[str, Any], registry: str, **given: Any) -> None:
-    """A registered transform or conditioner name and its options, checked by building one."""
-    import torch
-
-    from nfgen.flows import nets, transforms  # the registries; imported late: they import torch
-
-    try:
-        if registry == "transform":
-            transforms.make_transform(name, **options)
-        else:
-            # On the meta device: no memory, however wide; forked RNG: no shift of the seeds' draws.
-            with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                nets.make_conditioner(name, **given, **options)(2, 2)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
-
-
-def _check_couplings(where: str, a: Any, memory_saving: bool) -> None:
-    """A section's coupling transform and conditioner (``coupling``, ``conditioner``, ``hidden``,
-    ``blocks`` and their options), whichever architecture it belongs to."""
-    _check(1 <= a.hidden <= 65536, f"{where}.hidden must be in 1..65536, got {a.hidden}")
-    _check(0 <= a.blocks <= 1024, f"{where}.blocks must be in 0..1024, got {a.blocks}")
-    _check_choice(f"{where}.coupling", a.coupling, a.coupling_options, "transform")
-    _check_choice(f"{where}.conditioner", a.conditioner, a.conditioner_options, "conditioner",
-                  hidden=a.hidden, blocks=a.blocks)
-    # Memory saving recomputes each conditioner in backward: dropout would draw another mask there.
-    _check(not (memory_saving and a.conditioner_options.get("dropout", 0)),
-           f"{where}.conditioner_options.dropout needs train.memory_saving: false (backward would redraw it)")
 
 
 # The largest dequantization.sigma: noise of std half the image's range has drowned the image.
@@ -417,7 +252,6 @@ def _validate_noise(dq: DequantizationConfig, m: ModelConfig) -> None:
 
 def validate(cfg: Config) -> Config:
     """Value ranges and combinations that cannot work."""
-    cfg = _arch_sections(cfg)
     m, t, d, dq = cfg.model, cfg.train, cfg.data, cfg.dequantization
     c, h, w = m.image_shape
     _check(1 <= c <= 64 and 1 <= h <= 4096 and 1 <= w <= 4096,
@@ -434,7 +268,7 @@ def validate(cfg: Config) -> Config:
            "model.null_class needs a class-conditional model (model.num_classes > 0)")
     _validate_noise(dq, m)
     _check(1 <= dq.steps <= 256, f"dequantization.steps must be in 1..256, got {dq.steps}")
-    _check_couplings("dequantization", dq, memory_saving=False)
+    check_couplings("dequantization", dq, memory_saving=False)
     _check(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     _check(0 <= d.num_workers <= 256, f"data.num_workers must be in 0..256, got {d.num_workers}")
     _check(bool(d.root), "data.root must not be empty")

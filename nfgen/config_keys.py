@@ -11,18 +11,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from nfgen.config_parse import _section_type
+from nfgen.config_parse import CHOICES, CHOSEN_BY, SECTIONS, _default, _section_type, section_choices
 
 _NO_DEFAULT: Any = dataclasses.MISSING
 
 
-def opt(default: Any = _NO_DEFAULT, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
-    """A config field with its one-line ``help`` (``factory`` for a mutable default)."""
+def opt(default: Any = _NO_DEFAULT, help: str = "", *, factory: Callable[[], Any] | None = None,
+        choices: Callable[[], list[str]] | None = None,
+        sections: Callable[[], dict[str, tuple[type, str]]] | None = None, chosen_by: str = "") -> Any:
+    """A config field with its one-line ``help`` (``factory`` for a mutable default).
+
+    ``choices``: a function giving a string field's valid values; ``sections`` with
+    ``chosen_by``: the field holds the section ``sections()[value of chosen_by]`` (``model.glow``
+    for ``model.arch: glow``). Both are read when a config is parsed or listed, not at import, so
+    what registers later (a plugin's architecture) counts."""
     if not help:
         raise TypeError("every config field needs its one-line help")  # caught by the tests, at import
+    if (sections is None) != (not chosen_by):
+        raise TypeError("sections and chosen_by go together")
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata[CHOICES] = choices
+    if sections is not None:
+        metadata.update({SECTIONS: sections, CHOSEN_BY: chosen_by})
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -66,12 +80,6 @@ def _yaml(value: Any) -> str:
     return repr(value)
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return f.default
-
-
 def keys(cls: type, prefix: str = "") -> Iterator[Key]:
     """Every key of the config dataclass ``cls``, depth first; a section (a field holding a config
     dataclass, set or not) comes before its keys, which are listed with the section's defaults."""
@@ -80,11 +88,16 @@ def keys(cls: type, prefix: str = "") -> Iterator[Key]:
         path = f"{prefix}{f.name}"
         section = _section_type(hints[f.name])
         help_text = f.metadata.get("help", "")
-        if section is not None:
+        if SECTIONS in f.metadata:  # one of several sections: every one a config may hold
+            for name, (choice, about) in section_choices(f).items():
+                yield Key(f"{prefix}{name}", "section", "", about, section=True)
+                yield from keys(choice, f"{prefix}{name}.")
+        elif section is not None:
             yield Key(path, "section", "", help_text, section=True)
             yield from keys(section, f"{path}.")
         else:
-            yield Key(path, _type_name(hints[f.name]), _yaml(_default(f)), help_text)
+            kind = " | ".join(f.metadata[CHOICES]()) if CHOICES in f.metadata else _type_name(hints[f.name])
+            yield Key(path, kind, _yaml(_default(f)), help_text)
 
 
 def text_listing(cls: type) -> str:

@@ -120,35 +120,103 @@ def _section_type(tp: Any) -> type | None:
     return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
 
 
+# Field metadata read at parse time (set through ``nfgen.config_keys.opt``), so a registry filled
+# after import (a plugin's architecture) is what a config is checked against:
+# ``choices``: a function giving a ``str`` field's valid values;
+# ``sections`` with ``chosen_by``: the field holds one of several sections, ``{key: (class,
+# help)}``, whose key in the data is the value of the field ``chosen_by`` (``model.glow`` for
+# ``model.arch: glow``); the sections of the other choices are errors.
+CHOICES, SECTIONS, CHOSEN_BY = "choices", "sections", "chosen_by"
+
+
+def section_choices(f: dataclasses.Field) -> dict[str, tuple[type, str]]:
+    """``{key: (section class, help)}`` of a field holding one of several sections, or {}."""
+    return f.metadata[SECTIONS]() if SECTIONS in f.metadata else {}
+
+
 def _nested_keys(cls: type, data: dict[str, Any]) -> dict[str, str]:
-    """Keys of ``cls``'s subsections, the active architecture's first (for ``_suggest``)."""
+    """Keys of ``cls``'s subsections, the chosen section's first (for ``_suggest``)."""
     hints = typing.get_type_hints(cls)
-    sections = sorted((f.name for f in dataclasses.fields(cls) if _section_type(hints[f.name])),
-                      key=lambda name: name != data.get("arch"))
+    sections = [(f.name, _section_type(hints[f.name])) for f in dataclasses.fields(cls) if _section_type(hints[f.name])]
+    for f in dataclasses.fields(cls):
+        if SECTIONS in f.metadata:
+            chosen = data.get(f.metadata[CHOSEN_BY])
+            sections += sorted(((k, c) for k, (c, _) in section_choices(f).items()), key=lambda kc: kc[0] != chosen)
     nested: dict[str, str] = {}
-    for name in sections:
-        for f in dataclasses.fields(_section_type(hints[name])):
+    for name, section in sections:
+        for f in dataclasses.fields(section):
             nested.setdefault(f.name, f"{name}.{f.name}")
     return nested
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {_short(data)}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    chosen_fields = {name: section_choices(f) for name, f in fields.items() if SECTIONS in f.metadata}
+    names = [name for name in fields if name not in chosen_fields]
+    prefix = f"{path}." if path else ""
+    kwargs: dict[str, Any] = {}
+    given: dict[str, list[tuple[str, Any]]] = {}
     for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
+        where = f"{prefix}{key}"
+        owner = next((name for name, table in chosen_fields.items() if key in table), None)
+        if owner is not None:  # null: that section's defaults, or nothing if it is not the chosen one
+            section = None if value is None else _build(chosen_fields[owner][key][0], value, where)
+            given.setdefault(owner, []).append((key, section))
+            continue
         if key not in names:
-            nested = {k: f"{path}.{v}" if path else v for k, v in _nested_keys(cls, data).items()}
-            raise ConfigError(f"unknown key '{where}'{_suggest(str(key), names, nested)}")
+            valid = names + [k for table in chosen_fields.values() for k in table]
+            nested = {k: f"{prefix}{v}" for k, v in _nested_keys(cls, data).items()}
+            raise ConfigError(f"unknown key '{where}'{_suggest(str(key), valid, nested)}")
         section = _section_type(hints[key])
         if section is not None:
             kwargs[key] = _build(section, value if value is not None else {}, where)
-        else:
-            kwargs[key] = _coerce(where, value, hints[key])
+            continue
+        kwargs[key] = _coerce(where, value, hints[key])
+        if CHOICES in fields[key].metadata and kwargs[key] not in (choices := fields[key].metadata[CHOICES]()):
+            raise ConfigError(f"{where}: {_short(kwargs[key])} is not one of {', '.join(map(repr, choices))}")
+    for name in chosen_fields:
+        by = fields[name].metadata[CHOSEN_BY]
+        chosen = kwargs.get(by, _default(fields[by]))
+        for key, section in given.get(name, []):
+            if key != chosen and section is None:
+                continue
+            if key != chosen:
+                raise ConfigError(f"{prefix}{key} is the section of {by} {key}, but {prefix}{by} is {chosen}: "
+                                  f"remove it, or set {prefix}{by}: {key}")
+            kwargs[name] = section  # None: filled in with the section's defaults by the class
     return cls(**kwargs)
+
+
+def field_key(value: Any, f: dataclasses.Field) -> str:
+    """The key of field ``f`` of config section ``value`` in YAML: its name, or for a chosen
+    section the choice's (``glow`` for ``ModelConfig.options`` under ``arch: glow``)."""
+    return getattr(value, f.metadata[CHOSEN_BY]) if SECTIONS in f.metadata else f.name
+
+
+def plain_data(value: Any) -> Any:
+    """A config tree as plain data for YAML and checkpoints, as ``_build`` reads it back: a
+    chosen section under its key (``model.glow``), unset (None) values left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if v is not None:
+                out[field_key(value, f)] = plain_data(v)
+        return out
+    if isinstance(value, dict):
+        return {k: plain_data(x) for k, x in value.items() if x is not None}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(x) for x in value]
+    return value
 
 
 def _depth(value: Any, limit: int = MAX_DEPTH) -> int:

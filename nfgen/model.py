@@ -14,16 +14,13 @@ from nfgen.config import Config, config_from_dict
 from nfgen.costs import Memory, available_memory, check_memory, format_count, model_cost
 from nfgen.dequantize import GaussianDequantizer, UniformDequantizer, VariationalDequantizer
 from nfgen.errors import NumericalError
+from nfgen.flows.architectures import Builders, architecture
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.conditioning import ClassEmbedding, ClassPrior, Guided
-from nfgen.flows.flowpp import build_flowpp
-from nfgen.flows.glow import build_glow
 from nfgen.flows.multiscale import MultiScaleFlow
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.priors import sample_standard_normal, standard_normal_log_prob
-from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import set_channels_last, to_layout
-from nfgen.flows.tarflow import build_tarflow
 
 
 class ImageFlow(nn.Module):
@@ -334,15 +331,11 @@ class ImageFlow(nn.Module):
         return self.denoise(u, context=None if labels is None else self.context(labels, n))
 
 
-# Each architecture's builder takes the image shape and the keys of its config section
-# (``model.glow``, ...) as keyword arguments, and ``context_dim``: the size of the class embedding
-# its conditional layers see (0: unconditional).
-ARCHITECTURES: dict[str, Callable[..., MultiScaleFlow]] = {
-    "glow": build_glow,
-    "realnvp": build_realnvp,
-    "flowpp": build_flowpp,
-    "tarflow": build_tarflow,
-}
+# Each registered architecture's builder (``nfgen.flows.architectures``), by name, as the registry
+# holds them when read: ``build(shape, section, context_dim=0)``, the section being the config's
+# ``model.<arch>`` and ``context_dim`` the size of the class embedding its conditional layers see
+# (0: unconditional).
+ARCHITECTURES: Mapping[str, Callable[..., MultiScaleFlow]] = Builders()
 
 
 def build_model(config: Config | Mapping[str, Any], memory: Memory = available_memory) -> ImageFlow:
@@ -371,7 +364,7 @@ def build_unchecked(config: Config) -> ImageFlow:
     m, dq, t = config.model, config.dequantization, config.train
     shape = tuple(m.image_shape)
     context_dim = m.class_dim if m.num_classes and m.class_in_body else 0
-    body: MultiScaleFlow = ARCHITECTURES[m.arch](shape, **dataclasses.asdict(m.options), context_dim=context_dim)
+    body: MultiScaleFlow = architecture(m.arch).builder()(shape, m.options, context_dim=context_dim)
     preprocess = Shift() if m.preprocess == "shift" else Logit(m.logit_alpha)
     if dq.kind == "uniform":
         dequantizer: nn.Module = UniformDequantizer()

@@ -1,30 +1,48 @@
-"""A tiny model of every architecture: a new architecture is one line in ``TINY``, and the
-tests that iterate over it (memory saving, autocast, the CLI verbs, data parallelism) cover it."""
+"""Every registered architecture, as the tests see it: the names come from the registry the CLI
+reads (``nfgen.flows.architectures``), so a new architecture (in the package or a plugin) gets
+every architecture-parametrized test (the flow harness, the exact-probability test, the
+hostile-value fuzz, conditional checks, resume, every CLI verb) with no test edit."""
 
 from __future__ import annotations
 
 from typing import Any
 
-TINY: dict[str, dict[str, Any]] = {  # for 8x8 images; ``depth`` steps/couplings/blocks, ``width`` of its nets
-    "glow": {"levels": 2, "steps": "depth", "hidden": "width"},
-    "realnvp": {"levels": 2, "steps": "depth", "hidden": "width", "blocks": 1},
-    "flowpp": {"levels": 2, "channel": [0, 1], "checkerboard": ["depth", 1], "hidden": "width", "blocks": 1,
-               "coupling_options": {"components": 2}},
-    "tarflow": {"patch": 2, "blocks": "depth", "layers": [1], "width": "width", "heads": 2},
-}
-PREPROCESS = {"glow": "shift", "realnvp": "logit", "flowpp": "logit", "tarflow": "shift"}
+from nfgen.config_parse import _build
+from nfgen.flows.architectures import architecture, architecture_names
+
+
+def arch_names() -> list[str]:
+    """The registered architectures now (a test may register one), in registration order."""
+    return architecture_names()
+
+
+ARCHS = arch_names()  # what pytest parametrizes over, read at collection
+
+
+def tiny_section(arch: str, image_shape: tuple[int, int, int] | list[int], depth: int = 2,
+                 width: int = 8) -> dict[str, Any]:
+    """The keys of ``model.<arch>`` for a tiny model of images of ``image_shape``, ``depth``
+    steps/couplings/blocks deep, its nets ``width`` wide (the architecture's registered ``tiny``)."""
+    return architecture(arch).tiny(tuple(image_shape), depth, width)
 
 
 def tiny_model(arch: str, image_shape: tuple[int, int, int] | list[int], depth: int = 2, width: int = 8,
                **section: Any) -> dict:
-    """The ``model`` section of a tiny ``arch`` model (``section`` overrides its keys)."""
-    sizes = {"depth": depth, "width": width}
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return sizes[value] if isinstance(value, str) and value in sizes else value
-
-    options = {k: fill(v) for k, v in TINY[arch].items()}
-    return {"arch": arch, "image_shape": list(image_shape), "preprocess": PREPROCESS[arch],
+    """The ``model`` section of a tiny ``arch`` model (``section`` overrides its keys), with the
+    preprocessing the architecture registered."""
+    options = tiny_section(arch, image_shape, depth, width)
+    return {"arch": arch, "image_shape": list(image_shape), "preprocess": architecture(arch).preprocess,
             arch: {**options, **section}}
+
+
+def tiny_body(arch: str, image_shape: tuple[int, int, int], depth: int = 2, width: int = 8, context_dim: int = 0,
+              **section: Any):
+    """A tiny ``arch`` body built by its registered builder from its section."""
+    a = architecture(arch)
+    options = _build(a.section, {**tiny_section(arch, image_shape, depth, width), **section}, f"model.{arch}")
+    return a.builder()(tuple(image_shape), options, context_dim=context_dim)
+
+
+def dequantizer(arch: str, **options: Any) -> dict[str, Any]:
+    """A tiny variational dequantizer of the architecture's own kind (Flow++: its couplings)."""
+    return {"kind": "variational", "steps": 2, "hidden": 8, **architecture(arch).dequantizer, **options}

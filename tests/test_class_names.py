@@ -4,7 +4,6 @@ function (``nfgen.training.checkpoint.check_data_classes``)."""
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from archs import tiny_model
 from datasets import digits
 from test_labels import write_classes
 from typer.testing import CliRunner
+from verbs import checkpoint_verbs
 
 from nfgen.cli import app
 from nfgen.config import config_from_dict
@@ -59,9 +59,7 @@ def conditional(tmp_path) -> tuple[Path, Path]:
 
 
 def test_every_verb_with_a_checkpoint_is_listed():
-    verbs = {c.name or c.callback.__name__ for c in app.registered_commands
-             if "ckpt" in inspect.signature(c.callback).parameters}
-    assert verbs == {v.split()[0] for v in READERS} | NO_DATA
+    assert checkpoint_verbs() == {v.split()[0] for v in READERS} | NO_DATA
 
 
 def _invoke(verb: str, ckpt: Path, data: Path, tmp: Path, first_class: str):

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from archs import tiny_model
+from archs import ARCHS, tiny_model
 
 import nfgen
 from nfgen.config import ConfigError, config_from_dict
@@ -16,14 +16,9 @@ from nfgen.generate import class_rows
 IMAGES = torch.tensor(list(itertools.product([0, 255], repeat=4)), dtype=torch.uint8).view(16, 1, 2, 2)
 ONES = (IMAGES > 0).flatten(1).sum(1)
 
-TINY_2X2 = {  # a tiny body of each architecture for 1x2x2 images
-    "glow": {"levels": 1, "steps": 2, "hidden": 16},
-    "tarflow": {"patch": 1, "blocks": 2, "layers": [1], "width": 16, "heads": 2},
-}
-
-
 def _model(arch, **model):
-    return nfgen.build_model({"model": {"arch": arch, "image_shape": [1, 2, 2], "n_bits": 1, arch: TINY_2X2[arch],
+    """A tiny model of ``arch`` (the registry's) for 1x2x2 images, two classes."""
+    return nfgen.build_model({"model": {**tiny_model(arch, [1, 2, 2], depth=2, width=16), "n_bits": 1,
                                         "num_classes": 2, "class_dim": 4, **model}})
 
 
@@ -43,7 +38,7 @@ def _trained(arch):
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", ["glow", "tarflow"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_each_class_sums_to_its_mass_and_the_mixture_to_their_mean(arch):
     model = _trained(arch)
     torch.set_grad_enabled(False)
@@ -68,7 +63,7 @@ def test_each_class_sums_to_its_mass_and_the_mixture_to_their_mean(arch):
     assert torch.allclose(one.exp(), per_class[:, 1], rtol=0.1)
 
 
-@pytest.mark.parametrize("arch", ["glow", "realnvp", "flowpp", "tarflow"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_a_fresh_conditional_model_starts_unconditional(arch):
     # Every class-dependent layer starts at zero: training begins from the unconditional model.
     model = nfgen.build_model({"model": tiny_model(arch, [1, 8, 8]) | {"num_classes": 3}}).eval()
@@ -78,7 +73,7 @@ def test_a_fresh_conditional_model_starts_unconditional(arch):
     assert torch.allclose(lp[0], lp[1], atol=1e-10) and torch.allclose(lp[0], lp[2], atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", ["glow", "tarflow"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_guidance_convention(arch):
     model = _trained(arch)
     labels = torch.tensor([0, 1, 0, 1])
@@ -121,7 +116,7 @@ def test_conditional_errors_say_what_to_do():
         model.sample(2, labels=torch.tensor([0, 1]), guidance=1.0)
     with pytest.raises(ValueError, match=r"labels must be in 0\.\.1"):
         model.log_prob(IMAGES[:2], labels=torch.tensor([0, 5]))
-    plain = nfgen.build_model({"model": {"arch": "glow", "image_shape": [1, 2, 2], "glow": TINY_2X2["glow"]}})
+    plain = nfgen.build_model({"model": tiny_model("glow", [1, 2, 2], depth=2, width=16)})
     with pytest.raises(ValueError, match="unconditional"):
         plain.sample(2, labels=torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="label_dropout needs a class-conditional"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from archs import TINY, tiny_model
+from archs import ARCHS, tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -340,7 +340,7 @@ def test_generative_classifier_on_real_digits_beats_chance_and_shuffled_labels_d
     assert _classify_accuracy(tmp_path / "shuffled", shuffle=True) < 0.3
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_every_architecture_trains_conditionally_from_the_command_line(runs, tmp_path, arch):
     # Train (with label dropout), then every verb that takes a class: a grid with a row per class,
     # guided sampling, the conditional and marginal bits/dim, the classifier.

@@ -5,6 +5,7 @@ checked as soon as its module registers it."""
 
 import pytest
 import torch
+from archs import ARCHS, tiny_body
 from flow_harness import (
     check_flow,
     check_inverse_logdet_matches_jacobian,
@@ -19,14 +20,13 @@ from nfgen.flows.base import Inverse, Sequential
 from nfgen.flows.conditioning import ClassPrior, Guided
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
-from nfgen.flows.flowpp import build_flowpp
 from nfgen.flows.glow import build_glow, glow_step
+from nfgen.flows.glow_section import GlowConfig
 from nfgen.flows.nets import CONDITIONERS, ResidualBlock, glow_net, make_conditioner, mlp, resnet
 from nfgen.flows.preprocess import Logit, Shift
 from nfgen.flows.priors import LearnedGaussian, SplitPrior
-from nfgen.flows.realnvp import build_realnvp
 from nfgen.flows.reshape import Squeeze
-from nfgen.flows.tarflow import AutoregressiveBlock, Patchify, build_tarflow
+from nfgen.flows.tarflow import AutoregressiveBlock, Patchify
 from nfgen.flows.transforms import TRANSFORMS, make_transform
 from nfgen.flows.vector import OnVectors, Planar, Radial
 
@@ -113,11 +113,8 @@ CONDITIONAL = {  # flows that see a class embedding [B, K]: a new conditional fl
     "split_prior": lambda: SplitPrior(C, K),
     "class_prior": lambda: ClassPrior(C, K),
     "tarflow_block": lambda: AutoregressiveBlock(C, (H, W), width=16, layers=1, heads=2, context_dim=K),
-    "glow": lambda: build_glow((C, H, W), levels=2, steps=1, hidden=8, context_dim=K),
-    "realnvp": lambda: build_realnvp((C, H, W), levels=2, steps=1, hidden=8, blocks=1, context_dim=K),
-    "flowpp": lambda: build_flowpp((C, H, W), levels=2, channel=(1, 1), checkerboard=(1, 1), hidden=8, blocks=1,
-                                   coupling_options={"components": 2}, context_dim=K),
-    "tarflow": lambda: build_tarflow((C, H, W), patch=2, blocks=2, layers=(1,), width=8, heads=2, context_dim=K),
+    # Every registered architecture's body, tiny, seeing the class.
+    **{arch: (lambda arch=arch: tiny_body(arch, (C, H, W), depth=1, context_dim=K)) for arch in ARCHS},
 }
 
 
@@ -135,7 +132,16 @@ def test_conditional_flow(name, device):
     assert (_out(flow, x, context) - _out(flow, x, torch.randn(2, K, device=device))).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["coupling_channel", "class_prior", "tarflow_block", "glow", "tarflow"])
+# Found when this list began to read the registry (Flow++ joined it): under guidance weight 1.5 a
+# logistic-mixture checkerboard coupling of the tiny Flow++ maps far into the transform's tails
+# (|y| ~ 60), where its numerical inverse comes back 8e-4 off, not 1e-10. Strict: the mark must
+# go when the inverse is fixed.
+GUIDED_INVERSE_OFF = {"flowpp": "logistic-mixture inverse 8e-4 off under guidance in the tails (a known defect)"}
+
+
+@pytest.mark.parametrize("name", ["coupling_channel", "class_prior", "tarflow_block", *[
+    pytest.param(arch, marks=pytest.mark.xfail(strict=True, reason=GUIDED_INVERSE_OFF[arch]))
+    if arch in GUIDED_INVERSE_OFF else arch for arch in ARCHS]])
 def test_guided_flow_is_a_bijection(name):
     # Guidance changes the map, not its exactness: the guided forward and inverse are one
     # bijection with the right log-det, also annealed over tokens.
@@ -168,17 +174,14 @@ def test_logit_preprocessing():
     check_flow(Logit(0.05), torch.rand(2, 2, 3, 3))
 
 
-BODIES = {  # every architecture's builder, tiny: a new architecture is one line here
-    "glow": lambda shape: build_glow(shape, levels=2, steps=2, hidden=8),
-    "realnvp": lambda shape: build_realnvp(shape, levels=2, steps=2, hidden=8, blocks=1),
-    "flowpp": lambda shape: build_flowpp(shape, levels=2, channel=(int(shape[0] > 1), 1), checkerboard=(1, 1),
-                                         hidden=8, blocks=1, coupling_options={"components": 2}),
-    "flowpp_split": lambda shape: build_flowpp((2 * shape[0], *shape[1:]), levels=2, channel=(0, 1),
-                                               checkerboard=(2, 1), split=True, hidden=8, blocks=1, coupling="spline"),
-    "tarflow": lambda shape: build_tarflow(shape, patch=2, blocks=3, layers=(2, 1, 1), width=16, heads=2),
-    "tarflow_patch1": lambda shape: build_tarflow(shape, patch=1, blocks=2, layers=(1,), width=8, heads=2),
-    "tarflow_additive": lambda shape: build_tarflow(shape, patch=2, blocks=2, layers=(1,), width=8, heads=2,
-                                                    scale="additive"),
+BODIES = {  # every registered architecture's builder, tiny (the registry's), and variants of some
+    **{arch: (lambda shape, arch=arch: tiny_body(arch, shape)) for arch in ARCHS},
+    "flowpp_channel_first": lambda shape: tiny_body("flowpp", shape, channel=(int(shape[0] > 1), 1)),
+    "flowpp_split": lambda shape: tiny_body("flowpp", (2 * shape[0], *shape[1:]), channel=(0, 1), checkerboard=(2, 1),
+                                            split=True, coupling="spline", coupling_options={}),
+    "tarflow_deep_last": lambda shape: tiny_body("tarflow", shape, depth=3, width=16, layers=(2, 1, 1)),
+    "tarflow_patch1": lambda shape: tiny_body("tarflow", shape, patch=1),
+    "tarflow_additive": lambda shape: tiny_body("tarflow", shape, scale="additive"),
 }
 
 
@@ -191,13 +194,13 @@ def test_body(arch, shape, device):
 
 
 def test_glow_with_standard_priors_and_permutations():
-    body = build_glow((1, 4, 4), levels=2, steps=1, hidden=4, coupling="additive",
-                      permutation="shuffle", split_prior="standard", learn_top=False)
+    body = build_glow((1, 4, 4), GlowConfig(levels=2, steps=1, hidden=4, coupling="additive",
+                                            permutation="shuffle", split_prior="standard", learn_top=False))
     check_flow(randomize(body), torch.randn(2, 1, 4, 4))
 
 
 def test_bodies_take_any_conditioner_by_name():
-    body = build_glow((1, 4, 4), levels=2, steps=1, hidden=4, conditioner="resnet", blocks=1)
+    body = build_glow((1, 4, 4), GlowConfig(levels=2, steps=1, hidden=4, conditioner="resnet", blocks=1))
     assert isinstance(body.levels[0].flow.flows[1].flows[2].net[2], ResidualBlock)
     check_flow(randomize(body), torch.randn(2, 1, 4, 4))
 
@@ -245,6 +248,6 @@ def test_checkerboard_state_dicts_from_before_the_mask_objects_load():
 
 
 def test_wrong_shape_names_both_shapes():
-    body = build_glow((1, 4, 4), levels=2, steps=1, hidden=4)
+    body = build_glow((1, 4, 4), GlowConfig(levels=2, steps=1, hidden=4))
     with pytest.raises(ValueError, match=r"expected shape \[B, 1, 4, 4\], got \[2, 1, 8, 8\]"):
         body(torch.randn(2, 1, 8, 8))

@@ -8,10 +8,13 @@ import math
 import typing
 
 import pytest
+from archs import ARCHS, arch_names, tiny_model
 from typer.testing import CliRunner
 
 from nfgen.cli import app
 from nfgen.config import Config, ConfigError, _section_type, config_from_dict
+from nfgen.config_parse import section_choices
+from nfgen.flows.architectures import architecture
 
 runner = CliRunner()
 HOSTILE = [math.nan, math.inf, -math.inf, -1, 2**64, "abc", [1], {"a": 1}, None]
@@ -22,16 +25,23 @@ BASE = {"name": "r", "data": {"dataset": "folder", "root": "data"},
 WANDB = ("train.wandb_project", "train.wandb_entity", "train.wandb_run_name")  # free-form W&B names
 VALID = {("name", "abc"), ("run_dir", "abc"), ("data.root", "abc"), ("train.sample_temperatures", (1,)),
          ("train.grad_clip", 2**64), *((key, "abc") for key in WANDB),
+         ("model.tarflow.layers", (1,)),  # one Transformer layer in every block
          ("train.fid_features", "abc"),  # a file name, checked when training starts (and only with fid_every)
          ("plugins", ("abc",))}  # a module name: the standard library's abc imports (a missing one: test_plugins.py)
 NULLABLE = {"train.max_time", *WANDB}  # null: no time budget; no W&B (project), its defaults (entity, run name)
 
 
 def _keys(cls: type, prefix: str, data: dict) -> list[str]:
-    """Every leaf key of a config section, descending into the sections ``data`` uses."""
+    """Every leaf key of a config section, descending into the sections ``data`` uses (of a
+    field holding one of several sections, ``model.<arch>``: the one ``data`` gives)."""
     keys = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        choices = section_choices(f)
+        for name in (n for n in choices if n in data):
+            keys += _keys(choices[name][0], f"{prefix}{name}.", data[name] or {})
+        if choices:
+            continue
         section = _section_type(hints[f.name])
         if section is None:
             keys.append(prefix + f.name)
@@ -51,8 +61,9 @@ def _with(data: dict, key: str, value) -> dict:
 
 
 def _arch_bases() -> list[dict]:
-    realnvp = _with(BASE, "model", {"arch": "realnvp", "image_shape": [1, 8, 8], "realnvp": {"levels": 2}})
-    return [BASE, realnvp]
+    """A valid config of every registered architecture (the registry's tiny model): the fuzz
+    walks every section's keys."""
+    return [BASE] + [_with(BASE, "model", tiny_model(arch, (1, 8, 8))) for arch in arch_names()]
 
 
 CASES = sorted({(key, repr(value)): (base, key, value) for base in _arch_bases()
@@ -63,7 +74,10 @@ CASES = sorted({(key, repr(value)): (base, key, value) for base in _arch_bases()
 def test_the_walk_covers_every_section():
     keys = {key for _, key, _ in CASES}
     assert {"train.lr", "train.seed", "data.num_workers", "model.glow.steps", "model.realnvp.blocks",
-            "dequantization.hidden", "model.glow.coupling_options"} <= keys
+            "dequantization.hidden", "model.glow.coupling_options", "model.tarflow.patch"} <= keys
+    for arch in ARCHS:  # every key of every registered architecture's section
+        fields = dataclasses.fields(architecture(arch).section)
+        assert {f"model.{arch}.{f.name}" for f in fields} <= keys, arch
 
 
 @pytest.mark.parametrize("base,key,value", CASES, ids=[f"{k}={v!r}" for _, k, v in CASES])

@@ -6,35 +6,23 @@ import math
 
 import pytest
 import torch
+from archs import ARCHS, dequantizer, tiny_model
 
 import nfgen
+from nfgen.flows.architectures import architecture
 
 # All 16 binary 1x2x2 images; with n_bits=1 the model keeps the top bit, so 0 and 255.
 IMAGES = torch.tensor(list(itertools.product([0, 255], repeat=4)), dtype=torch.uint8).view(16, 1, 2, 2)
-
-
-ARCHS = {  # a tiny body of each architecture for 1x2x2 images
-    "glow": {"levels": 1, "steps": 2, "hidden": 16},
-    "realnvp": {"levels": 1, "steps": 2, "hidden": 16, "blocks": 1},
-    "flowpp": {"levels": 1, "channel": [0], "checkerboard": [3], "hidden": 8, "blocks": 1,
-               "coupling_options": {"components": 3}},
-    "tarflow": {"patch": 1, "blocks": 2, "layers": [1], "width": 16, "heads": 2},  # 4 tokens of 1 pixel
-}
-DEQUANTIZERS = {  # variational: Flow++'s own kind of flow for flowpp
-    "glow": {"steps": 2, "hidden": 8},
-    "realnvp": {"steps": 2, "hidden": 8},
-    "flowpp": {"steps": 2, "hidden": 8, "conditioner": "attention", "coupling": "logistic_mixture",
-               "coupling_options": {"components": 2}},
-    "tarflow": {"steps": 2, "hidden": 8},
-}
 
 
 def _trained_model(arch, preprocess, dequantization):
     """A briefly trained model, so q(eps|x) is close to the posterior and the importance-weighted
     estimate converges; a random model would need far more draws."""
     model = nfgen.build_model({
-        "model": {"arch": arch, "image_shape": [1, 2, 2], "n_bits": 1, "preprocess": preprocess, arch: ARCHS[arch]},
-        "dequantization": {"kind": dequantization, **DEQUANTIZERS[arch]},
+        # A tiny body of the architecture for 1x2x2 images (the registry's), and a variational
+        # dequantizer of its own kind (Flow++: its couplings).
+        "model": {**tiny_model(arch, [1, 2, 2], depth=2, width=16), "n_bits": 1, "preprocess": preprocess},
+        "dequantization": dequantizer(arch, kind=dequantization),
     })
     probs = torch.softmax(torch.randn(16), 0)
     opt = torch.optim.Adam(model.parameters(), 5e-3)
@@ -47,8 +35,10 @@ def _trained_model(arch, preprocess, dequantization):
     return model.eval()
 
 
-CASES = [("glow", p, d) for p in ("shift", "logit") for d in ("uniform", "variational")]
-CASES += [("realnvp", "logit", "variational"), ("flowpp", "logit", "variational"), ("tarflow", "shift", "uniform")]
+# Every registered architecture with its preprocessing and a variational dequantizer (the bound
+# with a learned q), and Glow with every other combination.
+CASES = [(arch, architecture(arch).preprocess, "variational") for arch in ARCHS]
+CASES += [("glow", p, d) for p in ("shift", "logit") for d in ("uniform", "variational") if ("glow", p, d) not in CASES]
 
 
 @pytest.mark.parametrize("arch,preprocess,dequantization", CASES)

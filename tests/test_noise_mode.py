@@ -5,7 +5,7 @@ on a trained model, the refusal of bits/dim, the command line end to end, the co
 import pytest
 import torch
 import yaml
-from archs import TINY, tiny_model
+from archs import ARCHS, tiny_model
 from datasets import digits, write_image_folder
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -80,7 +80,7 @@ def test_tweedie_step_is_the_exact_gaussian_posterior_mean():
     assert torch.allclose(own, mu + (u - mu) @ (torch.eye(d) - SIGMA**2 * sigma_inv).T, atol=1e-9)
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_score_is_the_gradient_of_the_log_density_in_every_architecture(arch):
     torch.manual_seed(1)
     model = nfgen.build_model(gaussian(arch))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from nfgen.cli import app
 from nfgen.density2d.estimates import QuadratureError, quadrature_log_z
 from nfgen.density2d.targets import ENERGIES, build_target
+from nfgen.errors import NotALikelihoodError
 
 runner = CliRunner()
 
@@ -54,7 +55,7 @@ def test_race_refuses_a_gaussian_noise_contender_before_any_runs(race, tmp_path,
     monkeypatch.setattr(race, "spawn", lambda spec: pytest.fail("a contender started"))
     argv = ["--budget", "5", "--data", str(tmp_path / "mnist"), "--config", "tarflow_mnist.yaml",
             "--set", "dequantization.kind=gaussian", "--set", "dequantization.sigma=0.05"]
-    assert race.main(argv) == 2
+    assert race.main(argv) == NotALikelihoodError.exit_code  # as eval-bpd exits on such a model
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Gaussian noise" in err and "no bits/dim" in err
     # The worker, the path every nfgen contender takes, refuses too (a spec written by hand).

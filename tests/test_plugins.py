@@ -62,6 +62,35 @@ PLUGINS: dict[str, tuple[str, dict]] = {
                 return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), last)
             return build
         ''', {"model": {"glow": {"coupling": "softplus_affine", "conditioner": "two_conv"}}}),
+    "my_nice": ('''
+        """NICE (Dinh, Krueger & Bengio, 2014) as arch nice: its section, builder and registration in
+        one module outside nfgen: additive checkerboard couplings, then a diagonal scaling."""
+        from dataclasses import dataclass
+
+        from nfgen import ArchSection, CouplingSpec, register_architecture
+        from nfgen.config_keys import opt
+        from nfgen.flows.base import Sequential
+        from nfgen.flows.coupling import CheckerboardMask, Coupling
+        from nfgen.flows.multiscale import Level, MultiScaleFlow
+        from nfgen.flows.priors import LearnedGaussian
+
+
+        def build_nice(shape, section, context_dim=0):
+            c, h, w = shape
+            net = section.net()
+            flows = [Coupling(CheckerboardMask(c, (h, w), parity=k % 2), net, section.transform(), context_dim)
+                     for k in range(section.couplings)]
+            return MultiScaleFlow([Level(Sequential(*flows, LearnedGaussian(shape)), shape, shape, split=False)])
+
+
+        @register_architecture("nice", build=build_nice, help="NICE (Dinh et al., 2014): arch nice's options",
+                               tiny=lambda shape, depth, width: {"couplings": 2 * depth, "hidden": width})
+        @dataclass(frozen=True)
+        class NiceConfig(CouplingSpec, ArchSection):
+            couplings: int = opt(4, "additive couplings, alternating checkerboard parity")
+            coupling: str = opt("additive", "NICE: additive")
+        ''', {"model": {"arch": "nice", "glow": None, "nice": {"couplings": 2, "hidden": 8, "coupling": "softplus_affine",
+                                                            "conditioner": "two_conv"}}}),
 }
 
 

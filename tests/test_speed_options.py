@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from archs import TINY, tiny_model
+from archs import ARCHS, tiny_model
 from flow_harness import randomize
 
 import nfgen
@@ -29,7 +29,7 @@ def _pair(arch: str, dequantization: str):
 
 
 @pytest.mark.parametrize("dequantization", ["uniform", "variational"])
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_memory_saving_gives_identical_gradients(arch, dequantization):
     # Uniform noise: the body's input needs no gradient, so the chain's parameters are its only
     # differentiable inputs. The reconstruction is exact up to round-off.
@@ -49,7 +49,7 @@ def test_memory_saving_gives_identical_gradients(arch, dequantization):
     assert all(lv.flow.memory_saving for lv in saving.body.levels)
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_autocast_keeps_bits_per_dim_within_noise(arch):
     torch.set_default_dtype(torch.float32)  # autocast casts float32, as in real training
     model = randomize(nfgen.build_model({"model": tiny_model(arch, (3, 8, 8), width=16)}), 0.05)
@@ -69,7 +69,7 @@ def test_bf16_autocast_keeps_bits_per_dim_within_noise(arch):
     assert all(z.dtype == torch.float32 for z in zs)  # the flow's own maps ran in float32
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_memory_saving_keeps_activation_memory_flat_in_depth(arch):
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
 

@@ -9,6 +9,7 @@ from flow_harness import randomize
 import nfgen
 from nfgen.config import ConfigError, config_from_dict
 from nfgen.flows.tarflow import AutoregressiveBlock, build_tarflow, set_kv_cache
+from nfgen.flows.tarflow_section import TarflowConfig
 
 
 def _model(**section):
@@ -59,7 +60,7 @@ def test_log_scales_stay_bounded_whatever_the_parameters():
 
 def test_layers_per_block_give_the_deep_shallow_design():
     # STARFlow's layout: shallow blocks next to the data, the deep one last (next to the latent).
-    body = build_tarflow((1, 8, 8), patch=2, blocks=4, layers=(1, 1, 1, 3), width=8, heads=2)
+    body = build_tarflow((1, 8, 8), TarflowConfig(patch=2, blocks=4, layers=(1, 1, 1, 3), width=8, heads=2))
     blocks = [f for f in body.levels[0].flow.flows if isinstance(f, AutoregressiveBlock)]
     assert [len(b.net.layers) for b in blocks] == [1, 1, 1, 3]
     assert [b.reverse for b in blocks] == [False, True, False, True]

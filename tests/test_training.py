@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from archs import TINY, tiny_model
+from archs import ARCHS, dequantizer, tiny_model
 from datasets import digits, write_image_folder
 from run_checks import assert_same_weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,15 +19,12 @@ def _digits_tensor() -> torch.Tensor:
     return torch.from_numpy(digits(8)).unsqueeze(1)  # uint8 [1797, 1, 8, 8], real handwriting
 
 
-@pytest.mark.parametrize("arch", ["glow", "realnvp"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_short_optimisation_lowers_test_bits_per_dim(arch):
     torch.set_default_dtype(torch.float32)  # speed: this is a training run, not a precision check
     images = _digits_tensor()
     train_x, test_x = images[:1500], images[1500:]
-    model = nfgen.build_model({"model": {
-        "arch": arch, "image_shape": [1, 8, 8], "n_bits": 5, "preprocess": "shift" if arch == "glow" else "logit",
-        arch: {"levels": 2, "steps": 4 if arch == "glow" else 2, "hidden": 32,
-               **({"blocks": 1} if arch == "realnvp" else {})}}})
+    model = nfgen.build_model({"model": {**tiny_model(arch, (1, 8, 8), depth=3, width=32), "n_bits": 5}})
     opt = torch.optim.Adam(model.parameters(), 2e-3)
     model.train()
     model.bits_per_dim(train_x[:256])  # actnorm's data-dependent initialisation
@@ -50,15 +47,12 @@ def test_short_optimisation_lowers_test_bits_per_dim(arch):
     assert math.isfinite(after) and after < 0.75 * before
 
 
-DEQUANTIZERS = {"flowpp": {"conditioner": "attention", "coupling": "logistic_mixture"}}  # Flow++'s own kind
-
-
 def _run_config(root, run_dir, max_steps, arch="glow", **train):
     return config_from_dict({
         "name": "resume", "run_dir": str(run_dir),
         "data": {"dataset": "folder", "root": str(root), "num_workers": 0},
         "model": {**tiny_model(arch, (1, 8, 8)), "n_bits": 5},
-        "dequantization": {"kind": "variational", "steps": 2, "hidden": 4, **DEQUANTIZERS.get(arch, {})},
+        "dequantization": dequantizer(arch, hidden=4),  # of the architecture's own kind
         "train": {"device": "cpu", "batch_size": 16, "max_steps": max_steps, "warmup_steps": 3,
                   "log_every": 1, "eval_every": 4, "sample_every": 100, "checkpoint_every": 100,
                   "ema_decay": 0.9, "eval_batches": 1, "seed": 7, **train},
@@ -71,7 +65,7 @@ def _scalars(run_dir, tag):
     return {e.step: e.value for e in acc.Scalars(tag)}
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_resumed_run_equals_uninterrupted_run(tmp_path, arch):
     # 40 train images and batch 16: an epoch is 2 steps, so the stop falls mid-epoch and the
     # resumed run must also restore the data order, the noise RNG, the EMA and the schedule.

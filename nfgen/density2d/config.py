@@ -107,7 +107,7 @@ def _check(cond: bool, message: str) -> None:
 
 
 def _validate_flow(f: FlowConfig) -> None:
-    from nfgen.config import _check_choice  # the image configs' check of a named transform
+    from nfgen.flows.section import _check_choice  # the image configs' check of a named transform
 
     _check(1 <= f.layers <= 1024, f"flow.layers must be in 1..1024, got {f.layers}")
     _check(1 <= f.hidden <= 65536, f"flow.hidden must be in 1..65536, got {f.hidden}")

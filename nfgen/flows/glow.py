@@ -9,8 +9,9 @@ from nfgen.flows.actnorm import ActNorm
 from nfgen.flows.base import Flow, Sequential
 from nfgen.flows.conv1x1 import InvConv1x1, InvConv1x1LU, Permute
 from nfgen.flows.coupling import ChannelMask, Coupling
-from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
-from nfgen.flows.nets import NetFactory, make_conditioner
+from nfgen.flows.glow_section import GlowConfig
+from nfgen.flows.multiscale import MultiScaleFlow, Shape, squeezed, stack_levels
+from nfgen.flows.nets import NetFactory
 from nfgen.flows.priors import LearnedGaussian, SplitPrior
 from nfgen.flows.reshape import Squeeze
 from nfgen.flows.transforms import make_transform
@@ -35,32 +36,24 @@ def glow_step(channels: int, net: NetFactory, coupling: str = "affine", permutat
     )
 
 
-def build_glow(shape: Shape, levels: int, steps: int, hidden: int, coupling: str = "affine",
-               permutation: str = "conv1x1_lu", split_prior: str = "learned", learn_top: bool = True,
-               conditioner: str = "glow", blocks: int = 1, coupling_options: Mapping[str, Any] | None = None,
-               conditioner_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> MultiScaleFlow:
-    """``levels`` x [squeeze -> ``steps`` steps of flow -> split], no split after the last.
+def build_glow(shape: Shape, section: GlowConfig, context_dim: int = 0) -> MultiScaleFlow:
+    """``section.levels`` x [squeeze -> ``section.steps`` steps of flow -> split], no split after
+    the last (the options: ``GlowConfig``, the config's ``model.glow``).
 
-    Couplings use the registered elementwise transform ``coupling`` (with ``coupling_options``)
-    and the registered ``conditioner`` of width ``hidden`` and depth ``blocks`` (Glow's own net
-    has one hidden 1x1 layer), with its extra ``conditioner_options``. The keyword names are
-    those of the config's ``model.glow`` section; ``context_dim`` is the size of the class
-    embedding the couplings and split priors see (0: unconditional). Memory saving and channels-last are applied to
-    the built model (``set_memory_saving``, ``set_channels_last``), not chosen here."""
-    net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
-    c, h, w = shape
-    built = []
-    for i in range(levels):
-        in_shape = (c, h, w)
-        c, h, w = 4 * c, h // 2, w // 2
+    Couplings use the section's registered transform and conditioner (``CouplingSpec``: Glow's
+    own net has one hidden 1x1 layer); ``context_dim`` is the size of the class embedding the
+    couplings and split priors see (0: unconditional). Memory saving and channels-last are
+    applied to the built model (``set_memory_saving``, ``set_channels_last``), not chosen here."""
+    s, net = section, section.net()
+
+    def level(i: int, in_shape: Shape, last: bool) -> tuple[list[Flow], Shape]:
+        c, h, w = out_shape = squeezed(in_shape)
         flows: list[Flow] = [Squeeze()]
-        flows += [glow_step(c, net, coupling, permutation, coupling_options, context_dim) for _ in range(steps)]
-        last = i == levels - 1
-        if not last and split_prior == "learned":
+        flows += [glow_step(c, net, s.coupling, s.permutation, s.coupling_options, context_dim) for _ in range(s.steps)]
+        if not last and s.split_prior == "learned":
             flows.append(SplitPrior(c, context_dim))
-        if last and learn_top:
-            flows.append(LearnedGaussian((c, h, w)))
-        built.append(Level(Sequential(*flows), in_shape, (c, h, w), split=not last))
-        if not last:
-            c //= 2
-    return MultiScaleFlow(built)
+        if last and s.learn_top:
+            flows.append(LearnedGaussian(out_shape))
+        return flows, out_shape
+
+    return stack_levels(shape, s.levels, level)

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from nfgen.flows.base import Flow, cascade
+from nfgen.flows.base import Flow, Sequential, cascade
 
 Shape = tuple[int, int, int]
 
@@ -86,3 +87,27 @@ class MultiScaleFlow(nn.Module):
             self._check(f"latent {i}", shape, z.shape)
         factored = list(zs[:-1])
         return cascade(zs[-1], [partial(level.inverse, factored=factored) for level in reversed(self.levels)], context)
+
+
+def squeezed(shape: Shape) -> Shape:
+    """The shape after a 2x2 squeeze: four times the channels, half the height and width."""
+    c, h, w = shape
+    return (4 * c, h // 2, w // 2)
+
+
+# A level's flows and its output shape, from its index, input shape and whether it is the last.
+LevelFlows = Callable[[int, Shape, bool], tuple[list[Flow], Shape]]
+
+
+def stack_levels(shape: Shape, levels: int, level: LevelFlows, split: bool = True) -> MultiScaleFlow:
+    """``levels`` levels from an image of ``shape``: ``level(i, in_shape, last)`` gives level
+    ``i``'s flows and output shape; with ``split``, each level but the last factors half its
+    channels out, and the next level starts from the half it keeps. The loop every multi-scale
+    builder (Glow, RealNVP, Flow++) shares."""
+    built = []
+    for i in range(levels):
+        last = i == levels - 1
+        flows, out_shape = level(i, shape, last)
+        built.append(Level(Sequential(*flows), shape, out_shape, split=split and not last))
+        shape = built[-1].kept_shape
+    return MultiScaleFlow(built)

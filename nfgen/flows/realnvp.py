@@ -2,47 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from nfgen.flows.base import Flow, Sequential
+from nfgen.flows.base import Flow
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
-from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
-from nfgen.flows.nets import make_conditioner
+from nfgen.flows.multiscale import MultiScaleFlow, Shape, squeezed, stack_levels
+from nfgen.flows.realnvp_section import RealNVPConfig
 from nfgen.flows.reshape import Squeeze
-from nfgen.flows.transforms import make_transform
 
 
-def build_realnvp(shape: Shape, levels: int, steps: int = 3, hidden: int = 64, blocks: int = 8,
-                  coupling: str = "affine", conditioner: str = "resnet",
-                  coupling_options: Mapping[str, Any] | None = None,
-                  conditioner_options: Mapping[str, Any] | None = None, context_dim: int = 0) -> MultiScaleFlow:
+def build_realnvp(shape: Shape, section: RealNVPConfig, context_dim: int = 0) -> MultiScaleFlow:
     """Each scale but the last: ``steps`` checkerboard couplings, squeeze, ``steps`` channel
     couplings, split. The last scale: ``steps + 1`` checkerboard couplings (the paper: 3, 3, 4).
     Parities alternate so every dimension is transformed.
 
-    Couplings use the registered elementwise transform ``coupling`` (with ``coupling_options``)
-    and the registered ``conditioner`` of width ``hidden`` and depth ``blocks`` (RealNVP's: a
-    resnet of ``blocks`` residual blocks), with its extra ``conditioner_options``. The keyword
-    names are those of the config's ``model.realnvp`` section; ``context_dim`` is the size of the
-    class embedding the couplings' nets see (0: unconditional)."""
-    net = make_conditioner(conditioner, hidden, blocks, **(conditioner_options or {}))
+    Couplings use the section's registered transform and conditioner (``CouplingSpec``:
+    RealNVP's is a resnet of ``blocks`` residual blocks); the options are ``RealNVPConfig``, the
+    config's ``model.realnvp``; ``context_dim`` is the size of the class embedding the couplings'
+    nets see (0: unconditional)."""
+    s, net = section, section.net()
 
     def make_coupling(mask: ChannelMask | CheckerboardMask) -> Coupling:
-        return Coupling(mask, net, make_transform(coupling, **(coupling_options or {})), context_dim)
+        return Coupling(mask, net, s.transform(), context_dim)
 
-    c, h, w = shape
-    built = []
-    for i in range(levels):
-        in_shape = (c, h, w)
-        last = i == levels - 1
-        n_checker = steps + 1 if last else steps
+    def level(i: int, in_shape: Shape, last: bool) -> tuple[list[Flow], Shape]:
+        c, h, w = in_shape
+        n_checker = s.steps + 1 if last else s.steps
         flows: list[Flow] = [make_coupling(CheckerboardMask(c, (h, w), parity=k % 2)) for k in range(n_checker)]
-        if not last:
-            c, h, w = 4 * c, h // 2, w // 2
-            flows.append(Squeeze())
-            flows += [make_coupling(ChannelMask(c, parity=k % 2)) for k in range(steps)]
-        built.append(Level(Sequential(*flows), in_shape, (c, h, w), split=not last))
-        if not last:
-            c //= 2
-    return MultiScaleFlow(built)
+        if last:
+            return flows, in_shape
+        out_shape = squeezed(in_shape)
+        flows.append(Squeeze())
+        flows += [make_coupling(ChannelMask(out_shape[0], parity=k % 2)) for k in range(s.steps)]
+        return flows, out_shape
+
+    return stack_levels(shape, s.levels, level)

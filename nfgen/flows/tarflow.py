@@ -11,7 +11,6 @@ stack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from nfgen.flows.base import Flow, Sequential
 from nfgen.flows.conditioning import Guided
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
 from nfgen.flows.priors import LearnedGaussian
+from nfgen.flows.tarflow_section import TarflowConfig
 from nfgen.flows.transformer import CausalTransformer, KVCache
 
 
@@ -179,17 +179,17 @@ def set_kv_cache(module: nn.Module, on: bool) -> None:
             m.kv_cache = on
 
 
-def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequence[int] = (8,), width: int = 768,
-                  heads: int = 12, mlp_ratio: int = 4, scale: str = "affine", max_log_scale: float = 4.0,
-                  context_dim: int = 0) -> MultiScaleFlow:
+def build_tarflow(shape: Shape, section: TarflowConfig, context_dim: int = 0) -> MultiScaleFlow:
     """Patchify, then ``blocks`` autoregressive blocks alternating direction. ``layers`` is one
     count for every block, or one per block, in data-to-latent order: STARFlow's deep-shallow
     design (Gu et al., 2025) is ``[2, 2, 2, 8]``: shallow blocks next to the data and one deep
     block last, next to the latent, where generation starts (apple/ml-starflow runs its deep
-    "top" block last in the forward pass and first when sampling). The latent is the patchified image. The keyword names are
-    those of the config's ``model.tarflow`` section; ``context_dim`` is the size of the class
-    embedding every block sees (0: unconditional)."""
-    layers = list(layers)
+    "top" block last in the forward pass and first when sampling). The latent is the patchified
+    image. The options are ``TarflowConfig``, the config's ``model.tarflow``; ``context_dim`` is
+    the size of the class embedding every block sees (0: unconditional)."""
+    s = section
+    patch, blocks, scale = s.patch, s.blocks, s.scale
+    layers = list(s.layers)
     if len(layers) == 1:
         layers *= blocks
     if len(layers) != blocks:
@@ -199,8 +199,8 @@ def build_tarflow(shape: Shape, patch: int = 2, blocks: int = 8, layers: Sequenc
         raise ValueError(f"patches of {patch}x{patch} do not tile a {h}x{w} image")
     d, size = c * patch * patch, (h // patch, w // patch)
     flows: list[Flow] = [Patchify(patch)] + [
-        AutoregressiveBlock(d, size, width, n, heads, reverse=k % 2 == 1, scale=scale, max_log_scale=max_log_scale,
-                            mlp_ratio=mlp_ratio, context_dim=context_dim)
+        AutoregressiveBlock(d, size, s.width, n, s.heads, reverse=k % 2 == 1, scale=scale,
+                            max_log_scale=s.max_log_scale, mlp_ratio=s.mlp_ratio, context_dim=context_dim)
         for k, n in enumerate(layers)
     ]
     if scale == "additive":

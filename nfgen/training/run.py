@@ -11,6 +11,7 @@ import yaml
 
 from nfgen.atomic import atomic_write_text
 from nfgen.config import Config
+from nfgen.config_parse import field_key
 from nfgen.costs import Memory, available_memory
 from nfgen.data import load_split
 from nfgen.devices import resolve_device
@@ -41,7 +42,7 @@ def _changed(new: object, old: object, where: str) -> list[str]:
     if not (dataclasses.is_dataclass(new) and dataclasses.is_dataclass(old)) or type(new) is not type(old):
         return [where] if new != old else []
     return [k for f in dataclasses.fields(old) for k in _changed(getattr(new, f.name), getattr(old, f.name),
-                                                                  f"{where}.{f.name}")]
+                                                                  f"{where}.{field_key(old, f)}")]
 
 
 def check_resumable(cfg: Config, saved: Config, path: Path) -> None:
