@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.setuptools.dynamic)
 
 # public name -> the module that defines it
-_LAZY = {"Config": "nfgen.config", "load_config": "nfgen.config", "ImageFlow": "nfgen.model",
-         "build_model": "nfgen.model",
+_LAZY = {"Config": "nfgen.config.schema", "load_config": "nfgen.config.schema", "ImageFlow": "nfgen.model.image_flow",
+         "build_model": "nfgen.model.image_flow",
          # What a plugin module (docs/plugins.md) registers with, and the base class of a transform.
          # register_dataset joins here, from its registry's module.
          "register_transform": "nfgen.flows.transforms", "ElementwiseTransform": "nfgen.flows.transforms",
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 
     import torch
 
-    from nfgen.config import Config, load_config
+    from nfgen.config.schema import Config, load_config
     from nfgen.flows.architectures import register_architecture
     from nfgen.flows.nets import register_conditioner
     from nfgen.flows.section import ArchSection, CouplingSpec, MultiScaleSection
     from nfgen.flows.transforms import ElementwiseTransform, register_transform
-    from nfgen.model import ImageFlow, build_model
+    from nfgen.model.image_flow import ImageFlow, build_model
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> ImageFlow:

@@ -1,3 +1,3 @@
-from nfgen.cli import main
+from nfgen.cli.app import main
 
 main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from nfgen.model import ImageFlow
+from nfgen.model.image_flow import ImageFlow
 from nfgen.training.checkpoint import class_names_of, model_from_checkpoint
 
 
@@ -18,7 +18,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", ema: bool = True)
     Raises ``CheckpointError`` with a one-line message for anything that is not a model."""
     path = Path(path)
     if path.is_dir():
-        from nfgen.export import read_export
+        from nfgen.training.export import read_export
 
         model, cfg, names = read_export(path, device)
     else:

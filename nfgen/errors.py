@@ -1,7 +1,7 @@
 """The errors a user can cause, by what went wrong: one base class, ``UserError``, whose
 ``exit_code`` is the process's exit status, and one subclass per meaning. The command line and
 the scripts turn any of them into one line on stderr and that exit code
-(``nfgen.cli_support.user_errors``); the Python API raises them as they are.
+(``nfgen.cli.support.user_errors``); the Python API raises them as they are.
 
 An exception class defined anywhere else in ``nfgen`` is internal: a caller in the package catches
 it and raises one of these with the context the user needs (``tests/test_errors.py`` checks both).

@@ -55,10 +55,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from nfgen import build_model, load_config
-from nfgen.cli_support import script_main
-from nfgen.config import Config, validate
+from nfgen.cli.support import script_main
+from nfgen.config.schema import Config, validate
+from nfgen.model.image_flow import initialize
 from nfgen.training.memory import saved_activation_bytes
-from nfgen.training.step import MicroBatch, autocast, initialize, make_forward, make_optimizer, train_step
+from nfgen.training.step import MicroBatch, autocast, make_forward, make_optimizer, train_step
 
 DIFFERENCES = """\
 Same shape, different details (why the parameter counts differ):

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nfgen.cli_support import script_main
-from nfgen.config import load_config  # noqa: E402
+from nfgen.cli.support import script_main
+from nfgen.config.schema import load_config  # noqa: E402
 from nfgen.flows.tarflow import set_kv_cache  # noqa: E402
-from nfgen.model import ImageFlow, build_model  # noqa: E402
+from nfgen.model.image_flow import ImageFlow, build_model  # noqa: E402
 from nfgen.training.checkpoint import model_from_checkpoint  # noqa: E402
 
 

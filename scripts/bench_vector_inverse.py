@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from nfgen.cli_support import script_main
+from nfgen.cli.support import script_main
 from nfgen.flows.base import Sequential
 from nfgen.flows.vector import Planar, Radial
 

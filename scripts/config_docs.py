@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nfgen.cli_config import with_reference
-from nfgen.cli_support import script_main
+from nfgen.cli.config_verb import with_reference
+from nfgen.cli.support import script_main
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configs.md"
 

@@ -18,8 +18,8 @@ import sys
 
 import torch
 
-from nfgen.cli_support import script_main
-from nfgen.data import load_split
+from nfgen.cli.support import script_main
+from nfgen.datasets.loading import load_split
 from nfgen.training.checkpoint import model_from_checkpoint
 
 

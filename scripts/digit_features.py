@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfgen.cli_support import script_main
-from nfgen.config import load_config
-from nfgen.data import load_split
-from nfgen.labels import take
+from nfgen.cli.support import script_main
+from nfgen.config.schema import load_config
+from nfgen.datasets.labels import take
+from nfgen.datasets.loading import load_split
 
 
 class DigitNet(nn.Module):

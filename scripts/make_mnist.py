@@ -2,7 +2,7 @@
 
 import sys
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 
 if __name__ == "__main__":
     app(["data", "mnist", *sys.argv[1:]], prog_name="nfgen")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nfgen.cli_support import script_main
+from nfgen.cli.support import script_main
 
 N_TRAIN = 1500  # nfgen data digits's split: the inverted set uses the held-out digits
 

@@ -23,8 +23,9 @@ import sys
 import torch
 
 from nfgen import build_model, load_config
-from nfgen.cli_support import script_main
-from nfgen.training.step import initialize, make_forward, make_optimizer, train_step
+from nfgen.cli.support import script_main
+from nfgen.model.image_flow import initialize
+from nfgen.training.step import make_forward, make_optimizer, train_step
 
 # Self-CPU rows that are the step's real work: convolutions (oneDNN's and aten's) and matrix
 # products, forward and backward.

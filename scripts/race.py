@@ -59,11 +59,11 @@ from pathlib import Path
 import torch
 
 from nfgen import load_config
-from nfgen.cli_support import script_main
-from nfgen.config import Config, config_from_dict, parse_duration
-from nfgen.data import load_split
+from nfgen.cli.support import script_main
+from nfgen.config.schema import Config, config_from_dict, parse_duration
+from nfgen.datasets.loading import load_split
 from nfgen.errors import ConfigError, DataError, DeviceError, DivergenceError, MissingExtraError, UserError
-from nfgen.evaluate import check_likelihood
+from nfgen.tasks.evaluate import check_likelihood
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint, model_from_checkpoint
 from nfgen.training.run import train

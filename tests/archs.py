@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nfgen.config_parse import _build
+from nfgen.config.parse import _build
 from nfgen.flows.architectures import architecture, architecture_names
 
 

@@ -51,9 +51,9 @@ _MIGRATED: list = []  # the model sections migrated from flat keys since the las
 
 @pytest.fixture(scope="session", autouse=True)
 def _watch_legacy_model_keys():
-    import nfgen.config
+    import nfgen.config.schema
 
-    migrate = nfgen.config._migrate_model  # renamed or moved? follow it here
+    migrate = nfgen.config.schema._migrate_model  # renamed or moved? follow it here
 
     def watched(data, *args, **kwargs):
         out = migrate(data, *args, **kwargs)
@@ -61,9 +61,9 @@ def _watch_legacy_model_keys():
             _MIGRATED.append(data.get("model"))
         return out
 
-    nfgen.config._migrate_model = watched
+    nfgen.config.schema._migrate_model = watched
     yield
-    nfgen.config._migrate_model = migrate
+    nfgen.config.schema._migrate_model = migrate
 
 
 @pytest.fixture(autouse=True)

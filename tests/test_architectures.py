@@ -16,9 +16,9 @@ from flow_harness import check_flow, randomize
 from typer.testing import CliRunner
 
 import nfgen
-from nfgen.cli import app
-from nfgen.config import Config, ConfigError, config_from_dict
-from nfgen.config_keys import keys, opt
+from nfgen.cli.app import app
+from nfgen.config.keys import keys, opt
+from nfgen.config.schema import Config, ConfigError, config_from_dict
 from nfgen.flows import architectures
 from nfgen.flows.architectures import architecture_names, register_architecture
 from nfgen.flows.base import Sequential
@@ -26,7 +26,7 @@ from nfgen.flows.coupling import CheckerboardMask, Coupling
 from nfgen.flows.multiscale import Level, MultiScaleFlow, Shape
 from nfgen.flows.priors import LearnedGaussian
 from nfgen.flows.section import ArchSection, CouplingSpec, check, coupling_field
-from nfgen.model import ARCHITECTURES
+from nfgen.model.image_flow import ARCHITECTURES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ from datasets import digits, write_image_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.config import ConfigError, config_from_dict, parse_duration
+from nfgen.cli.app import app
+from nfgen.config.schema import ConfigError, config_from_dict, parse_duration
 from nfgen.training.budget import RESERVE, STEP_WINDOW, Budget, format_seconds
 from nfgen.training.checkpoint import CheckpointError, Progress, load_checkpoint, training_state
 from nfgen.training.distributed import Rank

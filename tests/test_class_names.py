@@ -15,9 +15,9 @@ from test_labels import write_classes
 from typer.testing import CliRunner
 from verbs import checkpoint_verbs
 
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.model import build_model
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import save_checkpoint
 
 runner = CliRunner()

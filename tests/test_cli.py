@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 from verbs import checkpoint_verbs, verbs
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 
 runner = CliRunner()
 
@@ -185,7 +185,7 @@ def test_missing_mnist_says_what_to_do(tmp_path):
 
 
 def test_shipped_configs_load_by_bare_name():
-    from nfgen.config import load_config, shipped_configs
+    from nfgen.config.schema import load_config, shipped_configs
 
     names = shipped_configs()
     assert {"glow_cifar.yaml", "realnvp_cifar.yaml", "glow_mnist.yaml", "realnvp_mnist.yaml",

@@ -8,9 +8,9 @@ import torch
 from archs import ARCHS, tiny_model
 
 import nfgen
-from nfgen.config import ConfigError, config_from_dict
+from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.flows.tarflow import set_kv_cache
-from nfgen.generate import class_rows
+from nfgen.tasks.generate import class_rows
 
 # All 16 binary 1x2x2 images; with n_bits=1 the model keeps the top bit, so 0 and 255.
 IMAGES = torch.tensor(list(itertools.product([0, 255], repeat=4)), dtype=torch.uint8).view(16, 1, 2, 2)

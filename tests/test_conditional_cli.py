@@ -17,13 +17,13 @@ from archs import ARCHS, tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from nfgen.classify import classify, format_confusion
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.data import Labelled, load_split, make_loader
-from nfgen.evaluate import class_log_probs, conditional_bpd, evaluate_bpd
-from nfgen.generate import interpolate, same_class_pairs
-from nfgen.model import build_model
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.datasets.loading import Labelled, load_split, make_loader
+from nfgen.model.image_flow import build_model
+from nfgen.tasks.classify import classify, format_confusion
+from nfgen.tasks.evaluate import class_log_probs, conditional_bpd, evaluate_bpd
+from nfgen.tasks.generate import interpolate, same_class_pairs
 from nfgen.training.checkpoint import model_from_checkpoint
 from nfgen.training.logging import NullLogger
 from nfgen.training.trainer import Trainer

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.cli_config import BEGIN, DOCS_COMMAND, END, reference_block, with_reference
-from nfgen.config import Config, load_config
-from nfgen.config_keys import keys, opt, text_listing
-from nfgen.config_parse import _section_type, section_choices
+from nfgen.cli.app import app
+from nfgen.cli.config_verb import BEGIN, DOCS_COMMAND, END, reference_block, with_reference
+from nfgen.config.keys import keys, opt, text_listing
+from nfgen.config.parse import _section_type, section_choices
+from nfgen.config.schema import Config, load_config
 from nfgen.density2d.config import Density2DConfig
 from nfgen.density2d.config import load_config as load_2d
 from nfgen.flows.architectures import architecture_names, architecture_sections
@@ -29,7 +29,7 @@ def nfgen(*args: str):
 
 
 def _leaves(cls: type, prefix: str = "") -> list[str]:
-    """Every plain key of a config tree, independently of nfgen.config_keys (a field holding one
+    """Every plain key of a config tree, independently of nfgen.config.keys (a field holding one
     of several sections: every registered one)."""
     hints = typing.get_type_hints(cls)
     out = []

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import nfgen
-from nfgen.config import load_config, shipped_configs
-from nfgen.training.step import MicroBatch, initialize, make_optimizer, train_step
+from nfgen.config.schema import load_config, shipped_configs
+from nfgen.model.image_flow import initialize
+from nfgen.training.step import MicroBatch, make_optimizer, train_step
 
 # Flow++ at the paper's size costs ~40 GFLOPs per image forward (attention over 1,024 pixels in
 # every block): its training steps here use the same config at a fraction of the width and depth.
@@ -86,7 +87,7 @@ OLD_REALNVP = {  # the layout nfgen wrote before per-architecture sections: ever
 
 @pytest.mark.legacy_keys
 def test_old_flat_configs_and_checkpoints_still_load(tmp_path):
-    from nfgen.config import ConfigError, config_from_dict
+    from nfgen.config.schema import ConfigError, config_from_dict
     from nfgen.training.checkpoint import model_from_checkpoint, save_checkpoint
 
     old = {"model": OLD_REALNVP}

@@ -1,5 +1,5 @@
 """Class A of the second red team: what nfgen keeps between runs is keyed by the content that
-produced it (``nfgen.fingerprint``), never by a name. The test changes the content under an
+produced it (``nfgen.datasets.fingerprint``), never by a name. The test changes the content under an
 unchanged name and shows the kept value is not used."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from datasets import digits, write_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.cli_support import load_trained
-from nfgen.config import config_from_dict
-from nfgen.fingerprint import Fingerprint, read_hashed
-from nfgen.model import build_model
-from nfgen.score import STATS_SUFFIX, measure, training_stats
+from nfgen.cli.app import app
+from nfgen.cli.support import load_trained
+from nfgen.config.schema import config_from_dict
+from nfgen.datasets.fingerprint import Fingerprint, read_hashed
+from nfgen.model.image_flow import build_model
+from nfgen.tasks.score import STATS_SUFFIX, measure, training_stats
 from nfgen.training.checkpoint import LOADED_SHA256, load_checkpoint, save_checkpoint
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_torchvisions_old_mnist_cache_is_used_only_while_it_holds_the_raw_files_
     under an old cache are refused, not shadowed."""
     from datasets import write_mnist
 
-    from nfgen.data import DataError, load_split
+    from nfgen.datasets.loading import DataError, load_split
 
     train, test = write_mnist(tmp_path, 12, 6)
     processed = tmp_path / "MNIST" / "processed"

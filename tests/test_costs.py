@@ -1,4 +1,4 @@
-"""What an input costs, estimated before it is allocated (nfgen.costs): models of every registered
+"""What an input costs, estimated before it is allocated (nfgen.core.costs): models of every registered
 architecture, images resized to the model's shape, and every kind of picture nfgen draws."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
 
-from nfgen.classify import Classification, draw_confusion
-from nfgen.cli import app
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.costs import check_figure, figure_side, grid_pixels, image_cost, max_pixels, model_cost, resized_size
-from nfgen.data import DataError, load_folder
-from nfgen.model import ARCHITECTURES, build_model, build_unchecked
-from nfgen.ood_metrics import histogram
+from nfgen.cli.app import app
+from nfgen.config.schema import ConfigError, config_from_dict
+from nfgen.core.costs import check_figure, figure_side, grid_pixels, image_cost, max_pixels, model_cost, resized_size
+from nfgen.datasets.loading import DataError, load_folder
+from nfgen.model.image_flow import ARCHITECTURES, build_model, build_unchecked
+from nfgen.tasks.classify import Classification, draw_confusion
+from nfgen.tasks.ood_metrics import histogram
 from nfgen.training.memory import check_training_fits, saved_activation_bytes
 from nfgen.training.run import train
 from nfgen.training.step import autocast

@@ -25,9 +25,9 @@ from datasets import (
 )
 from PIL import Image
 
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.data import DataError, ImageFiles, load_split, make_loader
-from nfgen.image_modes import ModeError, to_mode
+from nfgen.config.schema import ConfigError, config_from_dict
+from nfgen.datasets.image_modes import ModeError, to_mode
+from nfgen.datasets.loading import DataError, ImageFiles, load_split, make_loader
 
 
 def cfg(root: Path, dataset: str, shape: list[int], **data: object):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from dataset_files import WRITERS
 
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.data import DataError, class_names, load_split
+from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.datasets import DATASETS, DataSet, register_dataset
-from nfgen.labels import Labelled
+from nfgen.datasets.labels import Labelled
+from nfgen.datasets.loading import DataError, class_names, load_split
 
 NAMES = sorted(DATASETS)
 
@@ -161,7 +161,7 @@ def test_fashion_mnist_trains_from_the_cli(tmp_path, monkeypatch):
     import yaml
     from typer.testing import CliRunner
 
-    from nfgen.cli import app
+    from nfgen.cli.app import app
     from nfgen.training.checkpoint import load_checkpoint
 
     ds, t = tiny("fashion_mnist", tmp_path / "data", monkeypatch)

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 from nfgen.density2d.config import load_config, shipped_configs
 from nfgen.density2d.estimates import energy_estimates, grid_points, log_weights, quadrature_log_z
 from nfgen.density2d.expression import ExpressionError, compile_energy

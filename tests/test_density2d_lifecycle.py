@@ -14,7 +14,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 from nfgen.density2d import train as d2
 
 runner = CliRunner()

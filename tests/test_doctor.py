@@ -8,16 +8,16 @@ import yaml
 from flow_harness import randomize
 from typer.testing import CliRunner
 
-from nfgen import doctor
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.doctor import MIN_SCALE, diagnose, format_report, verdict
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
 from nfgen.flows.actnorm import ActNorm
 from nfgen.flows.affine import Affine
 from nfgen.flows.base import Flow, set_memory_saving
 from nfgen.flows.coupling import ChannelMask, Coupling
 from nfgen.flows.nets import glow_net
-from nfgen.model import build_model
+from nfgen.model.image_flow import build_model
+from nfgen.tasks import doctor
+from nfgen.tasks.doctor import MIN_SCALE, diagnose, format_report, verdict
 from nfgen.training.checkpoint import save_checkpoint
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ import typer
 
 import nfgen
 from nfgen import errors
-from nfgen.cli_support import user_errors
+from nfgen.cli.support import user_errors
 
 PACKAGE = Path(nfgen.__file__).parent
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -15,11 +15,11 @@ from test_reliability import cfg_dict
 from typer.testing import CliRunner
 
 import nfgen
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.export import CONFIG, FILES, WEIGHTS, export_model, push_to_hub
-from nfgen.generate import sample_in_batches
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.tasks.generate import sample_in_batches
 from nfgen.training.checkpoint import CheckpointError, model_from_checkpoint
+from nfgen.training.export import CONFIG, FILES, WEIGHTS, export_model, push_to_hub
 from nfgen.training.run import train
 
 runner = CliRunner()

@@ -13,10 +13,10 @@ import scipy.linalg
 import torch
 from datasets import write_image_folder
 
-from nfgen.data import load_folder
-from nfgen.fidelity import cache, sets
-from nfgen.fidelity.features import INCEPTION_URL, Features, FeaturesError, inception_features, inception_weights
-from nfgen.fidelity.metrics import Stats, frechet_distance, kid, precision_recall, read_shares, statistics
+from nfgen.datasets.loading import load_folder
+from nfgen.tasks.fidelity import cache, sets
+from nfgen.tasks.fidelity.features import INCEPTION_URL, Features, FeaturesError, inception_features, inception_weights
+from nfgen.tasks.fidelity.metrics import Stats, frechet_distance, kid, precision_recall, read_shares, statistics
 
 pytest.importorskip("torch_fidelity")
 

@@ -14,9 +14,9 @@ from archs import tiny_model
 from datasets import digits, write_image_folder
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.fidelity import sets
-from nfgen.fidelity.features import Features, FeaturesError, torchscript_features
+from nfgen.cli.app import app
+from nfgen.tasks.fidelity import sets
+from nfgen.tasks.fidelity.features import Features, FeaturesError, torchscript_features
 from nfgen.training.checkpoint import model_from_checkpoint
 
 pytest.importorskip("torch_fidelity")

@@ -11,9 +11,9 @@ import pytest
 from archs import ARCHS, arch_names, tiny_model
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.config import Config, ConfigError, _section_type, config_from_dict
-from nfgen.config_parse import section_choices
+from nfgen.cli.app import app
+from nfgen.config.parse import section_choices
+from nfgen.config.schema import Config, ConfigError, _section_type, config_from_dict
 from nfgen.flows.architectures import architecture
 
 runner = CliRunner()

@@ -118,7 +118,7 @@ REGISTRIES["data set"] = "nfgen.datasets.registry:DATASETS"
 
 _NAMES = """
 import importlib, json, pkgutil, sys
-import nfgen.cli, nfgen.model
+import nfgen.cli.app, nfgen.model.image_flow
 if sys.argv[1] == "all":
     for m in pkgutil.walk_packages(nfgen.__path__, "nfgen."):
         if not m.name.endswith("__main__"):
@@ -143,3 +143,71 @@ def test_the_command_line_sees_every_registration():
     assert {"glow", "resnet", "attention", "mlp"} <= set(seen["conditioner"])
     assert {"mnist", "fashion_mnist", "cifar100", "imagenet64", "celeba", "folder"} <= set(seen["data set"])
     assert seen == names("all")
+
+
+# The layers, lowest first: a module may import (at import time or inside a function; not under
+# TYPE_CHECKING) only from its own layer or those below, so no arrow runs back up. The longest
+# prefix names a module's layer. The package's root (``nfgen/__init__.py``) is its top, lazily
+# importing the public names; below it, a module may take only ``from nfgen import __version__``.
+LAYERS = [
+    ["nfgen.errors"],                                                      # what a user can get wrong
+    ["nfgen.core"],                                                        # files, devices, costs, registries
+    ["nfgen.config.keys", "nfgen.config.parse", "nfgen.config.plugins"],   # schema-free config machinery
+    ["nfgen.flows", "nfgen.datasets"],                                     # layers and architectures; data sets
+    ["nfgen.config"],                                                      # the schema: reads both registries
+    ["nfgen.model"],                                                       # ImageFlow, dequantizers
+    ["nfgen.tasks"],                                                       # what is done with a model
+    ["nfgen.training"],                                                    # runs, checkpoints, exports
+    ["nfgen.density2d"],                                                   # the 2-D verb's own stack
+    ["nfgen.cli", "nfgen.api", "nfgen.__main__", "nfgen"],                 # the entry points
+]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    found = [(len(p), i, p) for i, names in enumerate(LAYERS) for p in names
+             if module == p or module.startswith(p + ".")]
+    assert found, f"{module} is in no layer: add its package to LAYERS"
+    _, i, prefix = max(found)
+    return i, prefix
+
+
+def every_import(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import of nfgen in ``path``, function bodies included, not under
+    ``if TYPE_CHECKING:`` (annotations only) and not ``from nfgen import __version__``."""
+    tree = ast.parse(path.read_text(), str(path))
+    hidden = {id(n) for node in ast.walk(tree) if _type_checking(node) for n in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in hidden:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "nfgen"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "nfgen" and not node.level:
+            if node.module == "nfgen" and [a.name for a in node.names] == ["__version__"]:
+                continue
+            modules = {f"{node.module}.{a.name}" for a in node.names
+                       if (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).exists()
+                       or (PACKAGE.parent / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()}
+            found += [(node.lineno, m) for m in sorted(modules) or [node.module]]
+    return found
+
+
+def test_no_import_runs_back_up_the_layers():
+    arrows = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path, PACKAGE)
+        mine, _ = layer_of(name)
+        for line, target in every_import(path):
+            theirs, prefix = layer_of(target)
+            if theirs > mine:
+                arrows.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} ({prefix} is above)")
+    assert not arrows, "\n".join(arrows)
+    assert layer_of("nfgen.config.schema") > layer_of("nfgen.flows.glow_section") > layer_of("nfgen.config.keys")
+
+
+def test_the_layer_check_sees_a_function_level_import(tmp_path):
+    (tmp_path / "m.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                   "    from nfgen.cli.app import app\n"
+                                   "def f():\n    from nfgen.training.run import train\n"
+                                   "from nfgen import __version__\n")
+    assert every_import(tmp_path / "m.py") == [(5, "nfgen.training.run")]

@@ -16,10 +16,10 @@ from datasets import CIFAR10_CLASSES, digits, skip_cifar10_md5, write_cifar10, w
 from PIL import Image
 from run_checks import assert_same_weights
 
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.data import DataError, class_names, load_split, make_loader
-from nfgen.labels import Labelled, split_batch
-from nfgen.model import build_model
+from nfgen.config.schema import ConfigError, config_from_dict
+from nfgen.datasets.labels import Labelled, split_batch
+from nfgen.datasets.loading import DataError, class_names, load_split, make_loader
+from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import (
     CheckpointError,
     class_names_of,

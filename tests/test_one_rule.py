@@ -11,7 +11,7 @@ import pytest
 from datasets import digits, write_mnist
 from typer.testing import CliRunner
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 from nfgen.density2d.estimates import QuadratureError, quadrature_log_z
 from nfgen.density2d.targets import ENERGIES, build_target
 from nfgen.errors import NotALikelihoodError

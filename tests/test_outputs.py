@@ -1,4 +1,4 @@
-"""Every verb's outputs, checked up front by one function (nfgen.outputs.check_outputs): a refusal
+"""Every verb's outputs, checked up front by one function (nfgen.core.outputs.check_outputs): a refusal
 writes nothing, two outputs never name one file, ``-`` is standard output everywhere, and an
 output that cannot be written is refused before the work."""
 
@@ -14,8 +14,8 @@ from archs import tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.outputs import OutputError, check_outputs
+from nfgen.cli.app import app
+from nfgen.core.outputs import OutputError, check_outputs
 
 runner = CliRunner()
 

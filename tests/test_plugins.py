@@ -18,10 +18,10 @@ import torch
 import yaml
 from datasets import digits, write_image_folder
 
-from nfgen.config import ConfigError, load_config
+from nfgen.config.plugins import plugin_names
+from nfgen.config.schema import ConfigError, load_config
 from nfgen.flows.nets import CONDITIONERS
 from nfgen.flows.transforms import TRANSFORMS, register_transform
-from nfgen.plugins import plugin_names
 
 # module name -> (its source, the config keys that use what it registers, merged into a tiny run's)
 PLUGINS: dict[str, tuple[str, dict]] = {
@@ -68,7 +68,7 @@ PLUGINS: dict[str, tuple[str, dict]] = {
         from dataclasses import dataclass
 
         from nfgen import ArchSection, CouplingSpec, register_architecture
-        from nfgen.config_keys import opt
+        from nfgen.config.keys import opt
         from nfgen.flows.base import Sequential
         from nfgen.flows.coupling import CheckerboardMask, Coupling
         from nfgen.flows.multiscale import Level, MultiScaleFlow

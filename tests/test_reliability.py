@@ -17,9 +17,9 @@ import yaml
 from datasets import digits, write_image_folder
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.cli_support import script_main
-from nfgen.config import config_from_dict
+from nfgen.cli.app import app
+from nfgen.cli.support import script_main
+from nfgen.config.schema import config_from_dict
 from nfgen.training import checkpoint as ckpt_module
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfgen.training.distributed import Rank
@@ -374,7 +374,7 @@ def test_rollbacks_are_bounded(data, tmp_path):
 
 def test_sampling_a_broken_model_is_an_error_not_nan_images(data, tmp_path):
     cfg = config_from_dict(cfg_dict(data))
-    from nfgen.model import build_model
+    from nfgen.model.image_flow import build_model
 
     model = build_model(cfg)
     with torch.no_grad():

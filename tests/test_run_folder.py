@@ -18,8 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_reliability import cfg_dict, write_yaml
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.config import config_from_dict
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
 from nfgen.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_state
 from nfgen.training.distributed import Rank
 from nfgen.training.logging import NullLogger

@@ -16,10 +16,10 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from typer.testing import CliRunner
 
-from nfgen.cli import app
-from nfgen.complexity import CODECS, compressed_bits
-from nfgen.ood_metrics import aupr, auroc, fpr_at_tpr
-from nfgen.score import STATS_SUFFIX
+from nfgen.cli.app import app
+from nfgen.tasks.complexity import CODECS, compressed_bits
+from nfgen.tasks.ood_metrics import aupr, auroc, fpr_at_tpr
+from nfgen.tasks.score import STATS_SUFFIX
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from datasets import digits, write_image_folder
 from flow_harness import check_flow, randomize
 from typer.testing import CliRunner
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 from nfgen.flows.coupling import ChannelMask, CheckerboardMask, Coupling
 from nfgen.flows.nets import glow_net
 from nfgen.flows.transforms import TRANSFORMS, ElementwiseTransform, register_transform

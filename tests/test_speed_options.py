@@ -6,7 +6,7 @@ from archs import ARCHS, tiny_model
 from flow_harness import randomize
 
 import nfgen
-from nfgen.config import config_from_dict
+from nfgen.config.schema import config_from_dict
 from nfgen.flows.base import Flow
 from nfgen.training.memory import saved_activation_bytes
 from nfgen.training.step import autocast

@@ -7,9 +7,9 @@ import torch
 from archs import tiny_model
 from datasets import digits
 
-from nfgen.config import config_from_dict
-from nfgen.labels import Labelled
-from nfgen.model import build_model
+from nfgen.config.schema import config_from_dict
+from nfgen.datasets.labels import Labelled
+from nfgen.model.image_flow import build_model
 from nfgen.training.distributed import Rank
 from nfgen.training.stream import BatchStream
 

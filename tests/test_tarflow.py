@@ -7,7 +7,7 @@ from archs import tiny_model
 from flow_harness import randomize
 
 import nfgen
-from nfgen.config import ConfigError, config_from_dict
+from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.flows.tarflow import AutoregressiveBlock, build_tarflow, set_kv_cache
 from nfgen.flows.tarflow_section import TarflowConfig
 

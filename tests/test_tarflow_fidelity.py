@@ -10,11 +10,11 @@ from archs import tiny_model
 from datasets import digits, write_image_folder
 from run_checks import assert_same_weights
 
-from nfgen.config import ConfigError, config_from_dict
-from nfgen.data import load_split
+from nfgen.config.schema import ConfigError, config_from_dict
+from nfgen.datasets.loading import load_split
 from nfgen.flows.conditioning import ClassEmbedding
 from nfgen.flows.tarflow import AutoregressiveBlock
-from nfgen.model import build_model
+from nfgen.model.image_flow import build_model
 from nfgen.training.augment import flip_draws, hflip
 from nfgen.training.logging import NullLogger
 from nfgen.training.run import train

@@ -10,8 +10,8 @@ from run_checks import assert_same_weights
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nfgen
-from nfgen.config import config_from_dict
-from nfgen.generate import interpolate
+from nfgen.config.schema import config_from_dict
+from nfgen.tasks.generate import interpolate
 from nfgen.training.run import train
 
 

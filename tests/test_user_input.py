@@ -1,5 +1,5 @@
 """Class D of the second red team: every parser of user input (registered with
-``nfgen.user_input.parser``) fed the config fuzz's hostile values and more: each value is parsed
+``nfgen.core.user_input.parser``) fed the config fuzz's hostile values and more: each value is parsed
 or refused with one line, never a traceback. And the trials themselves, end to end."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from test_hostile_values import HOSTILE
 from typer.testing import CliRunner
 
 import nfgen.density2d.targets  # noqa: F401  (registers its parsers, as the density2d verb imports it)
-from nfgen.cli import app
-from nfgen.config import config_from_dict
-from nfgen.model import build_model
+from nfgen.cli.app import app
+from nfgen.config.schema import config_from_dict
+from nfgen.core.user_input import PARSERS
+from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import save_checkpoint
-from nfgen.user_input import PARSERS
 
 runner = CliRunner()
 # The config fuzz's values as a user types them, and what broke parsers before: digits that
@@ -130,9 +130,9 @@ def test_a_csv_byte_order_mark_does_not_eat_the_first_point(tmp_path):
 
 
 def test_the_boundary_turns_pythons_own_errors_into_one_line_and_lets_nfgens_through():
-    from nfgen.config import ConfigError
-    from nfgen.data import DataError
-    from nfgen.user_input import parser
+    from nfgen.config.schema import ConfigError
+    from nfgen.core.user_input import parser
+    from nfgen.datasets.loading import DataError
 
     @parser("--test-only")
     def parse(text: str) -> object:

@@ -7,7 +7,7 @@ import inspect
 
 import typer.main
 
-from nfgen.cli import app
+from nfgen.cli.app import app
 
 
 def verbs() -> list[str]:

@@ -20,7 +20,7 @@ from nfgen.datasets.registry import DataSet, Split, register_dataset
 from nfgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 CROP = 148  # RealNVP's central crop of the 178x218 aligned faces
 PARTITIONS = {"train": "0", "test": "2"}

@@ -13,7 +13,7 @@ from nfgen.datasets.registry import SPLITS, DataSet, Split, register_dataset
 from nfgen.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 
 class FolderSet(DataSet):

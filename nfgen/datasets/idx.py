@@ -21,7 +21,7 @@ from nfgen.datasets.torchvision_sets import TorchvisionSet
 from nfgen.errors import DataError
 
 if TYPE_CHECKING:
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 # The IDX files torchvision reads (uncompressed), per split: (images, labels).
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -94,7 +94,7 @@ class IdxSet(TorchvisionSet):
         are there, they must hold the same images and labels (compared by content fingerprint)."""
         import torch
 
-        from nfgen.fingerprint import of_batches
+        from nfgen.datasets.fingerprint import of_batches
 
         for split, (images, labels) in IDX_FILES.items():
             if not ((folder / images).is_file() and (folder / labels).is_file()):

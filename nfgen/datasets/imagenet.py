@@ -26,7 +26,7 @@ from nfgen.errors import DataError
 if TYPE_CHECKING:
     import numpy as np
 
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 N_TRAIN_BATCHES = 10
 WHERE = "https://image-net.org/download-images.php (Downsampled ImageNet, after registering)"

@@ -18,13 +18,13 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from nfgen.costs import check_image
+from nfgen.core.costs import check_image
+from nfgen.datasets.image_modes import SUPPORTED, ModeError, to_mode
 from nfgen.datasets.registry import SPLITS
 from nfgen.errors import DataError
-from nfgen.image_modes import SUPPORTED, ModeError, to_mode
 
 if TYPE_CHECKING:
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 # Every format Pillow can read (GIF, ICO, TGA, ... besides torchvision's list): an image in a
 # folder is read, or refused loudly if it cannot be decoded, never skipped for its format.

@@ -14,15 +14,15 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, NamedTuple
 
-from nfgen.config_parse import _short
+from nfgen.config.parse import _short
+from nfgen.core.registry import Registry
 from nfgen.errors import ConfigError, DataError
-from nfgen.flows.registry import Registry
 
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import Dataset
 
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 SPLITS = ("train", "test")
 

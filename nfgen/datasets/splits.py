@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nfgen.datasets.images import listed
+from nfgen.datasets.labels import Labelled
 from nfgen.datasets.registry import SPLITS, dataset_named
 from nfgen.errors import DataError
-from nfgen.labels import Labelled
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 
 def load_split(cfg: Config, split: str) -> Dataset:
@@ -23,12 +23,10 @@ def load_split(cfg: Config, split: str) -> Dataset:
     > 0) a ``Labelled`` data set of ``(image, label)`` items with its ``class_names``, as many as
     the model has classes. Raises ``DataError`` (or ``ConfigError`` if the data set cannot
     produce that shape or those classes)."""
-    from nfgen.config import check_data_matches_model
-
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
-    check_data_matches_model(cfg)
     dataset = dataset_named(cfg.data.dataset)
+    dataset.check_config(cfg)  # the shape and classes the model asks for
     images, labels, names = dataset.load(cfg, split)
     k = cfg.model.num_classes
     if k == 0:

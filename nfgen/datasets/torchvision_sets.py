@@ -16,7 +16,7 @@ from nfgen.errors import DataError
 if TYPE_CHECKING:
     import torch
 
-    from nfgen.config import Config
+    from nfgen.config.schema import Config
 
 
 def listed(paths: Sequence[Path], most: int = 3) -> str:

@@ -1,5 +1,5 @@
 """The config of ``nfgen density2d``: frozen dataclasses built and overridden by the same
-machinery as the image configs (``nfgen.config_parse``), validated with one-line errors.
+machinery as the image configs (``nfgen.config.parse``), validated with one-line errors.
 
 The objective follows from the target: an energy (``ring``, ``u1``..``u4``, ``expression``) is
 fitted by reverse KL, a sampler (``moons``, ..., ``csv``) by maximum likelihood.
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nfgen.config import MAX_SEED, check_device_name
-from nfgen.config_keys import opt
-from nfgen.config_parse import (
+from nfgen.config.keys import opt
+from nfgen.config.parse import (
     MAX_DEPTH,
     _build,
     _depth,
@@ -24,6 +23,7 @@ from nfgen.config_parse import (
     shipped_folder,
     shipped_names,
 )
+from nfgen.config.schema import MAX_SEED, check_device_name
 from nfgen.density2d.expression import ExpressionError, compile_energy
 from nfgen.density2d.targets import MAX_BOX, TARGET_NAMES, is_energy
 from nfgen.errors import ConfigError

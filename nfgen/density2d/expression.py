@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nfgen.user_input import parser
+from nfgen.core.user_input import parser
 
 MAX_LENGTH = 1000  # characters: a formula, not a program
 MAX_NODES = 400

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from nfgen.atomic import atomic_write
-from nfgen.costs import check_figure
+from nfgen.core.atomic import atomic_write
+from nfgen.core.costs import check_figure
 
 
 def histogram_density(points: Tensor, box: float, n: int) -> Tensor:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from nfgen.core.user_input import parser
 from nfgen.density2d.expression import compile_energy
-from nfgen.user_input import parser
 
 Energy = Callable[[Tensor], Tensor]  # points [N, 2] -> U [N]
 Sampler = Callable[[int, torch.Generator], Tensor]  # (n, generator) -> points [n, 2]

@@ -23,7 +23,8 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from nfgen.atomic import atomic_write_text
+from nfgen.core.atomic import atomic_write_text
+from nfgen.core.devices import resolve_device
 from nfgen.density2d.config import Density2DConfig
 from nfgen.density2d.estimates import (
     Quadrature,
@@ -39,7 +40,6 @@ from nfgen.density2d.estimates import (
 from nfgen.density2d.model import build_density2d
 from nfgen.density2d.plots import density_figure, histogram_density, save_png, to_image, training_figure
 from nfgen.density2d.targets import EnergyTarget, SampleTarget, TargetError, build_target
-from nfgen.devices import resolve_device
 from nfgen.errors import ConfigError, DataError, DivergenceError
 from nfgen.training.checkpoint import save_checkpoint
 from nfgen.training.loaders import stop_signals_to

@@ -1,6 +1,6 @@
 """The architectures (``model.arch``): each names itself once, on its config section, with
 ``register_architecture``; the config's ``arch`` choices, its ``model.<arch>`` sections,
-``nfgen.model.ARCHITECTURES`` and every architecture-parametrized test read this registry.
+``nfgen.model.image_flow.ARCHITECTURES`` and every architecture-parametrized test read this registry.
 
 Torch-free, like the sections it holds, so listing config keys (``nfgen config --keys``) and
 parsing a config import no torch; a builder named as ``"module:function"`` is imported when a
@@ -106,7 +106,7 @@ def architecture_sections() -> dict[str, tuple[type, str]]:
 
 
 class Builders(Mapping[str, Builder]):
-    """``{name: builder}`` over the registry, as it is when read (``nfgen.model.ARCHITECTURES``)."""
+    """``{name: builder}`` over the registry, as it is when read (``nfgen.model.image_flow.ARCHITECTURES``)."""
 
     def __getitem__(self, name: str) -> Builder:
         if name not in architectures():

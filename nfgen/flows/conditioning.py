@@ -57,7 +57,7 @@ class ClassEmbedding(nn.Module):
     def forward(self, labels: Tensor) -> Tensor:
         if labels.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"labels must be integers, got {labels.dtype}")
-        # Fake tensors (nfgen.costs sizing a model before it is built) have no values to check.
+        # Fake tensors (nfgen.core.costs sizing a model before it is built) have no values to check.
         if labels.numel() and not is_fake(labels) and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(f"labels must be in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
                              f"class), got {labels.min().item()}..{labels.max().item()}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nfgen.config_keys import opt
+from nfgen.config.keys import opt
 from nfgen.flows.architectures import register_architecture
 from nfgen.flows.section import CouplingSpec, MultiScaleSection, Permutation, check, coupling_field
 

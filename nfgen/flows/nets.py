@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nfgen.core.registry import Registry, build_named
 from nfgen.flows.actnorm import ActNorm
-from nfgen.flows.registry import Registry, build_named
 
 NetFactory = Callable[[int, int], nn.Module]
 Conditioner = Callable[..., NetFactory]  # (hidden, blocks, **options) -> NetFactory

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from nfgen.config_keys import opt
-from nfgen.config_parse import ConfigError
+from nfgen.config.keys import opt
+from nfgen.config.parse import ConfigError
 
 if TYPE_CHECKING:  # torch-free at run time
     from nfgen.flows.nets import NetFactory

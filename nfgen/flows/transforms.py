@@ -28,7 +28,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from nfgen.flows.registry import Registry, build_named
+from nfgen.core.registry import Registry, build_named
 
 # The built-in transforms register in their own modules, listed in nfgen.flows.builtins.
 TRANSFORMS: Registry[type[ElementwiseTransform]] = Registry("coupling transform", "nfgen.flows.builtins")

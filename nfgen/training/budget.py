@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
-from nfgen.config import TrainConfig, parse_duration
+from nfgen.config.schema import TrainConfig, parse_duration
 
 PHASES = ("eval", "samples", "save")  # the final phase's parts, each also due periodically
 # The final phase: an evaluation (which may write best.pt), sample grids, and last.pt.

@@ -13,21 +13,21 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import Dataset, Subset
 
-import nfgen
-from nfgen.atomic import atomic_write
-from nfgen.config import Config, config_from_dict
+from nfgen import __version__
+from nfgen.config.plugins import PluginError, load_plugins, plugin_names
+from nfgen.config.schema import Config, config_from_dict
+from nfgen.core.atomic import atomic_write
+from nfgen.datasets.fingerprint import read_hashed
+from nfgen.datasets.labels import Labelled
 from nfgen.errors import CheckpointError, ConfigError, DataError
-from nfgen.fingerprint import read_hashed
-from nfgen.labels import Labelled
-from nfgen.model import ImageFlow, build_model
-from nfgen.plugins import PluginError, load_plugins, plugin_names
+from nfgen.model.image_flow import ImageFlow, build_model
 
 FORMAT = 1  # bump when the checkpoint layout changes; older nfgen refuses newer files
 LOADED_SHA256 = "loaded_sha256"  # load_checkpoint's: the sha256 of the bytes the state came from
 
 
 # save_checkpoint's temporary files: ".<name>.<8 random hex digits>.tmp" beside the target
-# (nfgen.atomic's form; mkstemp's 8 random characters, which older nfgen left, match too).
+# (nfgen.core.atomic's form; mkstemp's 8 random characters, which older nfgen left, match too).
 _TEMP_NAME = re.compile(r"\.(?P<target>[^/]+)\.[a-z0-9_]{8}\.tmp")
 
 
@@ -93,7 +93,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a crash
     at any moment leaves either the old complete file or the new complete one."""
     path = Path(path)
-    state = {"format": FORMAT, "nfgen_version": nfgen.__version__,
+    state = {"format": FORMAT, "nfgen_version": __version__,
              **{k: v for k, v in state.items() if k != LOADED_SHA256}}
     try:
         atomic_write(path, lambda f: torch.save(state, f))  # with the user's umask, as any file
@@ -235,7 +235,7 @@ def _listed(names: list[str], most: int = 12) -> str:
 def load_model_split(cfg: Config, split: str, recorded: list[str] | None, path: str | Path = "checkpoint") -> Dataset:
     """A split of a trained model's data (``cfg``: its checkpoint's, ``--set`` applied), its
     classes checked against the ones the model learnt (``check_data_classes``)."""
-    from nfgen.data import load_split  # data.py needs nothing of checkpoints; imported here to stay light
+    from nfgen.datasets.loading import load_split  # data.py needs nothing of checkpoints; imported here to stay light
 
     data = load_split(cfg, split)
     check_data_classes(recorded, data, path)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 import torch
 from tqdm import tqdm
 
-from nfgen.config import TrainConfig
+from nfgen.config.schema import TrainConfig
 from nfgen.training.budget import Budget, format_seconds
 
 if TYPE_CHECKING:

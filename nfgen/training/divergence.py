@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nfgen.config import TrainConfig
+from nfgen.config.schema import TrainConfig
 from nfgen.errors import DivergenceError
 from nfgen.training.checkpoint import Progress
 

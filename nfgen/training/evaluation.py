@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Subset
 
-from nfgen.config import Config
-from nfgen.evaluate import BpdResult, bpd_values, summarize
-from nfgen.model import ImageFlow
+from nfgen.config.schema import Config
+from nfgen.model.image_flow import ImageFlow
+from nfgen.tasks.evaluate import BpdResult, bpd_values, summarize
 from nfgen.training import distributed
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import data_loader, iterate

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from nfgen.config import Config
+from nfgen.config.schema import Config
 from nfgen.training.writes import SideWrites
 
 

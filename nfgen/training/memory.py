@@ -9,9 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from nfgen.config import Config
-from nfgen.costs import Memory, ModelCost, available_memory, check_memory, format_bytes, model_cost
-from nfgen.model import build_unchecked, model_sizes
+from nfgen.config.schema import Config
+from nfgen.core.costs import Memory, ModelCost, available_memory, check_memory, format_bytes, model_cost
+from nfgen.model.image_flow import build_unchecked, model_sizes
 from nfgen.training.step import autocast
 
 

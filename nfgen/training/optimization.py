@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from nfgen.config import TrainConfig
-from nfgen.model import ImageFlow
+from nfgen.config.schema import TrainConfig
+from nfgen.model.image_flow import ImageFlow
 from nfgen.training.checkpoint import CheckpointError, TrainingState
 from nfgen.training.step import lr_factor, make_optimizer
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from nfgen.atomic import atomic_write_text
-from nfgen.config import Config
-from nfgen.config_parse import field_key
-from nfgen.costs import Memory, available_memory
-from nfgen.data import load_split
-from nfgen.devices import resolve_device
+from nfgen.config.parse import field_key
+from nfgen.config.schema import Config
+from nfgen.core.atomic import atomic_write_text
+from nfgen.core.costs import Memory, available_memory
+from nfgen.core.devices import resolve_device
+from nfgen.datasets.loading import load_split
 from nfgen.errors import ConfigError
-from nfgen.generate import check_grid_size, class_rows
-from nfgen.model import build_model
+from nfgen.model.image_flow import build_model
+from nfgen.tasks.generate import check_grid_size, class_rows
 from nfgen.training import distributed
 from nfgen.training.checkpoint import config_of, load_checkpoint, training_state
 from nfgen.training.distributed import Rank

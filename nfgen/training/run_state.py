@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from nfgen.config import Config
+from nfgen.config.schema import Config
 from nfgen.errors import ConfigError
-from nfgen.model import ImageFlow
+from nfgen.model.image_flow import ImageFlow
 from nfgen.training import distributed
 from nfgen.training.budget import Budget
 from nfgen.training.checkpoint import (

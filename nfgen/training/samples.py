@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from nfgen.config import TrainConfig
-from nfgen.generate import grid, sample_grid, save_grid
-from nfgen.model import ImageFlow
+from nfgen.config.schema import TrainConfig
+from nfgen.model.image_flow import ImageFlow
+from nfgen.tasks.generate import grid, sample_grid, save_grid
 from nfgen.training.logging import RunLogger
 from nfgen.training.rng import forked_rng
 from nfgen.training.writes import SideWrites

@@ -11,8 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from nfgen.config import TrainConfig
-from nfgen.model import ImageFlow
+from nfgen.config.schema import TrainConfig
+from nfgen.model.image_flow import ImageFlow
 
 
 class MicroBatch(NamedTuple):
@@ -76,13 +76,6 @@ def lr_factor(step: int, t: TrainConfig) -> float:
 def make_forward(model: nn.Module, t: TrainConfig) -> nn.Module:
     """The module training calls for per-image bits/dim: the model, or its compiled version."""
     return torch.compile(model) if t.compile else model
-
-
-def initialize(model: ImageFlow, x: Tensor, noise: Tensor | None = None, labels: Tensor | None = None) -> None:
-    """Actnorm's data-dependent initialisation, run once on the first (global) batch."""
-    model.train()
-    with torch.no_grad():
-        model(x, noise, labels=labels)
 
 
 def train_step(forward: Callable[..., Tensor], model: ImageFlow, optimizer: torch.optim.Optimizer,

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nfgen.config import Config
-from nfgen.labels import split_batch, take
-from nfgen.model import ImageFlow
+from nfgen.config.schema import Config
+from nfgen.datasets.labels import split_batch, take
+from nfgen.model.image_flow import ImageFlow
 from nfgen.training.augment import flip_draws, hflip
 from nfgen.training.distributed import Rank
 from nfgen.training.loaders import data_loader, iterate

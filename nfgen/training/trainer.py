@@ -12,13 +12,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from nfgen.config import Config
-from nfgen.devices import resolve_device
+from nfgen.config.schema import Config
+from nfgen.core.devices import resolve_device
+from nfgen.datasets.labels import check_classes
 from nfgen.errors import ConfigError
-from nfgen.evaluate import metric
-from nfgen.fidelity.monitor import FidMonitor
-from nfgen.labels import check_classes
-from nfgen.model import ImageFlow
+from nfgen.model.image_flow import ImageFlow, initialize
+from nfgen.tasks.evaluate import metric
+from nfgen.tasks.fidelity.monitor import FidMonitor
 from nfgen.training import distributed
 from nfgen.training.budget import Budget, due, stop_report
 from nfgen.training.checkpoint import Progress, TrainingState, load_checkpoint, training_state
@@ -33,7 +33,7 @@ from nfgen.training.rng import forked_rng
 from nfgen.training.run_state import RunState
 from nfgen.training.rundir import resume_command
 from nfgen.training.samples import SampleGrids
-from nfgen.training.step import MicroBatch, cpu_has_native_bf16, initialize, make_forward, train_step
+from nfgen.training.step import MicroBatch, cpu_has_native_bf16, make_forward, train_step
 from nfgen.training.stream import Drawn
 from nfgen.training.writes import SideWrites
 

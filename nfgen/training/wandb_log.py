@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nfgen.config import Config
+from nfgen.config.schema import Config
 from nfgen.errors import MissingExtraError
 
 ID_FILE = "wandb_id"

@@ -1,0 +1,1 @@
+"""The image model: ImageFlow (dequantization, preprocessing, body, priors) and its dequantizers."""

@@ -1,0 +1,1 @@
+"""What the verbs do: evaluate, generate, classify, score, check (doctor), export, eval-fid."""
