@@ -15,15 +15,16 @@ __version__ = "0.1.0"  # the one version source: pyproject.toml reads it (tool.s
 _LAZY = {"Config": "nfgen.config.schema", "load_config": "nfgen.config.schema", "ImageFlow": "nfgen.model.image_flow",
          "build_model": "nfgen.model.image_flow",
          # What a plugin module (docs/plugins.md) registers with, and the base class of a transform.
-         # register_dataset joins here, from its registry's module.
          "register_transform": "nfgen.flows.transforms", "ElementwiseTransform": "nfgen.flows.transforms",
          "register_conditioner": "nfgen.flows.nets", "register_architecture": "nfgen.flows.architectures",
          # an architecture's config section: its base, the multi-scale and the coupling parts
          "ArchSection": "nfgen.flows.section", "MultiScaleSection": "nfgen.flows.section",
-         "CouplingSpec": "nfgen.flows.section"}
-__all__ = ["ArchSection", "Config", "CouplingSpec", "ElementwiseTransform", "ImageFlow", "MultiScaleSection",
-           "__version__", "build_model", "load", "load_config", "register_architecture", "register_conditioner",
-           "register_transform"]
+         "CouplingSpec": "nfgen.flows.section",
+         # a data set: its registration and what it describes (docs/data.md)
+         "register_dataset": "nfgen.datasets.registry", "DataSet": "nfgen.datasets.registry"}
+__all__ = ["ArchSection", "Config", "CouplingSpec", "DataSet", "ElementwiseTransform", "ImageFlow",
+           "MultiScaleSection", "__version__", "build_model", "load", "load_config", "register_architecture",
+           "register_conditioner", "register_dataset", "register_transform"]
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from nfgen.config.schema import Config, load_config
+    from nfgen.datasets.registry import DataSet, register_dataset
     from nfgen.flows.architectures import register_architecture
     from nfgen.flows.nets import register_conditioner
     from nfgen.flows.section import ArchSection, CouplingSpec, MultiScaleSection
