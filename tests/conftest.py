@@ -2,10 +2,14 @@
 
 ``--device cuda`` runs the flow harness (``tests/test_flows.py``) on a GPU, ``--dtype float32``
 in single precision (tolerances are float64's: expect failures that say how far off float32 is).
+``--plugin MODULE`` (repeatable; ``tests/plugins/`` is searched) imports a plugin module before
+the tests are collected, so every test that reads a registry covers what it registers:
+``pytest --plugin nice`` runs every architecture-parametrized test on NICE as well.
 """
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,8 @@ torch.set_num_threads(1)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="device for the flow harness, e.g. cuda")
     parser.addoption("--dtype", default="float64", choices=["float64", "float32"], help="default dtype")
+    parser.addoption("--plugin", action="append", default=[], metavar="MODULE",
+                     help="a plugin module imported before collection (tests/plugins/ is searched), e.g. nice")
 
 
 @pytest.fixture
@@ -42,6 +48,9 @@ def _default_dtype_and_seeded(request: pytest.FixtureRequest):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from nfgen.config.plugins import load_plugins
+
+    load_plugins(config.getoption("--plugin"), [Path(__file__).parent / "plugins"], "--plugin")
     config.addinivalue_line("markers", "legacy_keys: the test is about the old flat model keys (model.steps, "
                                        "not model.glow.steps) and their migration; other tests must not use them")
 

@@ -8,6 +8,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,25 @@ def test_a_taken_name_or_a_bad_one_is_refused_in_one_line(nice):
                                          "tarflow, nice"):
         architectures.architecture("nope")
     assert architecture_names()[:4] == ["glow", "realnvp", "flowpp", "tarflow"]
+
+
+# The files whose tests are parametrized by the architecture registry (tests/archs.py).
+PARAMETRIZED = ["test_flows.py", "test_likelihood.py", "test_conditional.py", "test_training.py", "test_cli.py"]
+
+
+def test_a_plugin_named_to_pytest_joins_every_architecture_parametrized_test():
+    """``pytest --plugin nice`` imports tests/plugins/nice.py (NICE, one file outside the package)
+    before collection: each registry-driven file then has tests for NICE, with no test edit."""
+    here = Path(__file__).parent
+
+    def collected(*extra: str) -> set[str]:
+        done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               *extra, *(str(here / f) for f in PARAMETRIZED)],
+                              capture_output=True, text=True, timeout=300, cwd=here.parent)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return {line for line in done.stdout.splitlines() if "::" in line}
+
+    plain, with_nice = collected(), collected("--plugin", "nice")
+    added = with_nice - plain
+    assert plain < with_nice and all("nice" in test for test in added)
+    assert {test.split("::")[0].rpartition("/")[2] for test in added} == set(PARAMETRIZED)

@@ -23,7 +23,8 @@ from nfgen.config.schema import ConfigError, load_config
 from nfgen.flows.nets import CONDITIONERS
 from nfgen.flows.transforms import TRANSFORMS, register_transform
 
-# module name -> (its source, the config keys that use what it registers, merged into a tiny run's)
+# module name -> (its source, the config keys that use what it registers, merged into a tiny run's);
+# nice: tests/plugins/nice.py, the one file NICE is (pytest --plugin nice runs every test on it)
 PLUGINS: dict[str, tuple[str, dict]] = {
     "my_coupling": ('''
         """A coupling transform and a conditioner, defined outside nfgen."""
@@ -62,35 +63,9 @@ PLUGINS: dict[str, tuple[str, dict]] = {
                 return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), last)
             return build
         ''', {"model": {"glow": {"coupling": "softplus_affine", "conditioner": "two_conv"}}}),
-    "my_nice": ('''
-        """NICE (Dinh, Krueger & Bengio, 2014) as arch nice: its section, builder and registration in
-        one module outside nfgen: additive checkerboard couplings, then a diagonal scaling."""
-        from dataclasses import dataclass
-
-        from nfgen import ArchSection, CouplingSpec, register_architecture
-        from nfgen.config.keys import opt
-        from nfgen.flows.base import Sequential
-        from nfgen.flows.coupling import CheckerboardMask, Coupling
-        from nfgen.flows.multiscale import Level, MultiScaleFlow
-        from nfgen.flows.priors import LearnedGaussian
-
-
-        def build_nice(shape, section, context_dim=0):
-            c, h, w = shape
-            net = section.net()
-            flows = [Coupling(CheckerboardMask(c, (h, w), parity=k % 2), net, section.transform(), context_dim)
-                     for k in range(section.couplings)]
-            return MultiScaleFlow([Level(Sequential(*flows, LearnedGaussian(shape)), shape, shape, split=False)])
-
-
-        @register_architecture("nice", build=build_nice, help="NICE (Dinh et al., 2014): arch nice's options",
-                               tiny=lambda shape, depth, width: {"couplings": 2 * depth, "hidden": width})
-        @dataclass(frozen=True)
-        class NiceConfig(CouplingSpec, ArchSection):
-            couplings: int = opt(4, "additive couplings, alternating checkerboard parity")
-            coupling: str = opt("additive", "NICE: additive")
-        ''', {"model": {"arch": "nice", "glow": None, "nice": {"couplings": 2, "hidden": 8, "coupling": "softplus_affine",
-                                                            "conditioner": "two_conv"}}}),
+    "nice": ((Path(__file__).parent / "plugins" / "nice.py").read_text(),
+             {"model": {"arch": "nice", "glow": None,
+                        "nice": {"couplings": 2, "hidden": 8, "coupling": "softplus_affine", "conditioner": "two_conv"}}}),
 }
 
 
@@ -158,11 +133,15 @@ def test_plugins_train_and_serve_every_verb_from_the_shell(tmp_path):
     # Every verb on the checkpoint imports the plugins again: from their folder, or with it on PYTHONPATH.
     verbs = [(("sample", "--ckpt", ckpt, "--n", 4, "--out", tmp_path / "s.png"), mine, None),
              (("eval-bpd", "--ckpt", ckpt), elsewhere, mine),
-             (("check", "--ckpt", ckpt, "--n", 4), mine, None)]
+             (("check", "--ckpt", ckpt, "--n", 4), mine, None),
+             (("interpolate", "--ckpt", ckpt, "--pairs", 2, "--steps", 3, "--out", tmp_path / "i.png"), mine, None),
+             (("score", "--ckpt", ckpt, "--split", "test", "--json", tmp_path / "scores.json"), elsewhere, mine),
+             (("export", "--ckpt", ckpt, "--out", tmp_path / "export"), mine, None)]
     for args, cwd, pythonpath in verbs:
         done = shell(*args, cwd=cwd, pythonpath=pythonpath)
         assert done.returncode == 0, f"{args[0]}: {done.stderr}"
-    assert (tmp_path / "s.png").stat().st_size > 0
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "i.png").stat().st_size > 0
+    assert (tmp_path / "scores.json").stat().st_size > 0 and (tmp_path / "export" / "model.safetensors").is_file()
 
     # Elsewhere, without the plugin's folder, the checkpoint says what it needs.
     done = shell("sample", "--ckpt", ckpt, "--out", tmp_path / "t.png", cwd=elsewhere)
