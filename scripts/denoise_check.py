@@ -19,7 +19,7 @@ import sys
 import torch
 
 from nfgen.cli.support import script_main
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 from nfgen.training.checkpoint import model_from_checkpoint
 
 

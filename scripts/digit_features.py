@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from nfgen.cli.support import script_main
 from nfgen.config.schema import load_config
 from nfgen.datasets.labels import take
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 
 
 class DigitNet(nn.Module):

@@ -61,7 +61,7 @@ import torch
 from nfgen import load_config
 from nfgen.cli.support import script_main
 from nfgen.config.schema import Config, config_from_dict, parse_duration
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 from nfgen.errors import ConfigError, DataError, DeviceError, DivergenceError, MissingExtraError, UserError
 from nfgen.tasks.evaluate import check_likelihood
 from nfgen.training.budget import Budget

@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 
 from nfgen.cli.app import app
 from nfgen.config.schema import config_from_dict
-from nfgen.datasets.loading import Labelled, load_split, make_loader
+from nfgen.datasets.labels import Labelled
+from nfgen.datasets.loading import make_loader
+from nfgen.datasets.splits import load_split
 from nfgen.model.image_flow import build_model
 from nfgen.tasks.classify import classify, format_confusion
 from nfgen.tasks.evaluate import class_log_probs, conditional_bpd, evaluate_bpd

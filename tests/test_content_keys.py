@@ -143,7 +143,8 @@ def test_torchvisions_old_mnist_cache_is_used_only_while_it_holds_the_raw_files_
     under an old cache are refused, not shadowed."""
     from datasets import write_mnist
 
-    from nfgen.datasets.loading import DataError, load_split
+    from nfgen.datasets.splits import load_split
+    from nfgen.errors import DataError
 
     train, test = write_mnist(tmp_path, 12, 6)
     processed = tmp_path / "MNIST" / "processed"

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from nfgen.cli.app import app
 from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.core.costs import check_figure, figure_side, grid_pixels, image_cost, max_pixels, model_cost, resized_size
-from nfgen.datasets.loading import DataError, load_folder
+from nfgen.datasets.images import load_folder
+from nfgen.errors import DataError
 from nfgen.model.image_flow import ARCHITECTURES, build_model, build_unchecked
 from nfgen.tasks.classify import Classification, draw_confusion
 from nfgen.tasks.ood_metrics import histogram

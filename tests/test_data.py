@@ -27,7 +27,10 @@ from PIL import Image
 
 from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.datasets.image_modes import ModeError, to_mode
-from nfgen.datasets.loading import DataError, ImageFiles, load_split, make_loader
+from nfgen.datasets.images import ImageFiles
+from nfgen.datasets.loading import make_loader
+from nfgen.datasets.splits import load_split
+from nfgen.errors import DataError
 
 
 def cfg(root: Path, dataset: str, shape: list[int], **data: object):

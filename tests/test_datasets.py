@@ -15,7 +15,8 @@ from dataset_files import WRITERS
 from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.datasets import DATASETS, DataSet, register_dataset
 from nfgen.datasets.labels import Labelled
-from nfgen.datasets.loading import DataError, class_names, load_split
+from nfgen.datasets.splits import class_names, load_split
+from nfgen.errors import DataError
 
 NAMES = sorted(DATASETS)
 

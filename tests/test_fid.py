@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from datasets import write_image_folder
 
-from nfgen.datasets.loading import load_folder
+from nfgen.datasets.images import load_folder
 from nfgen.tasks.fidelity import cache, sets
 from nfgen.tasks.fidelity.features import INCEPTION_URL, Features, FeaturesError, inception_features, inception_weights
 from nfgen.tasks.fidelity.metrics import Stats, frechet_distance, kid, precision_recall, read_shares, statistics

@@ -18,7 +18,9 @@ from run_checks import assert_same_weights
 
 from nfgen.config.schema import ConfigError, config_from_dict
 from nfgen.datasets.labels import Labelled, split_batch
-from nfgen.datasets.loading import DataError, class_names, load_split, make_loader
+from nfgen.datasets.loading import make_loader
+from nfgen.datasets.splits import class_names, load_split
+from nfgen.errors import DataError
 from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import (
     CheckpointError,

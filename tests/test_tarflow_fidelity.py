@@ -11,7 +11,7 @@ from datasets import digits, write_image_folder
 from run_checks import assert_same_weights
 
 from nfgen.config.schema import ConfigError, config_from_dict
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 from nfgen.flows.conditioning import ClassEmbedding
 from nfgen.flows.tarflow import AutoregressiveBlock
 from nfgen.model.image_flow import build_model

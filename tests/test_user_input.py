@@ -132,7 +132,7 @@ def test_a_csv_byte_order_mark_does_not_eat_the_first_point(tmp_path):
 def test_the_boundary_turns_pythons_own_errors_into_one_line_and_lets_nfgens_through():
     from nfgen.config.schema import ConfigError
     from nfgen.core.user_input import parser
-    from nfgen.datasets.loading import DataError
+    from nfgen.errors import DataError
 
     @parser("--test-only")
     def parse(text: str) -> object:

@@ -59,7 +59,9 @@ def eval_fid(
     """FID, KID, precision and recall of generated images against a reference set, on the FID
     Inception features or a TorchScript extractor; with a classifier's logits, the share of
     samples it reads confidently."""
-    from nfgen.datasets.loading import SPLITS, load_folder, load_split
+    from nfgen.datasets.images import load_folder
+    from nfgen.datasets.registry import SPLITS
+    from nfgen.datasets.splits import load_split
     from nfgen.tasks.fidelity import features as extractors
     from nfgen.tasks.fidelity import sets
     from nfgen.tasks.fidelity.cache import default_cache_dir

@@ -101,7 +101,7 @@ def torch_device(name: str) -> torch.device:
 
 
 def checked_split(name: str) -> str:
-    from nfgen.datasets.loading import SPLITS
+    from nfgen.datasets.registry import SPLITS
 
     if name not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {name!r}")
@@ -222,7 +222,8 @@ def item_names(data: Dataset) -> list[str]:
 
 def image_set(t: Trained, where: str | Path) -> tuple[str, Dataset]:
     """A split of the run's data (train, test; its classes checked) or a folder of images, with its name."""
-    from nfgen.datasets.loading import SPLITS, load_folder
+    from nfgen.datasets.images import load_folder
+    from nfgen.datasets.registry import SPLITS
 
     if isinstance(where, str) and where in SPLITS:
         return where, t.split(where)

@@ -7,7 +7,7 @@ picture nfgen draws (a sample grid, the confusion matrix, a histogram). Each kin
 estimator here, called where every code path of that kind passes:
 
 - images: ``image_cost`` from a file's header, checked when a folder is listed and again when
-  the pixels are read (``nfgen.datasets.loading``);
+  the pixels are read (``nfgen.datasets.images``);
 - models: ``model_cost`` builds the model on a fake device (no memory; every architecture, the
   exact parameter count and, by a forward on fake tensors, the exact bytes autograd keeps),
   checked by ``build_model`` against the machine's memory and by training against the device's;

@@ -1,29 +1,12 @@
-"""Data as the trainer and the verbs take it: a config's splits (``load_split``, asked of the
-registered data set, ``nfgen.datasets``), a folder of images to score (``load_folder``) and the
-loader that batches either (``make_loader``). The data sets themselves, their formats and checks
-live in ``nfgen/datasets/``; the names here are kept for the modules that import them.
-
-Every user-facing problem is a ``DataError`` with a one-line message that says what to do.
-"""
+"""The loader that batches a split or a folder of images (``make_loader``): a seeded shuffle,
+persistent workers, and a one-line error for a split smaller than one batch."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nfgen.datasets.images import (  # noqa: F401  (re-exported)
-    FORMATS_HINT,
-    IMAGE_EXTENSIONS,
-    NULL_CLASS,
-    ImageFiles,
-    _hash_key,
-    load_folder,
-)
-from nfgen.datasets.labels import Labelled  # noqa: F401  (re-exported)
-from nfgen.datasets.registry import SPLITS  # noqa: F401  (re-exported)
-from nfgen.datasets.splits import class_names, load_split  # noqa: F401  (re-exported)
-from nfgen.datasets.tensors import ImagesOnly  # noqa: F401  (re-exported)
-from nfgen.errors import DataError  # noqa: F401  (re-exported)
+from nfgen.errors import DataError
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,

@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from nfgen.core.atomic import atomic_write_text
 from nfgen.datasets.fingerprint import Fingerprint, of_batches
+from nfgen.datasets.images import ImageFiles
 from nfgen.datasets.labels import Labelled, split_batch
-from nfgen.datasets.loading import ImageFiles, make_loader
+from nfgen.datasets.loading import make_loader
 from nfgen.errors import DataError, NumericalError
 from nfgen.model.image_flow import ImageFlow
 from nfgen.tasks.complexity import compressed_bits

@@ -14,7 +14,7 @@ from nfgen.config.schema import Config
 from nfgen.core.atomic import atomic_write_text
 from nfgen.core.costs import Memory, available_memory
 from nfgen.core.devices import resolve_device
-from nfgen.datasets.loading import load_split
+from nfgen.datasets.splits import load_split
 from nfgen.errors import ConfigError
 from nfgen.model.image_flow import build_model
 from nfgen.tasks.generate import check_grid_size, class_rows
