@@ -69,6 +69,20 @@ class MultiScaleFlow(nn.Module):
         ] + [levels[-1].out_shape]
         assert sum(math.prod(s) for s in self.latent_shapes) == math.prod(self.input_shape)
 
+    def block_names(self) -> list[list[str]]:
+        """Each level's blocks' names, data side first (``level0.actnorm0``, ``level0.coupling1``,
+        ...): a block's ``stem``, numbered within its level where it says so. The one naming of a
+        body's blocks, for every tool that lists them (the doctor's report rows)."""
+        names = []
+        for i, level in enumerate(self.levels):
+            counts: dict[str, int] = {}
+            names.append([])
+            for block in level.flow.flows:
+                stem = block.stem or type(block).__name__.lower()
+                k = counts[stem] = counts.get(stem, -1) + 1
+                names[-1].append(f"level{i}.{stem}{k if block.numbered else ''}")
+        return names
+
     def _check(self, name: str, expected: Shape, actual: tuple[int, ...]) -> None:
         if tuple(actual[1:]) != tuple(expected):
             raise ValueError(f"{name}: expected shape [B, {', '.join(map(str, expected))}], "

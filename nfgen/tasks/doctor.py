@@ -265,12 +265,9 @@ def _walk(report: Report, m64: ImageFlow, m32: ImageFlow, x: Tensor, generator: 
           labels: Tensor | None = None) -> None:
     """Follow ``MultiScaleFlow.forward`` block by block, adding a checked row for each."""
     c64, c32 = _body_context(m64, labels), _body_context(m32, labels)
-    for i, (l64, l32) in enumerate(zip(m64.body.levels, m32.body.levels)):
-        counts: dict[str, int] = {}
-        for b64, b32 in zip(l64.flow.flows, l32.flow.flows):
-            stem = b64.stem or type(b64).__name__.lower()
-            k = counts[stem] = counts.get(stem, -1) + 1
-            row = BlockReport(f"level{i}.{stem}{k if b64.numbered else ''}", b64.describe(), tuple(x.shape[1:]))
+    for names, l64, l32 in zip(m64.body.block_names(), m64.body.levels, m32.body.levels):
+        for name, b64, b32 in zip(names, l64.flow.flows, l32.flow.flows):
+            row = BlockReport(name, b64.describe(), tuple(x.shape[1:]))
             report.blocks.append(row)
             if not torch.isfinite(x).all():
                 x = torch.where(torch.isfinite(x), x, torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
