@@ -19,6 +19,13 @@ def arch_names() -> list[str]:
 ARCHS = arch_names()  # what pytest parametrizes over, read at collection
 
 
+def plugins(arch: str) -> list[str]:
+    """The ``plugins:`` a config of ``arch`` needs: the module that registered it, when it is a
+    plugin outside nfgen (a subprocess, like a user's shell, imports it from the config)."""
+    module = architecture(arch).section.__module__
+    return [] if module.split(".")[0] == "nfgen" else [module]
+
+
 def tiny_section(arch: str, image_shape: tuple[int, int, int] | list[int], depth: int = 2,
                  width: int = 8) -> dict[str, Any]:
     """The keys of ``model.<arch>`` for a tiny model of images of ``image_shape``, ``depth``

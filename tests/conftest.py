@@ -50,7 +50,11 @@ def _default_dtype_and_seeded(request: pytest.FixtureRequest):
 def pytest_configure(config: pytest.Config) -> None:
     from nfgen.config.plugins import load_plugins
 
-    load_plugins(config.getoption("--plugin"), [Path(__file__).parent / "plugins"], "--plugin")
+    named = config.getoption("--plugin")
+    if named:  # and for the subprocesses tests start (torchrun, the console script)
+        folder = str(Path(__file__).parent / "plugins")
+        os.environ["PYTHONPATH"] = os.pathsep.join([folder, *filter(None, [os.environ.get("PYTHONPATH")])])
+    load_plugins(named, [Path(__file__).parent / "plugins"], "--plugin")
     config.addinivalue_line("markers", "legacy_keys: the test is about the old flat model keys (model.steps, "
                                        "not model.glow.steps) and their migration; other tests must not use them")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from archs import ARCHS, tiny_model
+from archs import ARCHS, plugins, tiny_model
 from datasets import digits, write_image_folder
 from PIL import Image
 
@@ -38,7 +38,7 @@ def test_two_process_run_matches_single_process(tmp_path, arch, classes):
         write_image_folder(tmp_path / "data", list(digits(8)[:56]), split_dirs=True, n_test=8)
     conditional = {"num_classes": classes, "label_dropout": 0.25} if classes else {}
     cfg = {
-        "name": "ddp",
+        "name": "ddp", "plugins": plugins(arch),
         "data": {"dataset": "folder", "root": str(tmp_path / "data"), "num_workers": 0, "labels": classes > 0},
         "model": {**tiny_model(arch, (1, 8, 8), width=16), "n_bits": 5, **conditional},
         "dequantization": {"kind": "variational", "steps": 2, "hidden": 8},

@@ -17,6 +17,7 @@ from nfgen.flows.base import Sequential
 from nfgen.flows.coupling import CheckerboardMask, Coupling
 from nfgen.flows.multiscale import Level, MultiScaleFlow
 from nfgen.flows.priors import LearnedGaussian
+from nfgen.flows.section import check
 
 
 def build_nice(shape, section, context_dim=0):
@@ -33,3 +34,7 @@ def build_nice(shape, section, context_dim=0):
 class NiceConfig(CouplingSpec, ArchSection):
     couplings: int = opt(4, "additive couplings, alternating checkerboard parity")
     coupling: str = opt("additive", "NICE: additive")
+
+    def validate(self, where, image_shape, memory_saving):
+        check(1 <= self.couplings <= 64, f"{where}.couplings must be in 1..64, got {self.couplings}")
+        super().validate(where, image_shape, memory_saving)
