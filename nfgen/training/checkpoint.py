@@ -235,7 +235,7 @@ def _listed(names: list[str], most: int = 12) -> str:
 def load_model_split(cfg: Config, split: str, recorded: list[str] | None, path: str | Path = "checkpoint") -> Dataset:
     """A split of a trained model's data (``cfg``: its checkpoint's, ``--set`` applied), its
     classes checked against the ones the model learnt (``check_data_classes``)."""
-    from nfgen.datasets.splits import load_split  # data.py needs nothing of checkpoints; imported here to stay light
+    from nfgen.datasets.splits import load_split  # the data sets need nothing of checkpoints; imported here to stay light
 
     data = load_split(cfg, split)
     check_data_classes(recorded, data, path)
