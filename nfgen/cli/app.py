@@ -72,6 +72,7 @@ Sets = opts.Sets
 Ckpt = Annotated[Path, typer.Option(help="Checkpoint file, e.g. runs/NAME/checkpoints/last.pt.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace an existing output file.")]
 Device = Annotated[str, typer.Option(help=f"{DEVICE_HELP} (auto: cuda, then mps, then cpu).")]
+BatchSize = Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")]
 
 
 @app.command()
@@ -176,7 +177,7 @@ def eval_bpd(
     samples: Annotated[int, typer.Option(help="Dequantization draws per image; > 1 gives the importance-weighted estimate.")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON; - for standard "
                                                   "output.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    batch_size: BatchSize = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -295,7 +296,7 @@ def classify(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write accuracy, confusion matrix and each "
                                                   "image's posterior p(y | x) and true label as JSON; - for standard "
                                                   "output.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    batch_size: BatchSize = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
@@ -364,7 +365,7 @@ def score(
     hist: Annotated[Path | None, typer.Option(help="With --ood: the histogram picture (default score_hist.png).")] = None,
     batch_test_size: Annotated[int, typer.Option(help="Batch size of the batch typicality test (with --ood).")] = 10,
     stats_images: Annotated[int, typer.Option(help="Training images the typicality statistics use (0: all).")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: the run's).")] = None,
+    batch_size: BatchSize = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
     device: Device = "auto",
